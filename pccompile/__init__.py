@@ -1,0 +1,43 @@
+"""pccompile: compile any PyTorch ``nn.Module`` into a predictive-coding network.
+
+``convert(model, example_inputs)`` traces the model with ``torch.fx``, gives every operation a
+value node and an error node, levels the graph, and returns a :class:`PCModule` whose
+``learn(...)`` trains by PC inference; with the ``zil`` rule its updates equal backprop's.
+"""
+
+from .api import CaptureOptions, convert, unconvert
+from .config import BP, FPA, IL, IPC, ZIL, RuleConfig, make_rule
+from .errors import (
+    ConfigError,
+    ExactnessError,
+    InputError,
+    PCCompileError,
+    TraceError,
+    UnsupportedOpError,
+)
+from .module import PCModule
+from .rules import LearnReport, Trace
+
+__all__ = [
+    "convert",
+    "unconvert",
+    "PCModule",
+    "CaptureOptions",
+    "LearnReport",
+    "Trace",
+    "BP",
+    "ZIL",
+    "FPA",
+    "IL",
+    "IPC",
+    "RuleConfig",
+    "make_rule",
+    "PCCompileError",
+    "TraceError",
+    "UnsupportedOpError",
+    "ConfigError",
+    "InputError",
+    "ExactnessError",
+]
+
+__version__ = "0.1.0"

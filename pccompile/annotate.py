@@ -1,0 +1,151 @@
+"""Annotate: decide what every FX node is to the PC network.
+
+Reads: a functionalised GraphModule and example inputs (run once, on the side: buffers and the
+global RNG are restored afterwards, so the user's model and random stream are untouched).
+Writes: ``node.meta["pc"]`` (a :class:`NodeInfo`) on every node; nothing else.
+Roles:
+  ``input``     placeholder: clamped to the data, never a value node.
+  ``param``     get_attr of a trainable Parameter.   ``const``: any other constant.
+  ``param_op``  float result computed from parameters/constants only (a parameter transform,
+                e.g. ``class_token.expand(n)``): part of the consuming vertex's θ.
+  ``vertex``    float result with a data path from an input or a vertex: gets a value node and an
+                error node. Needs a rule from :mod:`pccompile.ops`.
+  ``struct``    ``getitem`` into a vertex's tuple/list/dict output: fused into its readers.
+  ``meta``      non-float or non-tensor results (sizes, masks, indices): constants of the pass.
+  ``output``    the graph output.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch.utils._pytree import tree_flatten
+
+from .errors import InputError, UnsupportedOpError
+from .ops import OpRule, rule_for
+
+__all__ = ["NodeInfo", "annotate", "is_float_tensor", "float_leaves"]
+
+
+@dataclass
+class NodeInfo:
+    role: str
+    rule: OpRule | None = None
+    shapes: list[tuple[int, ...]] = field(default_factory=list)  # float tensors in the value
+    dtype: torch.dtype | None = None
+    depends_on_params: bool = False
+    struct_of: fx.Node | None = None  # for role "struct": the producing vertex
+    struct_path: tuple[Any, ...] = ()
+
+
+def is_float_tensor(x: Any) -> bool:
+    return isinstance(x, torch.Tensor) and (x.is_floating_point() or x.is_complex())
+
+
+def float_leaves(value: Any) -> list[torch.Tensor]:
+    leaves, _ = tree_flatten(value)
+    return [t for t in leaves if is_float_tensor(t)]
+
+
+class _Recorder(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule):
+        super().__init__(gm, garbage_collect_values=False)
+        self.values: dict[fx.Node, Any] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        out = super().run_node(n)
+        self.values[n] = out
+        return out
+
+
+def _run_on_the_side(gm: fx.GraphModule, inputs: tuple) -> dict[fx.Node, Any]:
+    """Run ``gm`` once for value types, leaving buffers and RNG streams as they were."""
+    buffers = [(b, b.detach().clone()) for b in gm.buffers()]
+    devices = sorted({t.device.index or 0 for t in float_leaves(inputs) if t.is_cuda})
+    rec = _Recorder(gm)
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            rec.run(*inputs)
+    finally:
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+    return rec.values
+
+
+def annotate(gm: fx.GraphModule, inputs: tuple, user_leaves: set[str]) -> None:
+    """Write ``node.meta["pc"]`` for every node of ``gm``.
+
+    Raises:
+        InputError: ``inputs`` do not fit the model's placeholders.
+        UnsupportedOpError: a vertex calls an op without a rule.
+    """
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(inputs) != len(placeholders):
+        raise InputError(
+            f"The model takes {len(placeholders)} input(s) "
+            f"({', '.join(p.name for p in placeholders)}) but {len(inputs)} example input(s) "
+            f"were given; pass one example per input, as a tuple."
+        )
+    try:
+        values = _run_on_the_side(gm, inputs)
+    except Exception as exc:
+        raise InputError(
+            f"Running the traced model on the example inputs failed: {type(exc).__name__}: "
+            f"{exc}. Check the example inputs' shapes and dtypes."
+        ) from exc
+
+    info: dict[fx.Node, NodeInfo] = {}
+    for node in gm.graph.nodes:
+        value = values.get(node)
+        floats = float_leaves(value)
+        meta = NodeInfo(
+            role="meta",
+            shapes=[tuple(t.shape) for t in floats],
+            dtype=floats[0].dtype if floats else None,
+        )
+        args = node.all_input_nodes
+        meta.depends_on_params = any(info[a].depends_on_params for a in args)
+        if node.op == "placeholder":
+            meta.role = "input"
+        elif node.op == "get_attr":
+            trainable = isinstance(value, torch.nn.Parameter) and value.requires_grad
+            meta.role = "param" if trainable else "const"
+            meta.depends_on_params = trainable
+        elif node.op == "output":
+            meta.role = "output"
+        else:
+            data_args = [a for a in args if info[a].role in ("vertex", "struct", "input")]
+            producer = node.args[0] if node.args else None
+            if (
+                node.op == "call_function"
+                and node.target is operator.getitem
+                and isinstance(producer, fx.Node)
+                and info[producer].role in ("vertex", "struct")
+                and not isinstance(values.get(producer), torch.Tensor)
+            ):
+                if isinstance(node.args[1], fx.Node):
+                    raise UnsupportedOpError(
+                        f"Node {node.name!r} indexes the tuple output of {producer.name!r} with a "
+                        f"computed index; use a constant index or make the module a leaf."
+                    )
+                meta.role = "struct"
+                pinfo = info[producer]
+                meta.struct_of = pinfo.struct_of if pinfo.role == "struct" else producer
+                meta.struct_path = (*pinfo.struct_path, node.args[1])
+            elif floats and data_args:
+                meta.role = "vertex"
+                module = gm.get_submodule(node.target) if node.op == "call_module" else None
+                meta.rule = rule_for(node, module, user_leaf=node.target in user_leaves)
+                if module is not None:
+                    meta.depends_on_params = meta.depends_on_params or any(
+                        p.requires_grad for p in module.parameters()
+                    )
+            elif floats and meta.depends_on_params:
+                meta.role = "param_op"
+        info[node] = meta
+        node.meta["pc"] = meta

@@ -1,0 +1,114 @@
+"""``convert``: the whole pipeline, in order.
+
+    nn.Module --capture--> fx.GraphModule --annotate--> roles and rules per node
+              --build_pc_graph--> networkx PC graph with levels --level_graph--> identity vertices
+              --compile_plan--> Plan (the schedule) --> PCModule
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .annotate import annotate
+from .capture import capture
+from .config import RuleConfig, make_rule
+from .engine import Plan, compile_plan
+from .errors import ConfigError, InputError
+from .graph import build_pc_graph, level_graph
+from .module import PCModule
+
+__all__ = ["convert", "unconvert", "CaptureOptions"]
+
+
+@dataclass(frozen=True)
+class CaptureOptions:
+    """How the model is captured and its PC graph built.
+
+    Attributes:
+        leaf_modules: module classes or qualified names kept as single opaque vertices.
+        concrete_args: arguments fixed at trace time (``torch.fx`` ``concrete_args``).
+        level: insert identity vertices on edges that skip levels (needed for exact Z-IL).
+    """
+
+    leaf_modules: tuple[type | str, ...] = ()
+    concrete_args: dict[str, Any] | None = None
+    level: bool = True
+
+
+def build_plan(model: nn.Module, inputs: tuple, training: bool, opts: CaptureOptions) -> Plan:
+    """capture -> annotate -> PC graph -> levelling -> compiled plan, for one training mode."""
+    gm, user_leaves = capture(
+        model, training=training, leaf_modules=opts.leaf_modules, concrete_args=opts.concrete_args
+    )
+    annotate(gm, inputs, user_leaves)
+    graph = build_pc_graph(gm)
+    if opts.level:
+        graph = level_graph(graph)
+    return compile_plan(gm, graph, training)
+
+
+def convert(
+    model: nn.Module,
+    example_inputs: Any,
+    rule: str | RuleConfig = "zil",
+    *,
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
+    leaf_modules: Iterable[type | str] = (),
+    concrete_args: dict[str, Any] | None = None,
+    level: bool = True,
+    **rule_options: Any,
+) -> PCModule:
+    """Convert ``model`` into a PC-trainable :class:`PCModule`.
+
+    Args:
+        model: any ``nn.Module`` that ``torch.fx`` can trace (see ``leaf_modules``).
+        example_inputs: one input tensor or a tuple of inputs, used to type the graph's values.
+        rule: ``"zil"`` (default), ``"fpa"``, ``"il"``, ``"ipc"``, ``"bp"``, or a config
+            object such as ``pccompile.ZIL(gamma=1.0)``.
+        loss_fn: default ``loss_fn(output, target) -> scalar`` for :meth:`PCModule.learn`.
+        leaf_modules: module classes or qualified names to keep as one opaque vertex each.
+        concrete_args: arguments fixed at trace time.
+        level: run the levelling pass (identity vertices on skip edges). Required for exact Z-IL.
+        **rule_options: fields of the rule's config (``gamma=``, ``steps=``, ``mode=`` ...).
+
+    Returns:
+        A ``PCModule`` sharing ``model``'s parameters: ``pcm(x) == model(x)``, and
+        ``pcm.learn(x, target=y, loss_fn=f)`` writes ``p.grad`` by PC inference.
+
+    Raises:
+        TraceError: the model cannot be traced (the message names the line and the remedies).
+        UnsupportedOpError: an op has no rule (the message names the node and the fix).
+        ConfigError: bad rule or option. InputError: example inputs do not fit the model.
+
+    Example:
+        >>> import torch, pccompile
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+        >>> pcm = pccompile.convert(net, torch.randn(3, 4))
+        >>> report = pcm.learn(torch.randn(3, 4), target=torch.randn(3, 2),
+        ...                    loss_fn=torch.nn.functional.mse_loss)
+    """
+    if isinstance(model, PCModule):
+        raise ConfigError(
+            "This model is already a PCModule; use it as it is, or pccompile.unconvert(pcm) to "
+            "get the plain module back before converting again."
+        )
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"convert() takes an nn.Module, got {type(model).__name__}.")
+    cfg = make_rule(rule, **rule_options)
+    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    if isinstance(example_inputs, list):
+        raise InputError("Pass several example inputs as a tuple, not a list.")
+    opts = CaptureOptions(tuple(leaf_modules), concrete_args, level)
+    return PCModule(model, inputs, cfg, loss_fn, lambda m, x, t: build_plan(m, x, t, opts), opts)
+
+
+def unconvert(pcm: PCModule) -> nn.Module:
+    """The plain ``nn.Module`` behind ``pcm`` (same object, carrying the trained weights)."""
+    if not isinstance(pcm, PCModule):
+        raise ConfigError(f"unconvert() takes a PCModule, got {type(pcm).__name__}.")
+    return pcm.original

@@ -1,0 +1,515 @@
+"""The engine: value nodes, error nodes, local VJPs and the energy; one engine under every rule.
+
+Reads: an annotated GraphModule and its PC graph (leveled or not).
+Writes: a :class:`Plan`, compiled once per (model, training mode): per-vertex argument loaders,
+routed parents (through identity vertices), parameter lists and the level schedule, so that a
+learn step does no graph walks. At learn time the engine runs the feed-forward pass and the
+primitives the rules are made of:
+
+* value node ``x_v`` (a tensor per float output of the vertex), prediction ``mu_v = g_v(x_par)``,
+  error node ``eps_v = x_v - mu_v``, energy ``F = sum_v 1/2 ||eps_v||^2 + L(mu_out, y)``;
+* the local VJP of one vertex: ``J_{v,p}^T eps_v`` for each parent and ``(dg_v/dtheta)^T eps_v``
+  for the vertex's own parameter use, by autograd over that vertex's function alone.
+
+Sign convention: ``eps = x - mu``; the output's error is ``e_out = -dL/dmu_out``; a parameter use
+contributes ``-(dg/dtheta)^T eps`` to ``p.grad`` (= ``+dL/dtheta`` when the rule is exact).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+import torch
+import torch.fx as fx
+from torch.fx.node import map_arg
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
+
+from .annotate import is_float_tensor
+from .errors import InputError, UnsupportedOpError
+from .graph import depth, is_leveled
+
+__all__ = ["Plan", "Vertex", "FeedForward", "compile_plan", "feed_forward", "Grads"]
+
+Tensor = torch.Tensor
+
+
+@dataclass(eq=False)
+class Vertex:
+    """One PC vertex of a compiled plan (op, identity or the output)."""
+
+    vid: int
+    name: str
+    kind: str  # "op" | "identity" | "output"
+    level: int
+    node: fx.Node | None = None
+    rule: Any = None
+    module: torch.nn.Module | None = None
+    parents: tuple[int, ...] = ()  # routed parent vertices (inputs excluded)
+    params: tuple[torch.nn.Parameter, ...] = ()  # trainable parameters used directly
+    param_leaves: tuple[int, ...] = ()  # env slots of parameter transforms it reads
+    source: int = -1  # identity vertices: the vertex they copy
+    load: Callable[[list, list], tuple[tuple, dict]] | None = None
+
+
+@dataclass(eq=False)
+class Plan:
+    """Everything a rule needs about one traced graph, precomputed."""
+
+    gm: fx.GraphModule
+    graph: nx.DiGraph
+    training: bool
+    nodes: list[fx.Node]
+    roles: list[str]
+    vertices: list[Vertex]
+    vid_of_node: dict[fx.Node, int]
+    by_level: list[list[int]]
+    output: Vertex
+    boundary: list[int]  # env slots of parameter transforms read by vertices
+    prologue_params: tuple[torch.nn.Parameter, ...]
+    live_params: tuple[torch.nn.Parameter, ...]
+    n_inputs: int
+    modules: dict[int, torch.nn.Module] = field(default_factory=dict)
+
+    @property
+    def depth(self) -> int:
+        return depth(self.graph)
+
+    @property
+    def leveled(self) -> bool:
+        return is_leveled(self.graph)
+
+    @property
+    def hidden(self) -> list[Vertex]:
+        return [v for v in self.vertices if v.kind != "output"]
+
+
+# ---------------------------------------------------------------------------------- compile
+def compile_plan(gm: fx.GraphModule, graph: nx.DiGraph, training: bool) -> Plan:
+    """Compile the schedule of ``graph`` (PC graph of annotated ``gm``) into a :class:`Plan`."""
+    nodes = list(gm.graph.nodes)
+    index = {n: i for i, n in enumerate(nodes)}
+    roles = [n.meta["pc"].role for n in nodes]
+    by_name = {n.name: n for n in nodes}
+
+    # Vertex ids: op/output vertices in FX order, identity vertices after them.
+    live = [n for n in nodes if n.name in graph and graph.nodes[n.name]["kind"] in ("op", "output")]
+    names = [n.name for n in live] + [
+        v for v, d in graph.nodes(data=True) if d["kind"] == "identity"
+    ]
+    vid = {name: i for i, name in enumerate(names)}
+    routes: dict[tuple[str, str], str] = {}
+    for v, d in graph.nodes(data=True):
+        if d["kind"] == "identity" and graph.nodes[d["target"]]["level"] + 1 == d["level"]:
+            routes[(d["source"], d["target"])] = v
+
+    def route(u: str, c: str) -> int:
+        return vid[routes.get((u, c), u)]
+
+    modules: dict[int, torch.nn.Module] = {}
+    for i, n in enumerate(nodes):
+        if n.op == "call_module":
+            modules[i] = gm.get_submodule(n.target)
+
+    vertices: list[Vertex] = []
+    boundary: set[int] = set()
+    for name in names:
+        d = graph.nodes[name]
+        if d["kind"] == "identity":
+            vertices.append(
+                Vertex(vid[name], name, "identity", d["level"], parents=(vid[_pred(graph, name)],),
+                       source=vid[_pred(graph, name)])  # fmt: skip
+            )
+            continue
+        node = by_name[name]
+        src: dict[fx.Node, tuple] = {}
+        parents: list[int] = []
+        params: list[torch.nn.Parameter] = []
+        pleaves: list[int] = []
+        for a in node.all_input_nodes:
+            info = a.meta["pc"]
+            if info.role in ("vertex", "struct"):
+                producer = info.struct_of if info.role == "struct" else a
+                if producer.name not in vid:  # cannot happen for live vertices; guard anyway
+                    raise UnsupportedOpError(f"Node {name!r} reads dead vertex {producer.name!r}.")
+                r = route(producer.name, name)
+                src[a] = (1, r, info.struct_path)
+                if r not in parents:
+                    parents.append(r)
+            elif info.role == "param":
+                src[a] = (0, index[a])
+                p = _fetch(gm, a.target)
+                if all(p is not q for q in params):
+                    params.append(p)
+            elif info.role == "param_op":
+                src[a] = (0, index[a])
+                boundary.add(index[a])
+                pleaves.append(index[a])
+            else:
+                src[a] = (0, index[a])
+        if node.op == "output" and (params or pleaves):
+            raise UnsupportedOpError(
+                "The model returns a parameter (or a function of parameters only) directly; "
+                "pccompile needs every output to be computed from the inputs."
+            )
+        module = modules.get(index[node])
+        if module is not None:
+            for p in module.parameters():
+                if p.requires_grad and all(p is not q for q in params):
+                    params.append(p)
+        vertices.append(
+            Vertex(
+                vid[name], name, "output" if node.op == "output" else "op", d["level"], node,
+                node.meta["pc"].rule, module, tuple(parents), tuple(params), tuple(pleaves),
+                load=_make_loader(node, src),
+            )  # fmt: skip
+        )
+    n_levels = 1 + max(v.level for v in vertices)
+    by_level: list[list[int]] = [[] for _ in range(n_levels)]
+    for v in vertices:
+        by_level[v.level].append(v.vid)
+
+    prologue_params: list[torch.nn.Parameter] = []
+    for i in sorted(boundary):
+        for a in _param_ancestors(nodes[i]):
+            p = _fetch(gm, a.target)
+            if all(p is not q for q in prologue_params):
+                prologue_params.append(p)
+    live_params: list[torch.nn.Parameter] = []
+    for p in [p for v in vertices for p in v.params] + prologue_params:
+        if all(p is not q for q in live_params):
+            live_params.append(p)
+    output = next(v for v in vertices if v.kind == "output")
+    return Plan(
+        gm, graph, training, nodes, roles, vertices, {by_name[n]: vid[n] for n in names[: len(live)]},
+        by_level, output, sorted(boundary), tuple(prologue_params), tuple(live_params),
+        sum(1 for r in roles if r == "input"), modules,
+    )  # fmt: skip
+
+
+def _pred(graph: nx.DiGraph, name: str) -> str:
+    (p,) = list(graph.predecessors(name))
+    return p
+
+
+def _fetch(gm: fx.GraphModule, target: str) -> Any:
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _param_ancestors(node: fx.Node) -> list[fx.Node]:
+    seen, stack, out = set(), [node], []
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n.meta["pc"].role == "param":
+            out.append(n)
+        stack.extend(n.all_input_nodes)
+    return out
+
+
+def _make_loader(node: fx.Node, src: dict[fx.Node, tuple]) -> Callable:
+    """A function ``(env, leaves) -> (args, kwargs)`` for ``node``, resolving each argument to
+    the value node of its routed parent, a fused tuple element, or a constant of the pass."""
+    args, kwargs = node.args, node.kwargs
+
+    def get(n: fx.Node) -> Any:
+        s = src[n]
+        if s[0] == 0:
+            return load_env[0][s[1]]
+        value = load_env[1][s[1]]
+        for k in s[2]:
+            value = value[k]
+        return value
+
+    load_env: list = [None, None]
+
+    def load(env: list, leaves: list) -> tuple[tuple, dict]:
+        load_env[0], load_env[1] = env, leaves
+        try:
+            return map_arg(args, get), map_arg(kwargs, get)
+        finally:
+            load_env[0] = load_env[1] = None
+
+    return load
+
+
+# ------------------------------------------------------------------------------ evaluation
+def rng_devices(tensors: list[Tensor]) -> list[int]:
+    return sorted({t.device.index or 0 for t in tensors if t.is_cuda})
+
+
+def _rng_snapshot(devices: list[int]) -> tuple:
+    cuda = tuple(torch.cuda.get_rng_state(d) for d in devices)
+    return torch.get_rng_state(), cuda
+
+
+def call_vertex(plan: Plan, v: Vertex, env: list, leaves: list, *, recompute: bool,
+                rng: tuple | None = None, devices: list[int] = ()) -> Any:  # fmt: skip
+    """Evaluate ``g_v`` on the current value nodes of its parents.
+
+    With ``recompute=True`` the call is a *re-evaluation* during inference: module buffers are
+    replaced by copies (running statistics move once per batch, in the feed-forward pass) and
+    the vertex's feed-forward RNG state is replayed (same dropout masks as BP's forward).
+    """
+    args, kwargs = v.load(env, leaves)
+    node, rule = v.node, v.rule
+    if recompute and rule.protects_buffers:
+        if v.module is not None:
+            bufs = {n: b.clone() for n, b in v.module.named_buffers()}
+            if rng is not None and rule.replays_rng:
+                with torch.random.fork_rng(devices=devices):
+                    _rng_restore(rng, devices)
+                    return torch.func.functional_call(v.module, bufs, args, kwargs)
+            return torch.func.functional_call(v.module, bufs, args, kwargs)
+        copy = lambda a: a.clone() if isinstance(a, Tensor) and not a.requires_grad else a
+        args, kwargs = tree_map(copy, args), tree_map(copy, kwargs)
+    if recompute and rng is not None and rule.replays_rng:
+        with torch.random.fork_rng(devices=devices):
+            _rng_restore(rng, devices)
+            return _invoke(node, v.module, args, kwargs)
+    return _invoke(node, v.module, args, kwargs)
+
+
+def _rng_restore(state: tuple, devices: list[int]) -> None:
+    torch.set_rng_state(state[0])
+    for d, s in zip(devices, state[1]):
+        torch.cuda.set_rng_state(s, d)
+
+
+def _invoke(node: fx.Node, module: torch.nn.Module | None, args: tuple, kwargs: dict) -> Any:
+    if node.op == "call_module":
+        return module(*args, **kwargs)
+    if node.op == "call_function":
+        return node.target(*args, **kwargs)
+    return getattr(args[0], node.target)(*args[1:], **kwargs)
+
+
+def leafify(out: Any) -> tuple[Any, list[Tensor], list[Tensor]]:
+    """Split a vertex output into (value-node structure, its float leaves, the predictions).
+
+    The value node starts at the feed-forward value; it is a fresh autograd leaf (a detached
+    alias, never mutated) so a vertex's VJP stops at its parents.
+    """
+    if isinstance(out, Tensor):
+        leaf = out.detach().requires_grad_()
+        return leaf, [leaf], [out]
+    flat, spec = tree_flatten(out)
+    values, leaves, mus = [], [], []
+    for t in flat:
+        if is_float_tensor(t):
+            leaf = t.detach().requires_grad_()
+            leaves.append(leaf)
+            mus.append(t)
+            values.append(leaf)
+        else:
+            values.append(t)
+    return tree_unflatten(values, spec), leaves, mus
+
+
+def rebuild(template: Any, flat: list[Tensor]) -> Any:
+    """The structure of ``template`` with its float tensors replaced, in order, by ``flat``."""
+    if isinstance(template, Tensor):
+        return flat[0]
+    values, spec = tree_flatten(template)
+    it = iter(flat)
+    return tree_unflatten([next(it) if is_float_tensor(t) else t for t in values], spec)
+
+
+@dataclass(eq=False)
+class FeedForward:
+    """The feed-forward pass of one batch: where every rule starts."""
+
+    env: list
+    leaves: list  # per vertex id: value-node structure
+    flat: list  # per vertex id: list of value-node tensors
+    mu: list  # per vertex id: list of predictions (with their local autograd graphs)
+    rng: dict[int, tuple]
+    devices: list[int]
+    loss: Tensor
+    output: Any
+    boundary_out: dict[int, Any]
+
+
+def feed_forward(plan: Plan, inputs: tuple, target: Any, loss_fn: Callable,
+                 *, record_rng: bool) -> FeedForward:  # fmt: skip
+    """Run the feed-forward pass: every node once, in the traced order (so random draws and
+    running statistics happen exactly as in BP's forward), building each vertex's local graph.
+    """
+    nodes, roles, vid_of = plan.nodes, plan.roles, plan.vid_of_node
+    env: list = [None] * len(nodes)
+    n_v = len(plan.vertices)
+    leaves: list = [None] * n_v
+    flat: list = [None] * n_v
+    mu: list = [None] * n_v
+    rng: dict[int, tuple] = {}
+    boundary = set(plan.boundary)
+    boundary_out: dict[int, Any] = {}
+    devices = rng_devices([t for t in inputs if isinstance(t, Tensor)])
+    k_in = 0
+    index = {n: i for i, n in enumerate(nodes)}
+    get = lambda n: env[index[n]]
+    for i, node in enumerate(nodes):
+        role = roles[i]
+        if role == "input":
+            env[i] = inputs[k_in]
+            k_in += 1
+        elif role in ("param", "const"):
+            env[i] = _fetch(plan.gm, node.target)
+        elif role == "output":
+            continue
+        elif role == "vertex" and node in vid_of:
+            v = plan.vertices[vid_of[node]]
+            if record_rng and v.rule.replays_rng:
+                rng[v.vid] = _rng_snapshot(devices)
+            with torch.enable_grad():
+                out = call_vertex(plan, v, env, leaves, recompute=False)
+            value, fl, m = leafify(out)
+            leaves[v.vid], flat[v.vid], mu[v.vid], env[i] = value, fl, m, value
+        elif role == "param_op":
+            with torch.enable_grad():
+                out = _invoke(node, plan.modules.get(i), map_arg(node.args, get),
+                              map_arg(node.kwargs, get))  # fmt: skip
+            if i in boundary:
+                if not isinstance(out, Tensor):
+                    raise UnsupportedOpError(
+                        f"Node {node.name!r} passes a {type(out).__name__} of parameters to a "
+                        f"vertex; pccompile supports parameter transforms that are tensors."
+                    )
+                boundary_out[i] = out
+                out = out.detach().requires_grad_()
+            env[i] = out
+        else:  # struct, meta, and vertices that cannot reach the output (their error is zero)
+            with torch.no_grad():
+                env[i] = _invoke(node, plan.modules.get(i), map_arg(node.args, get),
+                                 map_arg(node.kwargs, get))  # fmt: skip
+    for v in plan.vertices:  # identity vertices start as copies of their source
+        if v.kind == "identity":
+            leaves[v.vid], flat[v.vid], mu[v.vid] = leaves[v.source], flat[v.source], flat[v.source]
+    out_args, _ = plan.output.load(env, leaves)
+    output = out_args[0]
+    with torch.enable_grad():
+        loss = loss_fn(output, target)
+    if not (isinstance(loss, Tensor) and loss.numel() == 1 and loss.is_floating_point()):
+        raise InputError(
+            f"loss_fn(output, target) must return a scalar float tensor, got "
+            f"{type(loss).__name__}{tuple(loss.shape) if isinstance(loss, Tensor) else ''}."
+        )
+    return FeedForward(env, leaves, flat, mu, rng, devices, loss.reshape(()), output, boundary_out)
+
+
+# ---------------------------------------------------------------------------------- grads
+class Grads:
+    """Per-use parameter contributions, summed and only written to ``p.grad`` after inference."""
+
+    def __init__(self) -> None:
+        self.params: dict[torch.nn.Parameter, Tensor] = {}
+        self.leaves: dict[int, Tensor] = {}
+
+    def add_param(self, p: torch.nn.Parameter, g: Tensor, scale: float = -1.0) -> None:
+        cur = self.params.get(p)
+        if cur is None:
+            self.params[p] = g * scale
+        else:
+            cur.add_(g, alpha=scale)
+
+    def add_leaf(self, slot: int, g: Tensor, scale: float = -1.0) -> None:
+        cur = self.leaves.get(slot)
+        self.leaves[slot] = g * scale if cur is None else cur.add_(g, alpha=scale)
+
+    def finish(self, plan: Plan, ff: FeedForward) -> None:
+        """Carry the contributions to parameter transforms back to the parameters (one VJP
+        through the parameter-only part of the graph, after inference)."""
+        if not self.leaves or not plan.prologue_params:
+            return
+        slots = [s for s in self.leaves if ff.boundary_out[s].requires_grad]
+        if not slots:
+            return
+        outs = [ff.boundary_out[s] for s in slots]
+        cots = [self.leaves[s] for s in slots]
+        grads = torch.autograd.grad(outs, plan.prologue_params, cots, allow_unused=True)
+        for p, g in zip(plan.prologue_params, grads):
+            if g is not None:
+                self.add_param(p, g, 1.0)
+
+    def write(self, plan: Plan, scale: float = 1.0) -> None:
+        """Accumulate into ``p.grad`` like ``loss.backward()``; parameters the graph uses but no
+        update reached (too few steps) get zeros."""
+        with torch.no_grad():
+            for p in plan.live_params:
+                g = self.params.get(p)
+                if g is None:
+                    g = torch.zeros_like(p)
+                elif scale != 1.0:
+                    g = g * scale
+                if p.grad is None:
+                    p.grad = g.to(p.dtype)
+                else:
+                    p.grad.add_(g)
+
+
+def vjp(v: Vertex, mus: list[Tensor], eps: list, parent_flat: list[list[Tensor]], env: list,
+        grads: Grads | None, acc: list, *, retain: bool = False, param_scale: float = -1.0) -> None:  # fmt: skip
+    """Local VJP of vertex ``v`` at error ``eps``: adds ``J_{v,p}^T eps`` to each parent's
+    accumulator and, if ``grads`` is given, ``param_scale * (dg_v/dtheta)^T eps`` for this use of
+    each of its parameters."""
+    outs, cots = [], []
+    for m, e in zip(mus, eps):
+        if e is not None and m.requires_grad:
+            outs.append(m)
+            cots.append(e)
+    if not outs:
+        return
+    inputs = [t for fl in parent_flat for t in fl]
+    n_par = len(inputs)
+    if grads is not None:
+        inputs += list(v.params) + [env[s] for s in v.param_leaves]
+    if not inputs:
+        return
+    res = torch.autograd.grad(outs, inputs, cots, allow_unused=True, retain_graph=retain)
+    k = 0
+    for r, fl in zip(v.parents, parent_flat):
+        n = len(fl)
+        add_to(acc, r, res[k : k + n])
+        k += n
+    if grads is not None:
+        for p, g in zip(v.params, res[n_par : n_par + len(v.params)]):
+            if g is not None:
+                grads.add_param(p, g, param_scale)
+        for s, g in zip(v.param_leaves, res[n_par + len(v.params) :]):
+            if g is not None:
+                grads.add_leaf(s, g, param_scale)
+
+
+def add_to(acc: list, r: int, gs) -> None:
+    cur = acc[r]
+    if cur is None:
+        acc[r] = list(gs)
+        return
+    for j, g in enumerate(gs):
+        if g is not None:
+            cur[j] = g if cur[j] is None else cur[j] + g
+
+
+def output_feedback(plan: Plan, loss: Tensor, flat: list, acc: list, *, weight: float = 1.0,
+                    retain: bool = False) -> None:  # fmt: skip
+    """Add ``J_out^T e_out = -weight * dL/dx`` to the output's parents' accumulators."""
+    v = plan.output
+    inputs = [t for r in v.parents for t in flat[r]]
+    if not inputs:
+        return
+    if not loss.requires_grad:
+        raise InputError("The loss does not depend on the model output; nothing to learn from.")
+    res = torch.autograd.grad(loss, inputs, torch.full_like(loss, -weight), allow_unused=True,
+                              retain_graph=retain)  # fmt: skip
+    k = 0
+    for r in v.parents:
+        n = len(flat[r])
+        add_to(acc, r, res[k : k + n])
+        k += n

@@ -1,0 +1,40 @@
+"""Errors raised by pccompile.
+
+Every message says what happened and how to fix it; where a model node is at fault the
+message names it (FX node name, op, and the module path when there is one).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "PCCompileError",
+    "TraceError",
+    "UnsupportedOpError",
+    "ConfigError",
+    "InputError",
+    "ExactnessError",
+]
+
+
+class PCCompileError(Exception):
+    """Base class of every error pccompile raises on purpose."""
+
+
+class TraceError(PCCompileError):
+    """The model could not be captured as a static graph (data-dependent Python, etc.)."""
+
+
+class UnsupportedOpError(PCCompileError):
+    """A graph node calls an op that has no rule in :mod:`pccompile.ops`."""
+
+
+class ConfigError(PCCompileError, ValueError):
+    """An option or rule configuration is invalid or inconsistent with the graph."""
+
+
+class InputError(PCCompileError, ValueError):
+    """Inputs or targets given to ``learn``/``forward`` do not fit the converted model."""
+
+
+class ExactnessError(PCCompileError):
+    """A setting that cannot give BP's updates was combined with ``require_exact=True``."""

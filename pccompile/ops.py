@@ -1,0 +1,331 @@
+"""Op registry: how a traced FX node becomes (part of) a PC vertex.
+
+Reads: an FX node (``call_module`` / ``call_function`` / ``call_method``) and the module it calls.
+Writes: nothing; returns the node's :class:`OpRule`, or raises :class:`UnsupportedOpError`.
+
+A vertex's local Jacobians come from autograd over the vertex's own function, so a rule does not
+restate derivatives. It states what the engine must know to *re-evaluate* that function during
+inference without changing the answer: whether it draws random numbers (masks are replayed),
+whether it mutates module state (buffers such as BatchNorm running statistics are protected),
+whether it is in-place (rewritten to its out-of-place twin by :mod:`pccompile.capture`), or
+whether it cannot be part of a PC graph at all. There is no fallback: an op with no rule raises.
+"""
+
+from __future__ import annotations
+
+import builtins
+import operator
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .errors import UnsupportedOpError
+
+__all__ = [
+    "OpRule",
+    "register_function",
+    "register_method",
+    "register_module",
+    "rule_for",
+    "inplace_twin",
+    "registered_ops",
+]
+
+Kind = Literal["pure", "stochastic", "stateful", "opaque"]
+
+
+@dataclass(frozen=True)
+class OpRule:
+    """What the engine must know about an op.
+
+    kind:
+        ``pure``: a deterministic function of its arguments and parameters.
+        ``stochastic``: draws random numbers; the feed-forward RNG state is replayed whenever the
+        vertex is re-evaluated, so every evaluation sees the same masks as BP's forward.
+        ``stateful``: mutates module buffers (running statistics); re-evaluations run on copies.
+        ``opaque``: a user-declared leaf; treated as both stochastic and stateful.
+    """
+
+    kind: Kind = "pure"
+    note: str = ""
+
+    @property
+    def replays_rng(self) -> bool:
+        return self.kind in ("stochastic", "opaque")
+
+    @property
+    def protects_buffers(self) -> bool:
+        return self.kind in ("stateful", "opaque")
+
+
+_MODULES: dict[type, OpRule] = {}
+_FUNCTIONS: dict[Callable, OpRule] = {}
+_METHODS: dict[str, OpRule] = {}
+_UNSUPPORTED: dict[Any, str] = {}
+
+
+def _register(table: dict, key: Any, rule: OpRule, what: str) -> None:
+    if key in table:
+        raise ValueError(f"{what} {key!r} already has a rule ({table[key]}); register it once.")
+    table[key] = rule
+
+
+def register_module(cls: type, kind: Kind = "pure", note: str = "") -> None:
+    """Declare how calls to leaf modules of class ``cls`` behave (registering twice is an error).
+
+    Example:
+        >>> import pccompile.ops as ops
+        >>> class MyNorm(torch.nn.Module): ...
+        >>> ops.register_module(MyNorm, kind="stateful")
+    """
+    _register(_MODULES, cls, OpRule(kind, note), "module class")
+
+
+def register_function(fn: Callable, kind: Kind = "pure", note: str = "") -> None:
+    """Declare how a ``call_function`` target (e.g. a ``torch.fx.wrap``-ed function) behaves."""
+    _register(_FUNCTIONS, fn, OpRule(kind, note), "function")
+
+
+def register_method(name: str, kind: Kind = "pure", note: str = "") -> None:
+    """Declare how a ``Tensor`` method called as ``x.name(...)`` behaves."""
+    _register(_METHODS, name, OpRule(kind, note), "method")
+
+
+# --------------------------------------------------------------------------------------------
+# torch.nn layers. Containers are traced through (never leaves); everything else in the
+# torch.nn catalogue is classified here by name so a new torch layer needs a deliberate entry.
+_STOCHASTIC_MODULES = {
+    "Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout",
+    "RReLU", "MultiheadAttention", "Transformer", "TransformerEncoder", "TransformerDecoder",
+    "TransformerEncoderLayer", "TransformerDecoderLayer", "RNN", "LSTM", "GRU",
+}  # fmt: skip
+_STATEFUL_MODULES = {
+    "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "LazyBatchNorm1d",
+    "LazyBatchNorm2d", "LazyBatchNorm3d", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
+    "LazyInstanceNorm1d", "LazyInstanceNorm2d", "LazyInstanceNorm3d",
+}  # fmt: skip
+_CONTAINERS = {"Module", "Sequential", "ModuleList", "ModuleDict", "ParameterList",
+               "ParameterDict", "Container"}  # fmt: skip
+
+
+def _register_torch_nn() -> None:
+    for name in nn.modules.__all__:
+        cls = getattr(nn, name, None)
+        if not (isinstance(cls, type) and issubclass(cls, nn.Module)) or name in _CONTAINERS:
+            continue
+        if name in _STOCHASTIC_MODULES:
+            kind = "stochastic"
+        elif name in _STATEFUL_MODULES:
+            kind = "stateful"
+        else:
+            kind = "pure"
+        register_module(cls, kind)
+
+
+# --------------------------------------------------------------------------------------------
+# torch functions and Tensor methods: the universe is torch's own overridable API (its public
+# operators); each is pure unless it is random, mutates running statistics, is in-place, or is
+# listed as unsupported below.
+_STOCHASTIC_NAMES = {
+    "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
+    "feature_dropout", "native_dropout", "rrelu", "bernoulli", "multinomial", "normal",
+    "poisson", "rand_like", "randn_like", "randint_like", "gumbel_softmax", "uniform",
+    "multi_head_attention_forward", "scaled_dot_product_attention",
+}  # fmt: skip
+_STATEFUL_NAMES = {"batch_norm", "instance_norm"}
+_UNSUPPORTED_METHODS = {
+    "backward": "calls backward inside forward",
+    "register_hook": "registers an autograd hook inside forward",
+    "retain_grad": "touches autograd state inside forward",
+    "requires_grad_": "changes requires_grad inside forward",
+    "data_ptr": "depends on memory addresses",
+    "set_": "replaces a tensor's storage",
+    "resize_": "resizes a tensor in place",
+    "resize_as_": "resizes a tensor in place",
+    "copy_": "copies into an existing tensor in place",
+    "numpy": "leaves torch",
+}
+# In-place operator spellings and their out-of-place twins.
+_OPERATOR_INPLACE = {
+    operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul,
+    operator.itruediv: operator.truediv, operator.ifloordiv: operator.floordiv,
+    operator.imod: operator.mod, operator.ipow: operator.pow, operator.imatmul: operator.matmul,
+    operator.iand: operator.and_, operator.ior: operator.or_, operator.ixor: operator.xor,
+    operator.ilshift: operator.lshift, operator.irshift: operator.rshift,
+}  # fmt: skip
+_OPERATOR_PURE = [
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv, operator.mod,
+    operator.pow, operator.matmul, operator.neg, operator.pos, operator.abs, operator.getitem,
+    operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge,
+    operator.and_, operator.or_, operator.xor, operator.invert, operator.lshift,
+    operator.rshift, builtins.getattr, builtins.len,
+]  # fmt: skip
+
+
+def _fn_name(fn: Callable) -> str:
+    return getattr(fn, "__name__", "") or ""
+
+
+def _classify_name(name: str) -> Kind:
+    base = name.lstrip("_")
+    if base in _STOCHASTIC_NAMES:
+        return "stochastic"
+    if base in _STATEFUL_NAMES:
+        return "stateful"
+    return "pure"
+
+
+def _is_inplace_name(name: str) -> bool:
+    return name.endswith("_") and not name.endswith("__")
+
+
+def _register_torch_api() -> None:
+    for fn in _OPERATOR_PURE:
+        register_function(fn)
+    for namespace, fns in torch.overrides.get_overridable_functions().items():
+        for fn in fns:
+            name = _fn_name(fn)
+            if not name:
+                continue
+            if namespace is torch.Tensor:
+                if name in _METHODS or name in _UNSUPPORTED_METHODS or _is_inplace_name(name):
+                    continue
+                register_method(name, _classify_name(name))
+            else:
+                if fn in _FUNCTIONS or _is_inplace_name(name):
+                    continue
+                register_function(fn, _classify_name(name))
+    # Tensor attributes read as ``x.T``/``x.shape`` arrive as getattr; dunder methods that FX
+    # records by name (``x.__getitem__``) are pure too.
+    for name in ("__getitem__", "__len__", "size", "dim", "contiguous"):
+        _METHODS.setdefault(name, OpRule("pure"))
+
+
+def _register_torchvision() -> None:
+    """Functions torchvision hides from FX with ``torch.fx.wrap``; they arrive as call_function."""
+    try:
+        import torchvision.models.swin_transformer as swin
+        from torchvision.ops import stochastic_depth
+    except Exception:  # torchvision is a dependency, but keep ops importable without it
+        return
+    register_function(stochastic_depth, "stochastic", "torchvision StochasticDepth")
+    for name, kind in (
+        ("shifted_window_attention", "stochastic"),
+        ("_patch_merging_pad", "pure"),
+        ("_get_relative_position_bias", "pure"),
+    ):
+        fn = getattr(swin, name, None)
+        if fn is not None and fn not in _FUNCTIONS:
+            register_function(fn, kind, "torchvision Swin")
+
+
+_register_torch_nn()
+_register_torch_api()
+_register_torchvision()
+
+
+# --------------------------------------------------------------------------------------------
+def inplace_twin(node: fx.Node) -> tuple[str, Any] | None:
+    """The out-of-place version of an in-place node as ``(op, target)``, or None if not in-place.
+
+    Raises:
+        UnsupportedOpError: in-place ops without a functional twin (``x[i] = v``, ``copy_``).
+    """
+    if node.op == "call_function":
+        if node.target in _OPERATOR_INPLACE:
+            return ("call_function", _OPERATOR_INPLACE[node.target])
+        if node.target is operator.setitem:
+            raise UnsupportedOpError(
+                f"Node {node.name!r} assigns into a tensor in place (x[...] = v). PC value nodes "
+                f"must not be mutated. Rewrite it out of place (torch.where, torch.cat, "
+                f"index_put) or make the module that does it a leaf: "
+                f"convert(..., leaf_modules=[...])."
+            )
+        name = _fn_name(node.target)
+        if _is_inplace_name(name):
+            twin = getattr(torch, name[:-1], None) or getattr(F, name[:-1], None)
+            if twin is None:
+                raise _unsupported(node, f"in-place function {name!r} has no out-of-place twin")
+            return ("call_function", twin)
+    elif node.op == "call_method" and _is_inplace_name(node.target):
+        if node.target in _UNSUPPORTED_METHODS:
+            raise _unsupported(node, _UNSUPPORTED_METHODS[node.target])
+        twin = node.target[:-1]
+        if twin not in _METHODS:
+            raise _unsupported(node, f"in-place method {node.target!r} has no out-of-place twin")
+        return ("call_method", twin)
+    return None
+
+
+def _describe(node: fx.Node) -> str:
+    if node.op == "call_module":
+        return f"module {node.target!r}"
+    if node.op == "call_method":
+        return f"Tensor.{node.target}"
+    mod = getattr(node.target, "__module__", None) or ""
+    return f"{mod + '.' if mod else ''}{_fn_name(node.target) or node.target!r}"
+
+
+def _unsupported(node: fx.Node, why: str) -> UnsupportedOpError:
+    where = node.meta.get("nn_module_stack")
+    owner = ""
+    if where:
+        path = list(where.keys())[-1] if isinstance(where, dict) else ""
+        owner = f" inside module {path!r}" if path else ""
+    return UnsupportedOpError(
+        f"Node {node.name!r} ({_describe(node)}){owner}: {why}. Fix: mark the enclosing "
+        f"submodule as a leaf (convert(..., leaf_modules=['path.to.module'])) so it becomes one "
+        f"opaque vertex, or register a rule with pccompile.ops.register_function / "
+        f"register_method / register_module."
+    )
+
+
+def rule_for(node: fx.Node, module: nn.Module | None = None, user_leaf: bool = False) -> OpRule:
+    """The rule for a node that computes on PC values.
+
+    Args:
+        node: a call_module, call_function or call_method node.
+        module: the called module, for call_module nodes.
+        user_leaf: the module was declared a leaf by the user (it gets the ``opaque`` rule).
+
+    Raises:
+        UnsupportedOpError: the op has no rule, naming the node, the op and the fixes.
+    """
+    if node.op == "call_module":
+        if user_leaf:
+            return OpRule("opaque", "user leaf")
+        for cls in type(module).__mro__:
+            rule = _MODULES.get(cls)
+            if rule is not None and cls.__module__.startswith("torch.nn") == (
+                type(module).__module__.startswith("torch.nn")
+            ):
+                return rule
+        raise _unsupported(node, f"no rule for leaf module class {type(module).__qualname__}")
+    if node.op == "call_function":
+        rule = _FUNCTIONS.get(node.target)
+        if rule is None:
+            raise _unsupported(node, "no rule for this function")
+        return rule
+    if node.op == "call_method":
+        if node.target in _UNSUPPORTED_METHODS:
+            raise _unsupported(node, _UNSUPPORTED_METHODS[node.target])
+        rule = _METHODS.get(node.target)
+        if rule is None:
+            raise _unsupported(node, "no rule for this Tensor method")
+        return rule
+    raise _unsupported(node, f"unexpected FX op {node.op!r}")
+
+
+def registered_ops() -> dict[str, dict[str, OpRule]]:
+    """A snapshot of the registry (for documentation and coverage tests)."""
+    return {
+        "modules": {f"{c.__module__}.{c.__qualname__}": r for c, r in _MODULES.items()},
+        "functions": {
+            f"{getattr(f, '__module__', '') or ''}.{_fn_name(f)}": r for f, r in _FUNCTIONS.items()
+        },
+        "methods": {f"Tensor.{n}": r for n, r in _METHODS.items()},
+    }

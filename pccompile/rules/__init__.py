@@ -1,0 +1,63 @@
+"""Rules: schedules over the one engine in :mod:`pccompile.engine`.
+
+Each rule turns a feed-forward pass into parameter contributions (:class:`~pccompile.engine.Grads`)
+by running PC inference: ``zil`` and ``fpa`` (exact), ``il`` and ``ipc`` (approximate). ``bp``
+is plain autograd and lives in :mod:`pccompile.module` as the reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["LearnReport", "Trace"]
+
+
+@dataclass
+class Trace:
+    """Per-step record of the inference dynamics, ready to plot.
+
+    ``energy[s]`` is the total energy at step ``s``; ``vertex_energy[name][s]`` is
+    ``1/2 ||eps_v||^2`` (the output's entry is its loss term); ``error_norm[name][s]`` is
+    ``||eps_v||``; ``levels[name]`` is the vertex's level.
+    """
+
+    energy: list[float] = field(default_factory=list)
+    vertex_energy: dict[str, list[float]] = field(default_factory=dict)
+    error_norm: dict[str, list[float]] = field(default_factory=dict)
+    levels: dict[str, int] = field(default_factory=dict)
+
+    def record(self, names_levels: list[tuple[str, int]], eps: list, loss_term: float) -> None:
+        total = loss_term
+        for (name, level), e in zip(names_levels, eps):
+            sq = sum(float((t.double() ** 2).sum()) for t in e) if e else 0.0
+            self.vertex_energy.setdefault(name, []).append(0.5 * sq)
+            self.error_norm.setdefault(name, []).append(sq**0.5)
+            self.levels[name] = level
+            total += 0.5 * sq
+        self.vertex_energy.setdefault("output", []).append(loss_term)
+        self.error_norm.setdefault("output", []).append(float("nan"))
+        self.levels["output"] = 0
+        self.energy.append(total)
+
+
+@dataclass
+class LearnReport:
+    """What :meth:`PCModule.learn` returns.
+
+    Attributes:
+        rule: the rule's name; mode: ``efficient`` / ``faithful`` / ``autograd``.
+        loss: the loss at the feed-forward pass (what BP's loss would be).
+        steps: inference steps run (0 for bp).
+        energy: total energy per step, where the schedule tracks it (faithful modes).
+        trace: the full per-vertex :class:`Trace` when ``trace=True`` was asked.
+        output: the model's output on the batch (detached).
+    """
+
+    rule: str
+    mode: str
+    loss: float
+    steps: int
+    energy: list[float] | None = None
+    trace: Trace | None = None
+    output: Any = None

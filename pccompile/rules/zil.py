@@ -1,0 +1,62 @@
+"""Z-IL: zero-divergence inference learning (Song, Lukasiewicz, Xu, Bogacz 2020).
+
+Value nodes start at the feed-forward pass, gamma = 1, and the parameter use of a vertex at level
+``l`` is read once, at inference step ``t = l``; contributions are summed and applied after
+inference. On a leveled graph this is exactly BP.
+
+Two schedules, identical parameter updates (tested):
+
+* ``efficient`` (event-driven): before the error front reaches a vertex its error is zero and its
+  parents have not moved, so at step ``t`` only the level-``t`` frontier changes anything still
+  needed. Each frontier vertex's error node is updated once,
+  ``eps_v <- eps_v + gamma * (-eps_v + sum_c J_{c,v}^T eps_c)`` with ``eps_v = 0`` before, and
+  one local VJP gives both its parents' feedback and its own parameter update: BP's cost.
+* ``faithful``: the synchronous loop of :mod:`pccompile.rules.sync`, every value node every step.
+"""
+
+from __future__ import annotations
+
+from ..config import ZIL
+from ..engine import FeedForward, Grads, Plan, add_to, output_feedback, vjp
+from ..errors import ConfigError
+
+
+def steps_for(plan: Plan, cfg: ZIL) -> int:
+    return plan.depth + 1 if cfg.steps is None else cfg.steps
+
+
+def mode_for(plan: Plan, cfg: ZIL, trace: bool) -> str:
+    if cfg.mode == "efficient" and not plan.leveled:
+        raise ConfigError(
+            "ZIL(mode='efficient') needs a leveled graph (its schedule is only BP-equal when every "
+            "edge spans one level); convert with level=True, or use mode='faithful' to simulate "
+            "Z-IL on the unleveled graph."
+        )
+    if cfg.mode == "auto":
+        return "efficient" if plan.leveled and not trace else "faithful"
+    return cfg.mode
+
+
+def propagate(plan: Plan, ff: FeedForward, *, gamma: float, last_level: int) -> Grads:
+    """The event-driven schedule: levels ``1 .. last_level`` in order, one VJP per vertex.
+
+    Valid for Z-IL on a leveled graph, and for FPA with gamma = 1 on any graph (increasing level
+    is a reverse topological order, and FPA's fixed point is reached there).
+    """
+    acc: list = [None] * len(plan.vertices)
+    grads = Grads()
+    output_feedback(plan, ff.loss, ff.flat, acc)
+    for t in range(1, min(last_level, len(plan.by_level) - 1) + 1):
+        for vid in plan.by_level[t]:
+            fb, acc[vid] = acc[vid], None
+            if fb is None:
+                continue
+            # eps_v was 0 until the front arrived: eps_v <- 0 + gamma * (-0 + feedback).
+            eps = fb if gamma == 1.0 else [None if f is None else gamma * f for f in fb]
+            v = plan.vertices[vid]
+            if v.kind == "identity":
+                add_to(acc, v.source, eps)
+                continue
+            vjp(v, ff.mu[vid], eps, [ff.flat[r] for r in v.parents], ff.env, grads, acc)
+            ff.mu[vid] = None  # frees the vertex's local graph, as BP frees saved tensors
+    return grads
