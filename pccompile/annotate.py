@@ -10,7 +10,9 @@ Roles:
                 e.g. ``class_token.expand(n)``): part of the consuming vertex's θ.
   ``vertex``    float result with a data path from an input or a vertex: gets a value node and an
                 error node. Needs a rule from :mod:`pccompile.ops`.
-  ``struct``    ``getitem`` into a vertex's tuple/list/dict output: fused into its readers.
+  ``struct``    pure data movement between vertices: ``getitem`` into a vertex's tuple/list/dict
+                output, or building a tuple/namedtuple/list/dict of vertex values. Fused into
+                its readers (``sources`` lists the vertices and inputs it moves).
   ``meta``      non-float or non-tensor results (sizes, masks, indices): constants of the pass.
   ``output``    the graph output.
 """
@@ -38,8 +40,7 @@ class NodeInfo:
     shapes: list[tuple[int, ...]] = field(default_factory=list)  # float tensors in the value
     dtype: torch.dtype | None = None
     depends_on_params: bool = False
-    struct_of: fx.Node | None = None  # for role "struct": the producing vertex
-    struct_path: tuple[Any, ...] = ()
+    sources: tuple[fx.Node, ...] = ()  # for role "struct": the vertices/inputs it moves
 
 
 def is_float_tensor(x: Any) -> bool:
@@ -75,6 +76,26 @@ def _run_on_the_side(gm: fx.GraphModule, inputs: tuple) -> dict[fx.Node, Any]:
             for b, saved in buffers:
                 b.copy_(saved)
     return rec.values
+
+
+def _moves_data(node: fx.Node, info: dict[fx.Node, NodeInfo], values: dict) -> bool:
+    """Whether ``node`` only moves vertex values around (no computation on tensors)."""
+    if node.op != "call_function":
+        return False
+    target = node.target
+    if target is operator.getitem:
+        producer = node.args[0]
+        if not (isinstance(producer, fx.Node) and info[producer].role in ("vertex", "struct")):
+            return False
+        if isinstance(values.get(producer), torch.Tensor):
+            return False  # tensor indexing computes: it is a vertex
+        if isinstance(node.args[1], fx.Node):
+            raise UnsupportedOpError(
+                f"Node {node.name!r} indexes the tuple output of {producer.name!r} with a "
+                f"computed index; use a constant index or make the module a leaf."
+            )
+        return True
+    return target in (tuple, list, dict) or (isinstance(target, type) and issubclass(target, tuple))
 
 
 def annotate(gm: fx.GraphModule, inputs: tuple, user_leaves: set[str]) -> None:
@@ -120,23 +141,13 @@ def annotate(gm: fx.GraphModule, inputs: tuple, user_leaves: set[str]) -> None:
             meta.role = "output"
         else:
             data_args = [a for a in args if info[a].role in ("vertex", "struct", "input")]
-            producer = node.args[0] if node.args else None
-            if (
-                node.op == "call_function"
-                and node.target is operator.getitem
-                and isinstance(producer, fx.Node)
-                and info[producer].role in ("vertex", "struct")
-                and not isinstance(values.get(producer), torch.Tensor)
-            ):
-                if isinstance(node.args[1], fx.Node):
-                    raise UnsupportedOpError(
-                        f"Node {node.name!r} indexes the tuple output of {producer.name!r} with a "
-                        f"computed index; use a constant index or make the module a leaf."
-                    )
+            if data_args and _moves_data(node, info, values):
                 meta.role = "struct"
-                pinfo = info[producer]
-                meta.struct_of = pinfo.struct_of if pinfo.role == "struct" else producer
-                meta.struct_path = (*pinfo.struct_path, node.args[1])
+                sources: dict[fx.Node, None] = {}
+                for a in data_args:
+                    for src in info[a].sources if info[a].role == "struct" else (a,):
+                        sources[src] = None
+                meta.sources = tuple(sources)
             elif floats and data_args:
                 meta.role = "vertex"
                 module = gm.get_submodule(node.target) if node.op == "call_module" else None

@@ -72,6 +72,7 @@ class Plan:
     live_params: tuple[torch.nn.Parameter, ...]
     n_inputs: int
     modules: dict[int, torch.nn.Module] = field(default_factory=dict)
+    chains: dict[int, list[int]] = field(default_factory=dict)  # vertex -> identity vertices below it
 
     @property
     def depth(self) -> int:
@@ -128,14 +129,20 @@ def compile_plan(gm: fx.GraphModule, graph: nx.DiGraph, training: bool) -> Plan:
         parents: list[int] = []
         params: list[torch.nn.Parameter] = []
         pleaves: list[int] = []
-        for a in node.all_input_nodes:
+        stack = list(node.all_input_nodes)
+        while stack:
+            a = stack.pop()
+            if a in src:
+                continue
             info = a.meta["pc"]
-            if info.role in ("vertex", "struct"):
-                producer = info.struct_of if info.role == "struct" else a
-                if producer.name not in vid:  # cannot happen for live vertices; guard anyway
-                    raise UnsupportedOpError(f"Node {name!r} reads dead vertex {producer.name!r}.")
-                r = route(producer.name, name)
-                src[a] = (1, r, info.struct_path)
+            if info.role == "struct":  # data movement: resolved per reader, with its routing
+                src[a] = (2,)
+                stack.extend(a.all_input_nodes)
+            elif info.role == "vertex":
+                if a.name not in vid:  # cannot happen for live vertices; guard anyway
+                    raise UnsupportedOpError(f"Node {name!r} reads dead vertex {a.name!r}.")
+                r = route(a.name, name)
+                src[a] = (1, r)
                 if r not in parents:
                     parents.append(r)
             elif info.role == "param":
@@ -182,10 +189,16 @@ def compile_plan(gm: fx.GraphModule, graph: nx.DiGraph, training: bool) -> Plan:
         if all(p is not q for q in live_params):
             live_params.append(p)
     output = next(v for v in vertices if v.kind == "output")
+    chains: dict[int, list[int]] = {}
+    for v in sorted((v for v in vertices if v.kind == "identity"), key=lambda v: -v.level):
+        root = v.source
+        while vertices[root].kind == "identity":
+            root = vertices[root].source
+        chains.setdefault(root, []).append(v.vid)
     return Plan(
         gm, graph, training, nodes, roles, vertices, {by_name[n]: vid[n] for n in names[: len(live)]},
         by_level, output, sorted(boundary), tuple(prologue_params), tuple(live_params),
-        sum(1 for r in roles if r == "input"), modules,
+        sum(1 for r in roles if r == "input"), modules, chains,
     )  # fmt: skip
 
 
@@ -216,17 +229,17 @@ def _param_ancestors(node: fx.Node) -> list[fx.Node]:
 
 def _make_loader(node: fx.Node, src: dict[fx.Node, tuple]) -> Callable:
     """A function ``(env, leaves) -> (args, kwargs)`` for ``node``, resolving each argument to
-    the value node of its routed parent, a fused tuple element, or a constant of the pass."""
+    the value node of its routed parent, a constant of the pass, or (for struct nodes: tuple
+    packing and unpacking) the same movement applied to the reader's own view of the values."""
     args, kwargs = node.args, node.kwargs
 
     def get(n: fx.Node) -> Any:
         s = src[n]
         if s[0] == 0:
             return load_env[0][s[1]]
-        value = load_env[1][s[1]]
-        for k in s[2]:
-            value = value[k]
-        return value
+        if s[0] == 1:
+            return load_env[1][s[1]]
+        return n.target(*map_arg(n.args, get), **map_arg(n.kwargs, get))
 
     load_env: list = [None, None]
 
@@ -372,6 +385,8 @@ def feed_forward(plan: Plan, inputs: tuple, target: Any, loss_fn: Callable,
                 out = call_vertex(plan, v, env, leaves, recompute=False)
             value, fl, m = leafify(out)
             leaves[v.vid], flat[v.vid], mu[v.vid], env[i] = value, fl, m, value
+            for c in plan.chains.get(v.vid, ()):  # identity vertices start as copies
+                leaves[c], flat[c], mu[c] = value, fl, fl
         elif role == "param_op":
             with torch.enable_grad():
                 out = _invoke(node, plan.modules.get(i), map_arg(node.args, get),
@@ -389,9 +404,6 @@ def feed_forward(plan: Plan, inputs: tuple, target: Any, loss_fn: Callable,
             with torch.no_grad():
                 env[i] = _invoke(node, plan.modules.get(i), map_arg(node.args, get),
                                  map_arg(node.kwargs, get))  # fmt: skip
-    for v in plan.vertices:  # identity vertices start as copies of their source
-        if v.kind == "identity":
-            leaves[v.vid], flat[v.vid], mu[v.vid] = leaves[v.source], flat[v.source], flat[v.source]
     out_args, _ = plan.output.load(env, leaves)
     output = out_args[0]
     with torch.enable_grad():

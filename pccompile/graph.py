@@ -15,12 +15,13 @@ from __future__ import annotations
 import networkx as nx
 import torch.fx as fx
 
-__all__ = ["build_pc_graph", "level_graph", "is_leveled", "depth"]
+__all__ = ["data_parents", "build_pc_graph", "level_graph", "is_leveled", "depth"]
 
 
-def _data_parent(node: fx.Node) -> fx.Node:
+def data_parents(node: fx.Node) -> tuple[fx.Node, ...]:
+    """The vertices/inputs whose values ``node`` carries (itself, unless it is a struct)."""
     info = node.meta["pc"]
-    return info.struct_of if info.role == "struct" else node
+    return info.sources if info.role == "struct" else (node,)
 
 
 def build_pc_graph(gm: fx.GraphModule) -> nx.DiGraph:
@@ -49,7 +50,8 @@ def build_pc_graph(gm: fx.GraphModule) -> nx.DiGraph:
             continue
         for a in node.all_input_nodes:
             if a.meta["pc"].role in ("vertex", "struct", "input"):
-                g.add_edge(_data_parent(a).name, node.name)
+                for p in data_parents(a):
+                    g.add_edge(p.name, node.name)
     live = nx.ancestors(g, "output") | {"output"}
     g.remove_nodes_from([v for v in list(g.nodes) if v not in live])
     _set_levels(g)

@@ -73,7 +73,7 @@ def run_sync(
             flat, mus, loss = ff.flat, ff.mu, ff.loss
         eps = {v.vid: [xi - m.detach() for xi, m in zip(x[v.vid], mus[v.vid])] for v in hidden}
         if trace is not None:
-            trace.record(names, [eps[v.vid] for v in hidden], output_weight * float(loss))
+            trace.record(names, [eps[v.vid] for v in hidden], output_weight * float(loss.detach()))
         acc: list = [None] * n
         output_feedback(plan, loss, flat, acc, weight=output_weight, retain=not recompute)
         for v in hidden:
