@@ -175,7 +175,12 @@ def compile_plan(gm: fx.GraphModule, graph: nx.DiGraph, training: bool) -> Plan:
         )
     n_levels = 1 + max(v.level for v in vertices)
     by_level: list[list[int]] = [[] for _ in range(n_levels)]
-    for v in vertices:
+    # Within a level, visit vertices latest-consumer first: a vertex with several children then
+    # sums their feedback in the order autograd's engine does (reverse execution order), so float32
+    # results are not just equal up to rounding but usually bitwise equal to BP's.
+    position = {n.name: i for i, n in enumerate(nodes)}
+    key = lambda v: position[graph.nodes[v.name]["target"] if v.kind == "identity" else v.name]
+    for v in sorted(vertices, key=key, reverse=True):
         by_level[v.level].append(v.vid)
 
     prologue_params: list[torch.nn.Parameter] = []
