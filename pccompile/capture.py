@@ -40,6 +40,7 @@ class PCTracer(fx.Tracer):
         self.leaf_types = tuple(leaf_types)
         self.leaf_names = set(leaf_names)
         self.current_path = ""
+        self.failed_path: str | None = None  # innermost module whose forward raised
 
     def is_user_leaf(self, m: nn.Module, qualname: str) -> bool:
         return qualname in self.leaf_names or (bool(self.leaf_types) and isinstance(m, self.leaf_types))
@@ -55,6 +56,10 @@ class PCTracer(fx.Tracer):
         self.current_path = self.path_of_module(m)
         try:
             return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_path is None:
+                self.failed_path = self.current_path
+            raise
         finally:
             self.current_path = outer
 
@@ -113,7 +118,7 @@ def capture(
     try:
         graph = tracer.trace(model, concrete_args=concrete_args)
     except Exception as exc:  # FX raises TraceError, TypeError, RuntimeError, ... all user-caused
-        where = tracer.current_path
+        where = tracer.failed_path or ""
         hint = (
             f"mark submodule {where!r} as a leaf (convert(..., leaf_modules=[{where!r}]))"
             if where
