@@ -1,0 +1,113 @@
+"""The PC energy as a plain module: value nodes in, error nodes and total energy out.
+
+Reads: a compiled plan and a loss. Writes nothing.
+``EnergyModule(plan, loss_fn)(*inputs, target, *values)`` evaluates every prediction
+``mu_v = g_v(x_parents)`` from the *given* value nodes, and returns
+``(eps_1, ..., eps_n, F)`` with ``eps_v = x_v - mu_v`` and
+``F = sum_v 1/2 ||eps_v||^2 + L(mu_out, target)``. The value nodes are the plan's hidden vertices
+in order (op vertices, then identity vertices), one tensor per float output. This is the graph the
+ONNX ``energy`` export writes, and a way to evaluate a PCN's energy anywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.fx.node import map_arg
+
+from .engine import Plan, _fetch, _invoke, call_vertex, feed_forward, rebuild
+
+__all__ = ["EnergyModule", "value_node_names", "feedforward_values"]
+
+
+def value_node_names(plan: Plan) -> list[str]:
+    """Names of the value-node tensors, in the order EnergyModule takes them."""
+    names = []
+    for v in plan.hidden:
+        n = len(v.node.meta["pc"].shapes) if v.node is not None else _n_flat(plan, v)
+        names += [v.name] if n == 1 else [f"{v.name}.{k}" for k in range(n)]
+    return names
+
+
+def _n_flat(plan: Plan, v) -> int:
+    while v.kind == "identity":
+        v = plan.vertices[v.source]
+    return len(v.node.meta["pc"].shapes)
+
+
+def feedforward_values(plan: Plan, inputs: tuple, target: Any, loss_fn: Callable) -> list[torch.Tensor]:
+    """The value nodes at the feed-forward initialisation (all errors zero there)."""
+    ff = feed_forward(plan, inputs, target, loss_fn, record_rng=False)
+    return [t.detach() for v in plan.hidden for t in ff.flat[v.vid]]
+
+
+class EnergyModule(nn.Module):
+    """See the module docstring. Shares the plan's GraphModule (and so the model's weights)."""
+
+    def __init__(self, plan: Plan, loss_fn: Callable, n_inputs: int | None = None):
+        super().__init__()
+        self.gm = plan.gm
+        self.__dict__["plan"] = plan
+        self.__dict__["loss_fn"] = loss_fn
+        self.n_inputs = plan.n_inputs if n_inputs is None else n_inputs
+
+    def forward(self, *args: Any) -> tuple[torch.Tensor, ...]:
+        plan = self.plan
+        inputs, target, values = args[: self.n_inputs], args[self.n_inputs], args[self.n_inputs + 1 :]
+        hidden = plan.hidden
+        flat: list = [None] * len(plan.vertices)
+        leaves: list = [None] * len(plan.vertices)
+        k = 0
+        for v in hidden:
+            n = _n_flat(plan, v)
+            flat[v.vid] = list(values[k : k + n])
+            k += n
+        if k != len(values):
+            raise ValueError(f"EnergyModule expects {k} value-node tensors, got {len(values)}.")
+        env: list = [None] * len(plan.nodes)
+        index = {n: i for i, n in enumerate(plan.nodes)}
+        get = lambda n: env[index[n]]
+        k_in = 0
+        templates: dict[int, Any] = {}
+        for i, node in enumerate(plan.nodes):
+            role = plan.roles[i]
+            if role == "input":
+                env[i] = inputs[k_in]
+                k_in += 1
+            elif role in ("param", "const"):
+                env[i] = _fetch(plan.gm, node.target)
+            elif role == "output":
+                continue
+            elif role == "vertex" and node in plan.vid_of_node:
+                v = plan.vertices[plan.vid_of_node[node]]
+                templates[v.vid] = call_vertex(plan, v, env, leaves, recompute=False)
+                leaves[v.vid] = rebuild(templates[v.vid], flat[v.vid])
+                env[i] = leaves[v.vid]
+                for c in plan.chains.get(v.vid, ()):
+                    leaves[c] = rebuild(templates[v.vid], flat[c])
+            else:
+                env[i] = _invoke(node, plan.modules.get(i), map_arg(node.args, get),
+                                 map_arg(node.kwargs, get))  # fmt: skip
+        errors = []
+        energy = 0.0
+        for v in hidden:
+            if v.kind == "identity":
+                mus = flat[v.source]
+            else:
+                mus = _float_leaves(call_vertex(plan, v, env, leaves, recompute=True))
+            for x, mu in zip(flat[v.vid], mus):
+                e = x - mu
+                errors.append(e)
+                energy = energy + 0.5 * (e * e).sum()
+        output = plan.output.load(env, leaves)[0][0]
+        energy = energy + self.loss_fn(output, target)
+        return (*errors, energy)
+
+
+def _float_leaves(out: Any) -> list[torch.Tensor]:
+    from .annotate import float_leaves
+
+    return float_leaves(out)
