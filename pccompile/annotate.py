@@ -30,7 +30,8 @@ from torch.utils._pytree import tree_flatten
 from .errors import InputError, UnsupportedOpError
 from .ops import OpRule, rule_for
 
-__all__ = ["NodeInfo", "annotate", "is_float_tensor", "float_leaves"]
+__all__ = ["NodeInfo", "annotate", "complete_inputs", "record_values", "is_float_tensor",
+           "float_leaves"]  # fmt: skip
 
 
 @dataclass
@@ -63,7 +64,25 @@ class _Recorder(fx.Interpreter):
         return out
 
 
-def _run_on_the_side(gm: fx.GraphModule, inputs: tuple) -> dict[fx.Node, Any]:
+def complete_inputs(gm: fx.GraphModule, inputs: tuple) -> tuple:
+    """``inputs`` extended with the defaults of trailing optional arguments (``h0=None``).
+
+    Raises:
+        InputError: too few or too many inputs for the traced signature.
+    """
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    required = sum(1 for n in placeholders if not n.args)
+    if not required <= len(inputs) <= len(placeholders):
+        names = ", ".join(p.name + ("" if not p.args else "=...") for p in placeholders)
+        count = f"{required}" if required == len(placeholders) else f"{required} to {len(placeholders)}"
+        raise InputError(
+            f"The model takes {count} input(s) ({names}) but {len(inputs)} were given; pass them "
+            f"positionally (several example inputs as a tuple)."
+        )
+    return tuple(inputs) + tuple(p.args[0] for p in placeholders[len(inputs) :])
+
+
+def record_values(gm: fx.GraphModule, inputs: tuple) -> dict[fx.Node, Any]:
     """Run ``gm`` once for value types, leaving buffers and RNG streams as they were."""
     buffers = [(b, b.detach().clone()) for b in gm.buffers()]
     devices = sorted({t.device.index or 0 for t in float_leaves(inputs) if t.is_cuda})
@@ -105,15 +124,9 @@ def annotate(gm: fx.GraphModule, inputs: tuple, user_leaves: set[str]) -> None:
         InputError: ``inputs`` do not fit the model's placeholders.
         UnsupportedOpError: a vertex calls an op without a rule.
     """
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    if len(inputs) != len(placeholders):
-        raise InputError(
-            f"The model takes {len(placeholders)} input(s) "
-            f"({', '.join(p.name for p in placeholders)}) but {len(inputs)} example input(s) "
-            f"were given; pass one example per input, as a tuple."
-        )
+    inputs = complete_inputs(gm, inputs)
     try:
-        values = _run_on_the_side(gm, inputs)
+        values = record_values(gm, inputs)
     except Exception as exc:
         raise InputError(
             f"Running the traced model on the example inputs failed: {type(exc).__name__}: "

@@ -1,6 +1,7 @@
 """``convert``: the whole pipeline, in order.
 
-    nn.Module --capture--> fx.GraphModule --annotate--> roles and rules per node
+    nn.Module --capture--> fx.GraphModule --unroll--> one vertex per RNN time step
+              --annotate--> roles and rules per node
               --build_pc_graph--> networkx PC graph with levels --level_graph--> identity vertices
               --compile_plan--> Plan (the schedule) --> PCModule
 """
@@ -21,6 +22,7 @@ from .engine import Plan, compile_plan
 from .errors import ConfigError, InputError
 from .graph import build_pc_graph, level_graph
 from .module import PCModule
+from .unroll import unroll_recurrent
 
 __all__ = ["convert", "unconvert", "CaptureOptions"]
 
@@ -45,6 +47,7 @@ def build_plan(model: nn.Module, inputs: tuple, training: bool, opts: CaptureOpt
     gm, user_leaves = capture(
         model, training=training, leaf_modules=opts.leaf_modules, concrete_args=opts.concrete_args
     )
+    unroll_recurrent(gm, inputs, user_leaves)
     annotate(gm, inputs, user_leaves)
     graph = build_pc_graph(gm)
     if opts.level:

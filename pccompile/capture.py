@@ -89,6 +89,10 @@ def _user_frame(tb) -> str:
     return f"{f.filename}:{f.lineno}: {code}"
 
 
+def _passes_through(tb, path_suffix: str) -> bool:
+    return any(f.filename.endswith(path_suffix) for f in traceback.extract_tb(tb))
+
+
 def _set_training(model: nn.Module, mode: bool) -> dict[nn.Module, bool]:
     saved = {m: m.training for m in model.modules()}
     model.train(mode)
@@ -124,6 +128,14 @@ def capture(
             if where
             else "mark the offending submodule as a leaf (convert(..., leaf_modules=[...]))"
         )
+        if _passes_through(exc.__traceback__, os.path.join("nn", "utils", "rnn.py")):
+            raise TraceError(
+                f"Cannot trace {type(model).__name__}: it packs variable-length sequences\n"
+                f"  at {_user_frame(exc.__traceback__)}\n"
+                f"The PC graph has one vertex per time step, so the sequence length is fixed at "
+                f"conversion. Pad the batch to a fixed length (and mask the loss), or convert one "
+                f"PCModule per sequence length; or {hint} so that code stays one opaque vertex."
+            ) from exc
         raise TraceError(
             f"Cannot trace {type(model).__name__} with torch.fx: {type(exc).__name__}: {exc}\n"
             f"  at {_user_frame(exc.__traceback__)}\n"

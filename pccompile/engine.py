@@ -70,7 +70,7 @@ class Plan:
     boundary: list[int]  # env slots of parameter transforms read by vertices
     prologue_params: tuple[torch.nn.Parameter, ...]
     live_params: tuple[torch.nn.Parameter, ...]
-    n_inputs: int
+    n_inputs: int  # placeholders, including optional ones (see annotate.complete_inputs)
     modules: dict[int, torch.nn.Module] = field(default_factory=dict)
     chains: dict[int, list[int]] = field(default_factory=dict)  # vertex -> identity vertices below it
 

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 from torch.utils._pytree import tree_map
 
+from .annotate import complete_inputs
 from .checks import check_inputs, check_target
 from .config import BP, FPA, ZIL, RuleConfig, make_rule
 from .engine import FeedForward, Plan, feed_forward
@@ -143,6 +144,7 @@ class PCModule(nn.Module):
         if isinstance(cfg, BP):
             return self._learn_bp(inputs, target, loss_fn)
         plan = self._plan(self.training, inputs)
+        inputs = complete_inputs(plan.gm, inputs)
         check_inputs(inputs, plan.n_inputs, self._device())
         mode, steps = _mode_and_steps(plan, cfg, trace)
         recompute_faithful = mode == "faithful" and not isinstance(cfg, FPA)

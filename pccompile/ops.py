@@ -201,7 +201,9 @@ def _register_torch_api() -> None:
                 register_function(fn, _classify_name(name))
     # Tensor attributes read as ``x.T``/``x.shape`` arrive as getattr; dunder methods that FX
     # records by name (``x.__getitem__``) are pure too.
-    for name in ("__getitem__", "__len__", "size", "dim", "contiguous"):
+    # Tensor factories called as methods are not in the overridable list; they are pure.
+    for name in ("__getitem__", "__len__", "size", "dim", "contiguous", "new_zeros", "new_ones",
+                 "new_full", "new_empty", "new_tensor"):  # fmt: skip
         _METHODS.setdefault(name, OpRule("pure"))
 
 
