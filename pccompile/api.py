@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -42,7 +43,7 @@ class CaptureOptions:
     level: bool = True
 
 
-def build_plan(model: nn.Module, inputs: tuple, training: bool, opts: CaptureOptions) -> Plan:
+def build_plan(model: nn.Module, inputs: tuple, training: bool, *, opts: CaptureOptions) -> Plan:
     """capture -> annotate -> PC graph -> levelling -> compiled plan, for one training mode."""
     gm, user_leaves = capture(
         model, training=training, leaf_modules=opts.leaf_modules, concrete_args=opts.concrete_args
@@ -107,7 +108,7 @@ def convert(
     if isinstance(example_inputs, list):
         raise InputError("Pass several example inputs as a tuple, not a list.")
     opts = CaptureOptions(tuple(leaf_modules), concrete_args, level)
-    return PCModule(model, inputs, cfg, loss_fn, lambda m, x, t: build_plan(m, x, t, opts), opts)
+    return PCModule(model, inputs, cfg, loss_fn, functools.partial(build_plan, opts=opts), opts)
 
 
 def unconvert(pcm: PCModule) -> nn.Module:

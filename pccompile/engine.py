@@ -428,6 +428,7 @@ class Grads:
     def __init__(self) -> None:
         self.params: dict[torch.nn.Parameter, Tensor] = {}
         self.leaves: dict[int, Tensor] = {}
+        self.written = True  # False: the rule applied its updates itself (iPC with lr > 0)
 
     def add_param(self, p: torch.nn.Parameter, g: Tensor, scale: float = -1.0) -> None:
         cur = self.params.get(p)
@@ -440,7 +441,7 @@ class Grads:
         cur = self.leaves.get(slot)
         self.leaves[slot] = g * scale if cur is None else cur.add_(g, alpha=scale)
 
-    def finish(self, plan: Plan, ff: FeedForward) -> None:
+    def finish(self, plan: Plan, ff: FeedForward, retain: bool = False) -> None:
         """Carry the contributions to parameter transforms back to the parameters (one VJP
         through the parameter-only part of the graph, after inference)."""
         if not self.leaves or not plan.prologue_params:
@@ -450,7 +451,8 @@ class Grads:
             return
         outs = [ff.boundary_out[s] for s in slots]
         cots = [self.leaves[s] for s in slots]
-        grads = torch.autograd.grad(outs, plan.prologue_params, cots, allow_unused=True)
+        grads = torch.autograd.grad(outs, plan.prologue_params, cots, allow_unused=True,
+                                    retain_graph=retain)  # fmt: skip
         for p, g in zip(plan.prologue_params, grads):
             if g is not None:
                 self.add_param(p, g, 1.0)
@@ -458,6 +460,8 @@ class Grads:
     def write(self, plan: Plan, scale: float = 1.0) -> None:
         """Accumulate into ``p.grad`` like ``loss.backward()``; parameters the graph uses but no
         update reached (too few steps) get zeros."""
+        if not self.written:
+            return
         with torch.no_grad():
             for p in plan.live_params:
                 g = self.params.get(p)

@@ -104,6 +104,15 @@ class PCModule(nn.Module):
         p = next(self._pc_model.parameters(), None)
         return p.device if p is not None else None
 
+    # Plans hold compiled closures; they are rebuilt on demand after copying or unpickling.
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_pc_plans"] = {}
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
     def train(self, mode: bool = True) -> PCModule:
         super().train(mode)
         self._pc_model.training = mode
@@ -115,7 +124,7 @@ class PCModule(nn.Module):
 
     # ------------------------------------------------------------------ learning
     def learn(self, *inputs: Any, target: Any, loss_fn: Callable | None = None,
-              rule: str | RuleConfig | None = None, trace: bool = False,
+              rule: str | RuleConfig | None = None, trace: bool | str = False,
               require_exact: bool = False, **options: Any) -> LearnReport:  # fmt: skip
         """Run one PC learning step on a batch and accumulate ``+dL/dtheta`` into ``p.grad``.
 
@@ -124,7 +133,8 @@ class PCModule(nn.Module):
             target: the target passed to ``loss_fn``.
             loss_fn: ``loss_fn(output, target) -> scalar``; defaults to convert's ``loss_fn``.
             rule: override the converted rule for this step (name or config).
-            trace: record per-step energies and errors (runs the faithful schedule).
+            trace: record per-step energies and error norms per vertex (runs the faithful
+                schedule); ``"errors"`` also keeps the error tensors themselves.
             require_exact: raise :class:`ExactnessError` if the rule's setting cannot equal BP.
             **options: rule options for this step (``gamma=``, ``steps=`` ...).
 
@@ -149,7 +159,7 @@ class PCModule(nn.Module):
         mode, steps = _mode_and_steps(plan, cfg, trace)
         recompute_faithful = mode == "faithful" and not isinstance(cfg, FPA)
         ff = feed_forward(plan, inputs, target, _checked(loss_fn), record_rng=recompute_faithful)
-        tr = Trace() if (trace or mode == "faithful") else None
+        tr = Trace(keep_errors=trace == "errors") if (trace or mode == "faithful") else None
         grads, scale = _run_rule(plan, ff, cfg, mode, steps, target, loss_fn, tr)
         grads.finish(plan, ff)
         grads.write(plan, scale)
@@ -201,8 +211,9 @@ def _mode_and_steps(plan: Plan, cfg: RuleConfig, trace: bool) -> tuple[str, int]
         return zil.mode_for(plan, cfg, trace), zil.steps_for(plan, cfg)
     if isinstance(cfg, FPA):
         return fpa.mode_for(plan, cfg, trace), fpa.steps_for(plan, cfg)
-    steps = cfg.steps if cfg.steps is not None else plan.depth + 1
-    return "faithful", steps
+    from .rules.approx import default_steps
+
+    return "faithful", cfg.steps if cfg.steps is not None else default_steps(plan)
 
 
 def _run_rule(plan: Plan, ff: FeedForward, cfg: RuleConfig, mode: str, steps: int, target: Any,

@@ -100,7 +100,7 @@ def register_method(name: str, kind: Kind = "pure", note: str = "") -> None:
 # torch.nn catalogue is classified here by name so a new torch layer needs a deliberate entry.
 _STOCHASTIC_MODULES = {
     "Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout",
-    "RReLU", "MultiheadAttention", "Transformer", "TransformerEncoder", "TransformerDecoder",
+    "RReLU", "FractionalMaxPool2d", "FractionalMaxPool3d", "MultiheadAttention", "Transformer", "TransformerEncoder", "TransformerDecoder",
     "TransformerEncoderLayer", "TransformerDecoderLayer", "RNN", "LSTM", "GRU",
 }  # fmt: skip
 _STATEFUL_MODULES = {
@@ -134,7 +134,9 @@ _STOCHASTIC_NAMES = {
     "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
     "feature_dropout", "native_dropout", "rrelu", "bernoulli", "multinomial", "normal",
     "poisson", "rand_like", "randn_like", "randint_like", "gumbel_softmax", "uniform",
-    "multi_head_attention_forward", "scaled_dot_product_attention",
+    "multi_head_attention_forward", "scaled_dot_product_attention", "fractional_max_pool2d",
+    "fractional_max_pool3d", "fractional_max_pool2d_with_indices",
+    "fractional_max_pool3d_with_indices",
 }  # fmt: skip
 _STATEFUL_NAMES = {"batch_norm", "instance_norm"}
 _UNSUPPORTED_METHODS = {

@@ -19,13 +19,31 @@ class Trace:
 
     ``energy[s]`` is the total energy at step ``s``; ``vertex_energy[name][s]`` is
     ``1/2 ||eps_v||^2`` (the output's entry is its loss term); ``error_norm[name][s]`` is
-    ``||eps_v||``; ``levels[name]`` is the vertex's level.
+    ``||eps_v||``; ``levels[name]`` is the vertex's level. With ``keep_errors=True``,
+    ``errors[name][s]`` holds the error-node tensors themselves (a list per vertex).
     """
 
     energy: list[float] = field(default_factory=list)
     vertex_energy: dict[str, list[float]] = field(default_factory=dict)
     error_norm: dict[str, list[float]] = field(default_factory=dict)
     levels: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, list[list]] = field(default_factory=dict)
+    keep_errors: bool = False
+
+    @property
+    def steps(self) -> int:
+        return len(self.energy)
+
+    def level_error_norms(self) -> dict[int, list[float]]:
+        """Error norm summed (in quadrature) over the vertices of each level, per step."""
+        out: dict[int, list[float]] = {}
+        for name, norms in self.error_norm.items():
+            if name == "output":
+                continue
+            acc = out.setdefault(self.levels[name], [0.0] * len(norms))
+            for s, n in enumerate(norms):
+                acc[s] = (acc[s] ** 2 + n**2) ** 0.5
+        return dict(sorted(out.items()))
 
     def record(self, names_levels: list[tuple[str, int]], eps: list, loss_term: float) -> None:
         total = loss_term
@@ -34,6 +52,8 @@ class Trace:
             self.vertex_energy.setdefault(name, []).append(0.5 * sq)
             self.error_norm.setdefault(name, []).append(sq**0.5)
             self.levels[name] = level
+            if self.keep_errors:
+                self.errors.setdefault(name, []).append([t.detach().clone() for t in e])
             total += 0.5 * sq
         self.vertex_energy.setdefault("output", []).append(loss_term)
         self.error_norm.setdefault("output", []).append(float("nan"))
