@@ -15,12 +15,14 @@ from .errors import (
     TraceError,
     UnsupportedOpError,
 )
+from .modelspec import load_converted
 from .module import PCModule
 from .rules import LearnReport, Trace
 
 __all__ = [
     "convert",
     "unconvert",
+    "load_converted",
     "PCModule",
     "CaptureOptions",
     "LearnReport",

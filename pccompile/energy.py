@@ -6,7 +6,10 @@ Reads: a compiled plan and a loss. Writes nothing.
 ``(eps_1, ..., eps_n, F)`` with ``eps_v = x_v - mu_v`` and
 ``F = sum_v 1/2 ||eps_v||^2 + L(mu_out, target)``. The value nodes are the plan's hidden vertices
 in order (op vertices, then identity vertices), one tensor per float output. This is the graph the
-ONNX ``energy`` export writes, and a way to evaluate a PCN's energy anywhere.
+ONNX ``energy`` export writes, and a way to evaluate a PCN's energy anywhere. Modules run as they
+do in the feed-forward pass (a train-mode BatchNorm updates its running statistics, as a forward
+would); random ops draw in the forward's order, so with the same seed as the feed-forward pass
+they draw the same masks.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ class EnergyModule(nn.Module):
         self.__dict__["plan"] = plan
         self.__dict__["loss_fn"] = loss_fn
         self.n_inputs = plan.n_inputs if n_inputs is None else n_inputs
+        self.train(plan.training)
 
     def forward(self, *args: Any) -> tuple[torch.Tensor, ...]:
         plan = self.plan
@@ -71,7 +75,9 @@ class EnergyModule(nn.Module):
         index = {n: i for i, n in enumerate(plan.nodes)}
         get = lambda n: env[index[n]]
         k_in = 0
-        templates: dict[int, Any] = {}
+        mus: dict[int, list] = {}
+        # One pass in the traced order: each prediction is evaluated once from the given value
+        # nodes of its parents (so random draws happen once, in the forward's order).
         for i, node in enumerate(plan.nodes):
             role = plan.roles[i]
             if role == "input":
@@ -83,22 +89,19 @@ class EnergyModule(nn.Module):
                 continue
             elif role == "vertex" and node in plan.vid_of_node:
                 v = plan.vertices[plan.vid_of_node[node]]
-                templates[v.vid] = call_vertex(plan, v, env, leaves, recompute=False)
-                leaves[v.vid] = rebuild(templates[v.vid], flat[v.vid])
+                mu = call_vertex(plan, v, env, leaves, recompute=False)
+                mus[v.vid] = _float_leaves(mu)
+                leaves[v.vid] = rebuild(mu, flat[v.vid])
                 env[i] = leaves[v.vid]
                 for c in plan.chains.get(v.vid, ()):
-                    leaves[c] = rebuild(templates[v.vid], flat[c])
+                    leaves[c] = rebuild(mu, flat[c])
             else:
                 env[i] = _invoke(node, plan.modules.get(i), map_arg(node.args, get),
                                  map_arg(node.kwargs, get))  # fmt: skip
         errors = []
         energy = 0.0
         for v in hidden:
-            if v.kind == "identity":
-                mus = flat[v.source]
-            else:
-                mus = _float_leaves(call_vertex(plan, v, env, leaves, recompute=True))
-            for x, mu in zip(flat[v.vid], mus):
+            for x, mu in zip(flat[v.vid], flat[v.source] if v.kind == "identity" else mus[v.vid]):
                 e = x - mu
                 errors.append(e)
                 energy = energy + 0.5 * (e * e).sum()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import builtins
 import operator
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
@@ -229,7 +230,18 @@ def _register_torchvision() -> None:
 
 _register_torch_nn()
 _register_torch_api()
-_register_torchvision()
+_TORCHVISION_DONE = False
+
+
+def _lazy_torchvision() -> bool:
+    """Register torchvision's wrapped functions once torchvision is in use (importing it here
+    would double pccompile's import time for users who never touch it)."""
+    global _TORCHVISION_DONE
+    if _TORCHVISION_DONE or "torchvision" not in sys.modules:
+        return False
+    _TORCHVISION_DONE = True
+    _register_torchvision()
+    return True
 
 
 # --------------------------------------------------------------------------------------------
@@ -311,6 +323,8 @@ def rule_for(node: fx.Node, module: nn.Module | None = None, user_leaf: bool = F
         raise _unsupported(node, f"no rule for leaf module class {type(module).__qualname__}")
     if node.op == "call_function":
         rule = _FUNCTIONS.get(node.target)
+        if rule is None and _lazy_torchvision():
+            rule = _FUNCTIONS.get(node.target)
         if rule is None:
             raise _unsupported(node, "no rule for this function")
         return rule
@@ -326,6 +340,7 @@ def rule_for(node: fx.Node, module: nn.Module | None = None, user_leaf: bool = F
 
 def registered_ops() -> dict[str, dict[str, OpRule]]:
     """A snapshot of the registry (for documentation and coverage tests)."""
+    _lazy_torchvision()
     return {
         "modules": {f"{c.__module__}.{c.__qualname__}": r for c, r in _MODULES.items()},
         "functions": {

@@ -1,0 +1,286 @@
+"""ONNX export of a converted model: its prediction, or the PC network's energy.
+
+Reads: a :class:`PCModule` (its eval-mode plan and current weights) and example inputs.
+Writes: one ``.onnx`` file through ``torch.onnx.export(..., dynamo=True)`` (never the TorchScript
+exporter), published atomically (see :func:`pccompile.export.atomic_output`) and only after it
+passes ``onnx.checker.check_model`` and an onnxruntime run that matches PyTorch on fresh random
+inputs (unless ``verify=False``).
+
+Graphs (shapes are static, fixed by the example inputs):
+
+* ``predict``: ``inputs -> outputs``, the model's forward in eval mode.
+* ``energy``: ``(inputs, target, value:<v> for every value node) -> (error:<v> for every error
+  node, energy)``, i.e. :class:`pccompile.energy.EnergyModule` on the eval-mode plan: evaluate a
+  PC network's error nodes and total energy ``F = sum_v 1/2 ||eps_v||^2 + L(mu_out, target)`` at
+  any state of its value nodes, in any ONNX runtime.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn as nn
+from torch.utils._pytree import tree_flatten
+
+from ..energy import EnergyModule, feedforward_values, value_node_names
+from ..errors import PCCompileError
+from ..module import PCModule
+from . import atomic_output
+
+__all__ = ["ExportError", "OnnxMismatchError", "OnnxExport", "export_onnx", "GraphKind"]
+
+log = logging.getLogger(__name__)
+
+GraphKind = Literal["predict", "energy"]
+DEFAULT_TOL = 1e-4
+# Above this many bytes of weights the file gets an external-data sidecar (ONNX's 2 GB limit).
+_EXTERNAL_DATA_BYTES = 1_800_000_000
+# Value nodes are checked at the feed-forward state plus this much noise, so errors are non-zero
+# but the energy stays small enough for a float32 absolute comparison.
+_VALUE_NOISE = 1e-2
+
+
+class ExportError(PCCompileError):
+    """The model cannot be exported to ONNX, or the written file does not load."""
+
+
+class OnnxMismatchError(ExportError):
+    """onnxruntime's results differ from PyTorch's by more than the tolerance."""
+
+
+@dataclass
+class OnnxExport:
+    """What :func:`export_onnx` wrote.
+
+    Attributes:
+        path: the ONNX file.
+        graph: ``"predict"`` or ``"energy"``.
+        input_names / output_names: the ONNX graph's input and output names, in order.
+        max_abs_diff: max |onnxruntime - PyTorch| over every output (None when not verified).
+        tol: the tolerance it was checked against.
+    """
+
+    path: str
+    graph: GraphKind
+    input_names: list[str]
+    output_names: list[str]
+    max_abs_diff: float | None = None
+    tol: float = DEFAULT_TOL
+    per_output: dict[str, float] = field(default_factory=dict)
+
+
+def export_onnx(
+    pcm: PCModule,
+    path: str | os.PathLike,
+    example_inputs: tuple[torch.Tensor, ...],
+    graph: GraphKind = "predict",
+    *,
+    target: torch.Tensor | None = None,
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
+    verify: bool = True,
+    tol: float = DEFAULT_TOL,
+    overwrite: bool = False,
+    seed: int = 0,
+) -> OnnxExport:
+    """Export ``pcm``'s prediction or its PC energy to ONNX, check it, then publish the file.
+
+    Args:
+        pcm: a converted model; it is put in eval mode (its training flag is restored after).
+        path: the ``.onnx`` file to write.
+        example_inputs: inputs with the shapes to export (ONNX shapes are static).
+        graph: ``"predict"`` or ``"energy"``.
+        target: an example target (energy graph); its shape and dtype are the exported ones.
+        loss_fn: ``loss_fn(output, target) -> scalar`` (energy graph).
+        verify: run ``onnx.checker.check_model`` and compare onnxruntime with PyTorch on fresh
+            random inputs before publishing.
+        tol: largest allowed max |onnxruntime - PyTorch|.
+        overwrite: replace an existing ``path``.
+        seed: seed of the verification inputs.
+
+    Returns:
+        An :class:`OnnxExport` with the names and the observed max abs difference.
+
+    Raises:
+        ExportError: the exporter fails, or the file fails the ONNX checker.
+        OnnxMismatchError: onnxruntime differs from PyTorch by more than ``tol`` (nothing is
+            written under ``path``).
+        OutputExistsError: ``path`` exists and ``overwrite`` is False.
+
+    Example:
+        >>> pcm = pccompile.convert(net, x)
+        >>> res = export_onnx(pcm, "net.onnx", (x,))
+        >>> res.max_abs_diff <= 1e-4
+        True
+    """
+    if graph not in ("predict", "energy"):
+        raise ExportError(f"graph must be 'predict' or 'energy', got {graph!r}.")
+    was_training = pcm.training
+    pcm.eval()
+    try:
+        if graph == "predict":
+            module, args, in_names, out_names = _predict(pcm, example_inputs)
+        else:
+            if target is None or loss_fn is None:
+                raise ExportError("The energy graph needs target= and loss_fn=.")
+            module, args, in_names, out_names = _energy(pcm, example_inputs, target, loss_fn)
+        result = OnnxExport(os.fspath(path), graph, in_names, out_names, tol=tol)
+        with atomic_output(path, overwrite=overwrite) as tmp:
+            _write(module, args, in_names, out_names, tmp)
+            if verify:
+                fresh = _fresh_args(pcm, graph, args, len(example_inputs), target, loss_fn, seed)
+                result.per_output = _check(module, tmp, fresh, in_names)
+                result.max_abs_diff = max(result.per_output.values(), default=0.0)
+                if not result.max_abs_diff <= tol:
+                    worst = max(result.per_output, key=result.per_output.get)
+                    raise OnnxMismatchError(
+                        f"onnxruntime differs from PyTorch by {result.max_abs_diff:.3e} > {tol:g} "
+                        f"(worst output {worst!r}); nothing was written to {os.fspath(path)!r}. "
+                        f"Raise --tol if the outputs are large, or pass --no-verify to write "
+                        f"the file anyway."
+                    )
+        return result
+    finally:
+        pcm.train(was_training)
+
+
+# ------------------------------------------------------------------------------------- graphs
+def _input_names(pcm: PCModule, n: int) -> list[str]:
+    names = [nd.name for nd in pcm.plan.gm.graph.nodes if nd.op == "placeholder"][:n]
+    return names + [f"input_{k}" for k in range(len(names), n)]
+
+
+def _predict(pcm: PCModule, inputs: tuple) -> tuple[nn.Module, tuple, list[str], list[str]]:
+    with torch.no_grad():
+        out = pcm(*inputs)
+    leaves, _ = tree_flatten(out)
+    outs = ["output"] if len(leaves) == 1 else [f"output.{k}" for k in range(len(leaves))]
+    return pcm, tuple(inputs), _input_names(pcm, len(inputs)), outs
+
+
+def _energy(
+    pcm: PCModule, inputs: tuple, target: torch.Tensor, loss_fn: Callable
+) -> tuple[nn.Module, tuple, list[str], list[str]]:
+    plan = pcm.plan
+    if not isinstance(target, torch.Tensor):
+        raise ExportError(
+            f"The energy graph takes one target tensor, got a {type(target).__name__}; export "
+            f"models with a single tensor output."
+        )
+    names = value_node_names(plan)
+    values = feedforward_values(plan, tuple(inputs), target, loss_fn)
+    data = _input_names(pcm, len(inputs))
+    tname = "target" if "target" not in data else "target_"
+    module = EnergyModule(plan, loss_fn, n_inputs=len(inputs)).eval()
+    in_names = data + [tname] + [f"value:{v}" for v in names]
+    out_names = [f"error:{v}" for v in names] + ["energy"]
+    return module, (*inputs, target, *values), in_names, out_names
+
+
+def _fresh_args(
+    pcm: PCModule,
+    graph: GraphKind,
+    args: tuple,
+    n_inputs: int,
+    target: Any,
+    loss_fn: Callable | None,
+    seed: int,
+) -> tuple:
+    """New random data (same shapes and dtypes); for the energy graph, a random target and value
+    nodes near the feed-forward state of that data, so every error node is non-zero."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    inputs = tuple(_like(x, gen) for x in args[:n_inputs])
+    if graph == "predict":
+        return inputs
+    tgt = _like(target, gen)
+    values = feedforward_values(pcm.plan, inputs, tgt, loss_fn)
+    noisy = [
+        v + _VALUE_NOISE * torch.randn(v.shape, generator=gen, dtype=v.dtype)
+        if v.is_floating_point()
+        else v
+        for v in values
+    ]
+    return (*inputs, tgt, *noisy)
+
+
+def _like(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    if x.is_floating_point():
+        return torch.randn(x.shape, generator=gen, dtype=x.dtype)
+    if x.dtype == torch.bool:
+        return torch.randint(0, 2, x.shape, generator=gen).bool()
+    hi = int(x.max().item()) + 1 if x.numel() else 1  # class indices: stay within the seen range
+    return torch.randint(0, max(hi, 1), x.shape, generator=gen, dtype=x.dtype)
+
+
+# ------------------------------------------------------------------------------------- writing
+def _write(
+    module: nn.Module, args: tuple, in_names: list[str], out_names: list[str], dest: Path
+) -> None:
+    try:
+        program = torch.onnx.export(
+            module,
+            args,
+            None,
+            dynamo=True,
+            input_names=in_names,
+            output_names=out_names,
+            verbose=False,
+        )
+    except Exception as exc:
+        raise ExportError(
+            f"torch.onnx.export(dynamo=True) failed: {type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:400]}; the model uses something the ONNX exporter "
+            f"cannot translate (rerun with --debug for the exporter's report)."
+        ) from exc
+    if program is None:
+        raise ExportError("torch.onnx.export returned no program; upgrade torch (>= 2.5).")
+    size = sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+    program.save(dest, external_data=size > _EXTERNAL_DATA_BYTES)
+
+
+def _check(module: nn.Module, path: Path, args: tuple, in_names: list[str]) -> dict[str, float]:
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as exc:
+        raise ExportError(
+            f"The exported file fails onnx.checker.check_model: {' '.join(str(exc).split())}; "
+            f"please report this (it is an exporter bug); --no-verify writes it anyway."
+        ) from exc
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # errors only: no onnxruntime chatter on stderr
+    given = dict(zip(in_names, args, strict=True))
+    try:
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        feed = {i.name: given[i.name].detach().cpu().numpy() for i in session.get_inputs()}
+        got = session.run(None, feed)
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise ExportError(
+            f"onnxruntime cannot run the exported graph ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:300]}); the file passed onnx.checker. Use --dtype "
+            f"float32 (onnxruntime's CPU kernels are incomplete for float64), or --no-verify to "
+            f"write it anyway."
+        ) from exc
+    with torch.no_grad():
+        ref, _ = tree_flatten(module(*args))
+    names = [o.name for o in session.get_outputs()]
+    if len(got) != len(ref):
+        raise ExportError(
+            f"onnxruntime returned {len(got)} outputs, PyTorch {len(ref)}; please report this."
+        )
+    return {
+        n: float(
+            np.abs(np.asarray(g, dtype=np.float64) - r.detach().double().cpu().numpy()).max(
+                initial=0.0
+            )
+        )
+        for n, g, r in zip(names, got, ref, strict=True)
+    }

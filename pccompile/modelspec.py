@@ -1,0 +1,458 @@
+"""MODEL specs for the command line: parse ``torchvision:NAME``, ``package.module:factory`` and
+``path/to/file.py:factory``, build the model, load weights safely, and reload a converted model.
+
+Reads: a spec string, optional weights files (``torch.load(weights_only=True)`` only: a file that
+needs arbitrary unpickling is refused), and the manifest that ``pccompile convert`` writes.
+Writes nothing. Every failure is a :class:`ModelSpecError` whose message is one line saying what
+happened and how to fix it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.util
+import json
+import logging
+import os
+import pickle
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn as nn
+
+from .errors import PCCompileError
+
+__all__ = [
+    "ModelSpec",
+    "ModelSpecError",
+    "parse_spec",
+    "parse_shapes",
+    "build_model",
+    "load_weights",
+    "random_inputs",
+    "check_forward",
+    "load_converted",
+    "MANIFEST",
+    "WEIGHTS",
+]
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+WEIGHTS = "weights.pt"
+Shape = tuple[int, ...]
+SpecKind = Literal["torchvision", "module", "file"]
+FORMS = "torchvision:NAME, package.module:factory or path/to/file.py:factory"
+
+# Torchvision families that need a fixed input size; everything else gets a CPU-friendly 32x32.
+_TV_SHAPES: dict[str, Shape] = {
+    "vit_": (1, 3, 224, 224),
+    "swin": (1, 3, 224, 224),
+    "maxvit": (1, 3, 224, 224),
+    "inception_v3": (2, 3, 299, 299),
+}
+TORCHVISION_DEFAULT_SHAPE: Shape = (2, 3, 32, 32)
+
+
+class ModelSpecError(PCCompileError, ValueError):
+    """A MODEL spec, input shape or weights file cannot be used (message: what and the fix)."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed MODEL argument.
+
+    Attributes:
+        kind: ``"torchvision"``, ``"module"`` (importable module) or ``"file"`` (a ``.py`` path).
+        source: the torchvision model name, the module's dotted name, or the file path.
+        factory: the callable's (dotted) name inside the module; ``""`` for torchvision.
+    """
+
+    kind: SpecKind
+    source: str
+    factory: str = ""
+
+    def __str__(self) -> str:
+        return (
+            f"torchvision:{self.source}"
+            if self.kind == "torchvision"
+            else (f"{self.source}:{self.factory}")
+        )
+
+    def absolute(self) -> ModelSpec:
+        """The same spec with a file path made absolute (so a manifest can be reloaded anywhere)."""
+        if self.kind != "file":
+            return self
+        return ModelSpec("file", str(Path(self.source).resolve()), self.factory)
+
+
+def parse_spec(text: str) -> ModelSpec:
+    """Parse a MODEL argument.
+
+    Raises:
+        ModelSpecError: the text has none of the three forms.
+
+    Example:
+        >>> parse_spec("torchvision:resnet18")
+        ModelSpec(kind='torchvision', source='resnet18', factory='')
+    """
+    text = text.strip()
+    if ":" not in text:
+        hint = (
+            f" (did you mean {text}:<factory>?)"
+            if text.endswith(".py")
+            else (f" (did you mean torchvision:{text}?)" if text.isidentifier() else "")
+        )
+        raise ModelSpecError(f"MODEL {text!r} has no ':'; write one of {FORMS}{hint}.")
+    source, factory = text.rsplit(":", 1)
+    if not source or not factory:
+        raise ModelSpecError(f"MODEL {text!r} is incomplete; write one of {FORMS}.")
+    if source == "torchvision":
+        return ModelSpec("torchvision", factory)
+    if source.endswith(".py") or "/" in source or os.sep in source:
+        return ModelSpec("file", source, factory)
+    if all(part.isidentifier() for part in source.split(".")):
+        return ModelSpec("module", source, factory)
+    raise ModelSpecError(
+        f"MODEL {text!r}: {source!r} is neither 'torchvision', a dotted module name, nor a .py "
+        f"path; write one of {FORMS}."
+    )
+
+
+def parse_shapes(texts: Sequence[str]) -> list[Shape]:
+    """Parse ``--input-shape`` values (``"2,3,32,32"``; several flags for several inputs).
+
+    Raises:
+        ModelSpecError: a value is not a comma-separated list of positive integers.
+    """
+    shapes = []
+    for text in texts:
+        try:
+            shape = tuple(int(p) for p in text.split(","))
+        except ValueError:
+            shape = ()
+        if not shape or any(d <= 0 for d in shape):
+            raise ModelSpecError(
+                f"--input-shape {text!r} is not a shape; write positive integers separated by "
+                f"commas, batch first (e.g. --input-shape 2,3,32,32)."
+            )
+        shapes.append(shape)
+    return shapes
+
+
+@dataclass
+class Built:
+    """A model built from a spec, with the input shape(s) its source suggests (may be empty)."""
+
+    model: nn.Module
+    default_shapes: list[Shape]
+
+
+def build_model(spec: ModelSpec, num_classes: int | None = None) -> Built:
+    """Build the ``nn.Module`` a spec names (torchvision models always with ``weights=None``).
+
+    A factory is called with no arguments, or with ``num_classes=N`` when ``num_classes`` is
+    given. A factory's module may define ``INPUT_SHAPE`` (a shape, or a list of shapes for several
+    inputs), used when ``--input-shape`` is not given.
+
+    Raises:
+        ModelSpecError: unknown torchvision model, missing module/file/factory, a factory that
+            fails or does not return an ``nn.Module``.
+    """
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    if spec.kind == "torchvision":
+        return Built(_torchvision(spec.source, kwargs), [_tv_shape(spec.source)])
+    module = _import_file(spec.source) if spec.kind == "file" else _import_module(spec.source)
+    factory = _attr(module, spec)
+    if not callable(factory):
+        raise ModelSpecError(
+            f"{spec} is a {type(factory).__name__}, not a callable; point MODEL at a function or "
+            f"class that returns an nn.Module."
+        )
+    try:
+        model = factory(**kwargs)
+    except Exception as exc:
+        extra = (
+            " (drop --num-classes, or give the factory a num_classes parameter)"
+            if (kwargs and isinstance(exc, TypeError))
+            else ""
+        )
+        raise ModelSpecError(
+            f"The factory {spec} raised {type(exc).__name__}: {_one_line(exc)}; fix the factory so "
+            f"that calling it{' with num_classes=' + str(num_classes) if kwargs else ''} returns "
+            f"an nn.Module{extra}."
+        ) from exc
+    if not isinstance(model, nn.Module):
+        raise ModelSpecError(
+            f"The factory {spec} returned a {type(model).__name__}, not an nn.Module; make it "
+            f"return the model (e.g. `return MyNet()`)."
+        )
+    return Built(model, _module_shapes(module, spec))
+
+
+def _torchvision(name: str, kwargs: dict) -> nn.Module:
+    import torchvision
+
+    known = torchvision.models.list_models()
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=3)
+        hint = (
+            f"did you mean {', '.join('torchvision:' + c for c in close)}?"
+            if close
+            else ("see torchvision.models.list_models() for the names")
+        )
+        raise ModelSpecError(f"torchvision has no model {name!r}; {hint}")
+    try:
+        return torchvision.models.get_model(name, weights=None, **kwargs)
+    except Exception as exc:
+        raise ModelSpecError(
+            f"torchvision.models.get_model({name!r}, weights=None, {kwargs}) failed: "
+            f"{type(exc).__name__}: {_one_line(exc)}; check --num-classes."
+        ) from exc
+
+
+def _tv_shape(name: str) -> Shape:
+    for prefix, shape in _TV_SHAPES.items():
+        if name.startswith(prefix):
+            return shape
+    return TORCHVISION_DEFAULT_SHAPE
+
+
+def _import_module(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        raise ModelSpecError(
+            f"Cannot import module {name!r} ({_one_line(exc)}); install it, add its folder to "
+            f"PYTHONPATH, or pass a file instead (path/to/file.py:factory)."
+        ) from exc
+    except Exception as exc:
+        raise ModelSpecError(
+            f"Importing module {name!r} raised {type(exc).__name__}: {_one_line(exc)}; fix the "
+            f"module so that it imports."
+        ) from exc
+
+
+def _import_file(path: str) -> Any:
+    p = Path(path)
+    if not p.is_file():
+        raise ModelSpecError(
+            f"Model file {path!r} does not exist; check the path (relative paths are taken from "
+            f"{os.getcwd()})."
+        )
+    name = f"_pccompile_model_{abs(hash(str(p.resolve())))}"
+    loader_spec = importlib.util.spec_from_file_location(name, p)
+    if loader_spec is None or loader_spec.loader is None:
+        raise ModelSpecError(f"Cannot load {path!r} as Python; give a .py file.")
+    module = importlib.util.module_from_spec(loader_spec)
+    # The file may import its siblings; its folder is on sys.path while it runs.
+    sys.path.insert(0, str(p.resolve().parent))
+    sys.modules[name] = module  # so classes defined there can be found (e.g. by copy/pickle)
+    try:
+        loader_spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(name, None)
+        raise ModelSpecError(
+            f"Running model file {path!r} raised {type(exc).__name__}: {_one_line(exc)}; fix the "
+            f"file so that it imports."
+        ) from exc
+    finally:
+        sys.path.remove(str(p.resolve().parent))
+    return module
+
+
+def _attr(module: Any, spec: ModelSpec) -> Any:
+    obj = module
+    for part in spec.factory.split("."):
+        if not hasattr(obj, part):
+            names = [n for n in dir(module) if not n.startswith("_")]
+            close = difflib.get_close_matches(spec.factory, names, n=3)
+            hint = f"did you mean {', '.join(close)}?" if close else "check the name after ':'."
+            raise ModelSpecError(f"{spec.source!r} has no attribute {spec.factory!r}; {hint}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def _module_shapes(module: Any, spec: ModelSpec) -> list[Shape]:
+    shape = getattr(module, "INPUT_SHAPE", None)
+    if shape is None:
+        return []
+    try:
+        if all(isinstance(d, int) for d in shape):
+            return [tuple(shape)]
+        return [tuple(int(d) for d in s) for s in shape]
+    except TypeError as exc:
+        raise ModelSpecError(
+            f"INPUT_SHAPE in {spec.source!r} is {shape!r}; make it a tuple of ints, e.g. "
+            f"INPUT_SHAPE = (2, 5, 8), or a list of such tuples for several inputs."
+        ) from exc
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
+    """Load a ``state_dict`` file into ``model`` with ``weights_only=True`` and ``strict=True``.
+
+    Raises:
+        ModelSpecError: missing file, a file ``weights_only`` refuses (pickled Python objects,
+            which could run code), not a state_dict, or keys/shapes that do not fit the model.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ModelSpecError(f"Weights file {path!r} does not exist; check the --weights path.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if found is None:  # not a pickle of safe types at all: garbage or a foreign format
+            raise ModelSpecError(
+                f"Cannot read weights file {path!r}: it is not a file written by torch.save "
+                f"(or it is damaged); give a file written by torch.save(model.state_dict(), path)."
+            ) from exc
+        raise ModelSpecError(
+            f"Weights file {path!r} was refused by torch.load(weights_only=True): it pickles "
+            f"{found.group(1)}, not just tensors (loading it could run arbitrary code); re-save "
+            f"only the weights with torch.save(model.state_dict(), path) from a source you trust."
+        ) from exc
+    except Exception as exc:
+        raise ModelSpecError(
+            f"Cannot read weights file {path!r}: it is not a file written by torch.save, or it "
+            f"is damaged ({type(exc).__name__}: {_one_line(exc)}); give a file written by "
+            f"torch.save(model.state_dict(), path)."
+        ) from exc
+    if not (
+        isinstance(state, Mapping) and all(isinstance(v, torch.Tensor) for v in state.values())
+    ):
+        inner = [k for k in ("state_dict", "model") if isinstance(state, Mapping) and k in state]
+        hint = f" (it has a {inner[0]!r} entry: save that entry on its own)" if inner else ""
+        raise ModelSpecError(
+            f"Weights file {path!r} holds a {type(state).__name__}, not a state_dict of tensors"
+            f"{hint}; save it with torch.save(model.state_dict(), path)."
+        )
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [
+        f"{k} (file {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {_few(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys {_few(unexpected)}")
+        if wrong:
+            parts.append(f"mis-shaped {_few(wrong)}")
+        raise ModelSpecError(
+            f"Weights file {path!r} does not fit the model: {'; '.join(parts)}; use the file "
+            f"saved from this exact model (same MODEL and --num-classes)."
+        )
+    model.load_state_dict(state, strict=True)
+    log.info("loaded %d tensors from %s", len(state), path)
+
+
+def random_inputs(
+    shapes: Sequence[Shape], dtype: torch.dtype, seed: int
+) -> tuple[torch.Tensor, ...]:
+    """Standard-normal inputs of the given shapes, from a generator seeded with ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(s, generator=gen, dtype=dtype) for s in shapes)
+
+
+def check_forward(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Any:
+    """Run ``model`` once (eval mode, no grad) and turn a failure into a one-line shape error.
+
+    Returns the output. The model's training flag is restored.
+
+    Raises:
+        ModelSpecError: the model rejects inputs of these shapes.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return model(*inputs)
+    except Exception as exc:
+        shapes = ", ".join(str(tuple(x.shape)) for x in inputs)
+        raise ModelSpecError(
+            f"The model rejected input(s) of shape {shapes}: {type(exc).__name__}: "
+            f"{_one_line(exc)}; pass the shape it expects with --input-shape (batch first, "
+            f"comma-separated, one flag per input)."
+        ) from exc
+    finally:
+        model.train(was_training)
+
+
+def load_converted(outdir: str | os.PathLike, *, device: str | torch.device = "cpu") -> Any:
+    """Rebuild a model written by ``pccompile convert`` and return its :class:`PCModule`.
+
+    The model is rebuilt from the manifest's MODEL spec (its factory code runs: only load
+    directories you trust the model source of), the weights are loaded from ``weights.pt`` with
+    ``torch.load(weights_only=True)`` and ``strict=True``, and the model is converted again with
+    the manifest's rule, dtype, training mode, leaf modules and input shapes.
+
+    Args:
+        outdir: the directory ``pccompile convert ... -o OUTDIR`` wrote.
+        device: where to put the model.
+
+    Returns:
+        The converted ``PCModule``, in the training mode it was converted in.
+
+    Raises:
+        ModelSpecError: no manifest, an unreadable one, or weights that do not fit.
+
+    Example:
+        >>> from pccompile.modelspec import load_converted
+        >>> pcm = load_converted("out/resnet18")
+        >>> logits = pcm.eval()(torch.randn(2, 3, 32, 32))
+    """
+    import pccompile
+
+    outdir = Path(outdir)
+    man_path = outdir / MANIFEST
+    if not man_path.is_file():
+        raise ModelSpecError(
+            f"{str(outdir)!r} has no {MANIFEST}; give a directory written by pccompile convert."
+        )
+    try:
+        man = json.loads(man_path.read_text())
+        spec = parse_spec(man["model"])
+        dtype = getattr(torch, man["dtype"])
+        shapes = [tuple(s) for s in man["input_shapes"]]
+        rule = pccompile.make_rule(man["rule"]["name"], **man["rule"]["options"])
+    except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
+        raise ModelSpecError(
+            f"{str(man_path)!r} is not a pccompile manifest ({type(exc).__name__}: {exc}); "
+            f"convert the model again."
+        ) from exc
+    model = build_model(spec, man.get("num_classes")).model.to(dtype)
+    load_weights(model, outdir / man.get("files", {}).get("weights", WEIGHTS))
+    model.to(device).train(bool(man.get("training", False)))
+    inputs = tuple(x.to(device) for x in random_inputs(shapes, dtype, int(man.get("seed", 0))))
+    return pccompile.convert(
+        model,
+        inputs if len(inputs) > 1 else inputs[0],
+        rule,
+        leaf_modules=man.get("leaf_modules", []),
+    )
+
+
+def _few(items: list[str], n: int = 3) -> str:
+    shown = ", ".join(items[:n])
+    return f"[{shown}{f', ... {len(items)} in all' if len(items) > n else ''}]"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def one_line(text: str) -> str:
+    """Collapse a (possibly multi-line) message onto one line."""
+    return " ".join(str(text).split())

@@ -1,0 +1,415 @@
+"""The ``pccompile`` command line, called in-process through ``main(argv)``.
+
+Subcommands on torchvision resnet18 and on a small LSTM classifier factory; bad input gives one
+line on stderr (what + fix) and exit code 2; outputs are written atomically and never overwritten
+without --force. ONNX export is in test_onnx.py.
+"""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import networkx as nx
+import pytest
+import torch
+
+import pccompile
+from pccompile.cli import build_parser, main
+from pccompile.modelspec import ModelSpecError, load_converted
+
+FIXTURES = Path(__file__).parent / "fixtures"
+FACTORY = FIXTURES / "lstm_factory.py"
+OTHER = FIXTURES / "other_factories.py"
+LSTM = f"{FACTORY}:make_model"
+MLP = [f"{OTHER}:make_mlp", "--input-shape", "3,4"]
+RESNET = ["torchvision:resnet18", "--num-classes", "10", "--input-shape", "2,3,32,32"]
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_usage_error(result: tuple[int, str, str], *needles: str) -> str:
+    """Exit 2, exactly one line on stderr containing every needle, and no traceback."""
+    code, out, err = result
+    assert code == 2, (code, out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err and "Traceback" not in out
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def only_entries(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+# ---------------------------------------------------------------------------------- parser
+def test_parser_is_built_separately_and_has_the_four_subcommands():
+    parser = build_parser()
+    args = parser.parse_args(["verify", LSTM, "--gamma", "0.5", "--dtype", "float64"])
+    assert (args.command, args.model, args.gamma, args.dtype) == ("verify", LSTM, 0.5, "float64")
+    for cmd in ("convert", "verify", "inspect", "export"):
+        assert cmd in parser.format_help()
+
+
+def test_python_m_pccompile_runs_main(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["pccompile", "--version"])
+    with pytest.raises(SystemExit) as exc:
+        runpy.run_module("pccompile", run_name="__main__")
+    assert exc.value.code == 0
+    assert f"pccompile {pccompile.__version__}" in capsys.readouterr().out
+
+
+def test_usage_error_returns_2_without_exiting(capsys):
+    code, _, err = run(capsys, "verify")  # MODEL missing
+    assert code == 2 and "MODEL" in err
+
+
+# ---------------------------------------------------------------------------------- convert
+def test_convert_resnet18_writes_weights_graph_code_manifest_and_reloads(tmp_path, capsys):
+    out = tmp_path / "r18"
+    code, stdout, err = run(capsys, "convert", *RESNET, "--rule", "zil", "-o", str(out))
+    assert code == 0, err
+    assert only_entries(out) == ["forward.py", "graph.graphml", "manifest.json", "weights.pt"]
+    assert only_entries(tmp_path) == ["r18"]  # no temporary folder left behind
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["model"] == "torchvision:resnet18" and man["num_classes"] == 10
+    assert man["rule"] == {"name": "zil", "options": {"gamma": 1.0, "steps": None, "mode": "auto"}}
+    assert man["input_shapes"] == [[2, 3, 32, 32]] and man["dtype"] == "float32"
+    assert man["vertices"]["identity"] > 0  # resnet's skip connections are padded
+    assert man["steps"] == {"zil": man["depth"] + 1, "fpa": man["depth"]}
+    assert f"{man['vertices']['total']} vertices" in stdout and "depth" in stdout
+
+    graph = nx.read_graphml(out / "graph.graphml")
+    assert graph.number_of_nodes() == man["vertices"]["total"]
+    kinds = {d["kind"] for _, d in graph.nodes(data=True)}
+    assert kinds == {"input", "op", "identity", "output"}
+    assert json.loads(graph.nodes["conv1"]["shape"]) == [2, 64, 16, 16]
+    assert "def forward" in (out / "forward.py").read_text()
+
+    weights = torch.load(out / "weights.pt", weights_only=True)
+    pcm = load_converted(out)
+    assert isinstance(pcm, pccompile.PCModule) and not pcm.training
+    assert pcm.plan.depth == man["depth"]
+    assert set(weights) == set(pcm.state_dict())
+    assert all(torch.equal(weights[k], v) for k, v in pcm.state_dict().items())
+
+
+def test_convert_lstm_json_is_one_object_and_reload_uses_the_given_weights(tmp_path, capsys):
+    torch.manual_seed(123)
+    custom = pccompile.modelspec.build_model(pccompile.modelspec.parse_spec(LSTM)).model
+    wfile = tmp_path / "custom.pt"
+    torch.save(custom.state_dict(), wfile)
+    out = tmp_path / "lstm"
+    code, stdout, err = run(
+        capsys, "convert", LSTM, "--weights", str(wfile), "-o", str(out), "--json"
+    )
+    assert code == 0, err
+    report = json.loads(stdout)  # exactly one JSON object on stdout
+    assert report["ok"] and report["input_shapes"] == [[2, 5, 8]]  # from the module's INPUT_SHAPE
+    assert report["vertices"]["op"] >= 2  # one leaf LSTM vertex or an unrolled chain: both fine
+    pcm = load_converted(out)
+    for k, v in custom.state_dict().items():
+        assert torch.equal(pcm.state_dict()[k], v), k
+    x = torch.randn(2, 5, 8)
+    with torch.no_grad():
+        assert torch.allclose(pcm.eval()(x), custom.eval()(x), atol=1e-6)
+
+
+def test_convert_does_not_overwrite_without_force(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run(capsys, *["convert", *MLP, "-o", str(out)])[0] == 0
+    (out / "note.txt").write_text("keep me")
+    line = assert_usage_error(
+        run(capsys, "convert", *MLP, "-o", str(out)), "already exists", "--force"
+    )
+    assert str(out) in line
+    assert (out / "note.txt").read_text() == "keep me"
+    assert run(capsys, "convert", *MLP, "-o", str(out), "--force")[0] == 0
+    assert not (out / "note.txt").exists() and (out / "manifest.json").is_file()
+    assert only_entries(tmp_path) == ["out"]
+
+
+def test_force_never_replaces_a_folder_pccompile_did_not_write(tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("precious")
+    assert_usage_error(
+        run(capsys, "convert", *MLP, "-o", str(mine), "--force"), "not written by pccompile"
+    )
+    assert (mine / "thesis.tex").read_text() == "precious"
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, OSError])
+def test_interrupted_convert_leaves_no_output(tmp_path, capsys, monkeypatch, exc):
+    def half_write(graph, path, *args, **kwargs):
+        Path(path).write_text("<graphml half-written")
+        raise exc("simulated failure while writing")
+
+    monkeypatch.setattr(nx, "write_graphml", half_write)
+    code, _, err = run(capsys, "convert", *MLP, "-o", str(tmp_path / "out"))
+    assert code == (130 if exc is KeyboardInterrupt else 2)
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert only_entries(tmp_path) == []  # neither the output nor a temporary folder
+
+
+# ---------------------------------------------------------------------------------- verify
+def test_verify_resnet18_zil_passes_in_train_mode(capsys):
+    # training mode: BatchNorm normalises with batch statistics, the harder case
+    code, out, err = run(capsys, "verify", *RESNET, "--rule", "zil", "--train-mode")
+    assert code == 0, out + err
+    assert "FAIL" not in out and out.strip().endswith("PASS: all 62 parameters within 0.0001")
+    assert "cross-entropy against random class indices" in out
+    rows = [line for line in out.splitlines() if line.startswith(("conv1.weight", "fc.bias"))]
+    assert len(rows) == 2 and all(r.endswith("ok") for r in rows)
+
+
+def test_verify_lstm_zil_passes_in_float64_with_json(capsys):
+    code, out, _ = run(capsys, "verify", LSTM, "--dtype", "float64", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["passed"] and report["failed"] == []
+    assert report["tol"] == 1e-10 and report["rule"] == "zil"
+    names = {p["name"] for p in report["params"]}
+    assert {"fc.weight", "fc.bias"} <= names and any(n.startswith("lstm.") for n in names)
+    assert all(p["rel_diff"] <= 1e-10 for p in report["params"])
+
+
+def test_verify_faithful_schedule_and_fpa_pass(capsys):
+    code, out, _ = run(capsys, "verify", LSTM, "--mode", "faithful", "--dtype", "float64", "-q")
+    assert code == 0 and out.strip().startswith("PASS: all") and "within 1e-10" in out
+    code, out, _ = run(capsys, "verify", *MLP, "--rule", "fpa", "-q")
+    assert code == 0 and out.strip() == "PASS: all 4 parameters within 0.0001"
+
+
+def test_verify_fails_with_fail_rows_on_a_non_exact_setting(capsys):
+    code, out, _ = run(capsys, "verify", LSTM, "--rule", "zil", "--gamma", "0.5")
+    assert code == 1
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("parameter"))
+    assert lines[header].split()[-1] == "0.0001" and set(lines[header + 1]) <= {"-", " "}
+    rows = [line for line in lines[header + 2 :] if line and not line.startswith(("PASS", "FAIL"))]
+    assert rows and all(r.endswith("FAIL") for r in rows)  # gamma**level scales every update
+    assert lines[-1].startswith(f"FAIL: {len(rows)} of {len(rows)} parameters beyond 0.0001")
+
+
+def test_verify_too_few_steps_fails_only_the_deep_parameters(capsys):
+    code, out, _ = run(capsys, "verify", LSTM, "--steps", "2", "--json")
+    report = json.loads(out)
+    assert code == 1 and not report["passed"]
+    by_name = {p["name"]: p["ok"] for p in report["params"]}
+    assert by_name["fc.weight"] and by_name["fc.bias"]  # level 1: reached within 2 steps
+    assert not any(ok for n, ok in by_name.items() if n.startswith("lstm."))
+
+
+def test_rule_option_that_does_not_apply_is_a_usage_error(capsys):
+    assert_usage_error(
+        run(capsys, "verify", *MLP, "--rule", "il", "--mode", "faithful"), "mode", "do not apply"
+    )
+
+
+# ---------------------------------------------------------------------------------- inspect
+def test_inspect_resnet18_text_and_json_agree(capsys):
+    code, text, _ = run(capsys, "inspect", *RESNET)
+    assert code == 0
+    code, out, _ = run(capsys, "inspect", *RESNET, "--json")
+    s = json.loads(out)
+    assert code == 0 and s["kinds"]["input"] == 1 and s["kinds"]["output"] == 1
+    assert sum(s["kinds"].values()) == s["vertices"] and s["identity_vertices"] > 0
+    assert s["steps"] == {"zil": s["depth"] + 1, "fpa": s["depth"]} and s["leveled"]
+    assert s["parameters"] == 62 and s["param_uses"] == 62
+    assert sum(r["param_uses"] for r in s["per_level"]) == s["param_uses"]
+    assert [r["level"] for r in s["per_level"]] == list(range(s["depth"] + 1, -1, -1))
+    assert f"zil {s['depth'] + 1} (depth+1), fpa {s['depth']} (depth)" in text
+    assert f"{s['identity_vertices']} identity" in text and f"0..{s['depth']}" in text
+
+
+def test_inspect_lstm_graphml_json_and_png_files(tmp_path, capsys):
+    gml, png = tmp_path / "g.graphml", tmp_path / "g.png"
+    code, out, err = run(
+        capsys, "inspect", LSTM, "--format", "graphml", "-o", str(gml), "--png", str(png)
+    )
+    assert code == 0, err
+    g = nx.read_graphml(gml)
+    assert {d["kind"] for _, d in g.nodes(data=True)} >= {"input", "op", "output"}
+    assert all(isinstance(d["level"], int) for _, d in g.nodes(data=True))
+    assert json.loads(g.nodes["fc"]["params"]) == ["fc.bias", "fc.weight"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"wrote {gml}, {png}" in out
+
+    code, out, _ = run(capsys, "inspect", LSTM, "--format", "json")
+    data = json.loads(out)
+    assert code == 0 and data["vertices"] == g.number_of_nodes()
+    assert len(data["graph"]["nodes"]) == data["vertices"] and "edges" in data["graph"]
+
+
+def test_inspect_does_not_overwrite_without_force(tmp_path, capsys):
+    target = tmp_path / "g.json"
+    target.write_text("old")
+    assert_usage_error(
+        run(capsys, "inspect", *MLP, "--format", "json", "-o", str(target)),
+        "already exists",
+        "--force",
+    )
+    assert target.read_text() == "old"
+    assert run(capsys, "inspect", *MLP, "--format", "json", "-o", str(target), "--force")[0] == 0
+    assert json.loads(target.read_text())["vertices"] > 0
+
+
+def test_inspect_dot_without_pydot_names_the_install(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "pydot", None)  # as if pydot were not installed
+    assert_usage_error(run(capsys, "inspect", *MLP, "--format", "dot"), "pip install pydot")
+
+
+def test_inspect_dot_with_pydot(tmp_path, capsys):
+    pydot = pytest.importorskip("pydot")  # optional dependency: DOT output needs it
+    target = tmp_path / "g.dot"
+    assert run(capsys, "inspect", *RESNET, "--format", "dot", "-o", str(target))[0] == 0
+    (graph,) = pydot.graph_from_dot_file(str(target))
+    assert len(graph.get_edges()) > 100
+
+
+# ---------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    ("spec", "needles"),
+    [
+        ("resnet18", ["has no ':'", "torchvision:resnet18"]),
+        ("torchvision:resnet1800", ["torchvision has no model", "torchvision:resnet18"]),
+        ("no_such_package_xyz.models:make", ["Cannot import module", "PYTHONPATH"]),
+        (f"{FIXTURES / 'missing.py'}:make_model", ["does not exist", "missing.py"]),
+        (f"{FACTORY}:make_modle", ["no attribute 'make_modle'", "make_model"]),
+        (f"{OTHER}:make_not_a_module", ["returned a str, not an nn.Module", "return"]),
+        (f"{OTHER}:make_broken", ["raised RuntimeError: factory exploded", "fix the factory"]),
+    ],
+)
+def test_bad_model_specs(capsys, spec, needles):
+    assert_usage_error(run(capsys, "inspect", spec, "--input-shape", "2,5,8"), *needles)
+
+
+def test_untraceable_model_names_the_line_and_the_cli_fix(capsys):
+    line = assert_usage_error(
+        run(capsys, "verify", f"{OTHER}:make_untraceable", "--input-shape", "3,4"),
+        "Cannot trace",
+        "if x.sum() > 0",
+        "--leaf-module",
+    )
+    assert "leaf_modules=['gate']" in line
+    code, out, _ = run(
+        capsys,
+        "verify",
+        f"{OTHER}:make_untraceable",
+        "--input-shape",
+        "3,4",
+        "--leaf-module",
+        "gate",
+        "-q",
+    )
+    assert code == 0 and out.startswith("PASS")
+
+
+@pytest.mark.parametrize(
+    ("shape", "needles"),
+    [
+        ("2,5,7", ["rejected input(s) of shape (2, 5, 7)", "Expected 8, got 7", "--input-shape"]),
+        ("2,x,8", ["'2,x,8' is not a shape", "--input-shape 2,3,32,32"]),
+        ("0,5,8", ["'0,5,8' is not a shape", "positive"]),
+    ],
+)
+def test_wrong_input_shape(capsys, shape, needles):
+    assert_usage_error(run(capsys, "verify", LSTM, "--input-shape", shape), *needles)
+
+
+def test_factory_without_input_shape_asks_for_one(capsys):
+    assert_usage_error(run(capsys, "inspect", f"{OTHER}:make_mlp"), "--input-shape", "INPUT_SHAPE")
+
+
+def _lstm_state() -> dict[str, torch.Tensor]:
+    return pccompile.modelspec.build_model(pccompile.modelspec.parse_spec(LSTM)).model.state_dict()
+
+
+def test_weights_with_missing_keys(tmp_path, capsys):
+    state = _lstm_state()
+    del state["fc.bias"]
+    torch.save(state, tmp_path / "w.pt")
+    assert_usage_error(
+        run(capsys, "verify", LSTM, "--weights", str(tmp_path / "w.pt")),
+        "does not fit the model",
+        "missing keys [fc.bias]",
+        "same MODEL",
+    )
+
+
+def test_weights_with_mis_shaped_and_extra_keys(tmp_path, capsys):
+    state = _lstm_state()
+    state["fc.weight"] = torch.zeros(5, 16)
+    state["head.weight"] = torch.zeros(1)
+    torch.save(state, tmp_path / "w.pt")
+    assert_usage_error(
+        run(
+            capsys,
+            "convert",
+            LSTM,
+            "--weights",
+            str(tmp_path / "w.pt"),
+            "-o",
+            str(tmp_path / "out"),
+        ),
+        "fc.weight (file (5, 16), model (3, 16))",
+        "unexpected keys [head.weight]",
+    )
+    assert only_entries(tmp_path) == ["w.pt"]
+
+
+class _Evil:
+    """Unpickling this would create a file: weights_only=True must refuse before that."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_malicious_pickle_weights_are_refused(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    state = _lstm_state()
+    state["fc.bias"] = _Evil(str(marker))
+    torch.save(state, tmp_path / "evil.pt")
+    assert_usage_error(
+        run(capsys, "verify", LSTM, "--weights", str(tmp_path / "evil.pt")),
+        "refused by torch.load(weights_only=True)",
+        "pickles io.open",
+        "state_dict()",
+    )
+    assert not marker.exists()
+
+
+def test_missing_and_garbage_weights_files(tmp_path, capsys):
+    assert_usage_error(
+        run(capsys, "verify", LSTM, "--weights", str(tmp_path / "nope.pt")),
+        "does not exist",
+        "--weights",
+    )
+    for junk in [b"not a torch file\n" * 4, bytes(range(256)), b"\x80\x02}q\x00."]:
+        (tmp_path / "junk.pt").write_bytes(junk)
+        assert_usage_error(
+            run(capsys, "verify", LSTM, "--weights", str(tmp_path / "junk.pt")),
+            "Cannot read weights file",
+            "not a file written by torch.save",
+        )
+
+
+def test_debug_shows_the_exception_and_json_reports_errors(capsys):
+    with pytest.raises(ModelSpecError):
+        main(["inspect", "torchvision:resnet1800", "--debug"])
+    capsys.readouterr()
+    code, out, err = run(capsys, "inspect", "torchvision:resnet1800", "--json")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    report = json.loads(out)
+    assert report["ok"] is False and report["exit_code"] == 2 and "resnet1800" in report["error"]
