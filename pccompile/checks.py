@@ -32,6 +32,12 @@ def check_inputs(inputs: tuple, n_expected: int, device: torch.device | None) ->
                 f"Input {k} is on {x.device} but the model's parameters are on {device}; move "
                 f"the input with .to({str(device)!r}) (or the model with pcm.to(...))."
             )
+        if x.requires_grad:
+            raise InputError(
+                f"Input {k} requires grad. PC clamps inputs to the data, so no gradient would reach "
+                f"it (BP's backward would fill its .grad). Pass it detached (x.detach()), or use "
+                f"rule='bp' where you need input gradients."
+            )
         if x.numel() == 0:
             raise InputError(f"Input {k} is empty (shape {tuple(x.shape)}); give a non-empty batch.")
         if x.is_floating_point() and not torch.isfinite(x).all():
