@@ -52,6 +52,7 @@ class Vertex:
     param_leaves: tuple[int, ...] = ()  # env slots of parameter transforms it reads
     source: int = -1  # identity vertices: the vertex they copy
     load: Callable[[list, list], tuple[tuple, dict]] | None = None
+    slot: int = -1  # position of its FX node in Plan.nodes (env slot); -1 for identities
 
 
 @dataclass(eq=False)
@@ -170,7 +171,7 @@ def compile_plan(gm: fx.GraphModule, graph: nx.DiGraph, training: bool) -> Plan:
             Vertex(
                 vid[name], name, "output" if node.op == "output" else "op", d["level"], node,
                 node.meta["pc"].rule, module, tuple(parents), tuple(params), tuple(pleaves),
-                load=_make_loader(node, src),
+                load=_make_loader(node, src), slot=index[node],
             )  # fmt: skip
         )
     n_levels = 1 + max(v.level for v in vertices)
@@ -343,6 +344,13 @@ def rebuild(template: Any, flat: list[Tensor]) -> Any:
 @dataclass(eq=False)
 class FeedForward:
     """The feed-forward pass of one batch: where every rule starts."""
+
+    def release(self, v: Vertex) -> None:
+        """Drop this pass's references to ``v``'s value node once no rule step needs it, so
+        activations are freed progressively, as BP's backward frees its saved tensors."""
+        self.mu[v.vid] = self.flat[v.vid] = self.leaves[v.vid] = None
+        if v.slot >= 0:
+            self.env[v.slot] = None
 
     env: list
     leaves: list  # per vertex id: value-node structure

@@ -49,14 +49,15 @@ def propagate(plan: Plan, ff: FeedForward, *, gamma: float, last_level: int) -> 
     for t in range(1, min(last_level, len(plan.by_level) - 1) + 1):
         for vid in plan.by_level[t]:
             fb, acc[vid] = acc[vid], None
-            if fb is None:
+            v = plan.vertices[vid]
+            if fb is None:  # no error reached it (e.g. steps ran out before its level)
+                ff.release(v)
                 continue
             # eps_v was 0 until the front arrived: eps_v <- 0 + gamma * (-0 + feedback).
             eps = fb if gamma == 1.0 else [None if f is None else gamma * f for f in fb]
-            v = plan.vertices[vid]
             if v.kind == "identity":
                 add_to(acc, v.source, eps)
-                continue
-            vjp(v, ff.mu[vid], eps, [ff.flat[r] for r in v.parents], ff.env, grads, acc)
-            ff.mu[vid] = None  # frees the vertex's local graph, as BP frees saved tensors
+            else:
+                vjp(v, ff.mu[vid], eps, [ff.flat[r] for r in v.parents], ff.env, grads, acc)
+            ff.release(v)  # its children are done and its own graph is consumed
     return grads
