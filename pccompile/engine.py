@@ -53,6 +53,7 @@ class Vertex:
     source: int = -1  # identity vertices: the vertex they copy
     load: Callable[[list, list], tuple[tuple, dict]] | None = None
     slot: int = -1  # position of its FX node in Plan.nodes (env slot); -1 for identities
+    feeds: tuple[bool, ...] = ()  # per parent: can feedback to it reach a parameter?
 
 
 @dataclass(eq=False)
@@ -195,6 +196,14 @@ def compile_plan(gm: fx.GraphModule, graph: nx.DiGraph, training: bool) -> Plan:
         if all(p is not q for q in live_params):
             live_params.append(p)
     output = next(v for v in vertices if v.kind == "output")
+    # A vertex "needs feedback" if a parameter sits at or above it; feedback to the others (e.g.
+    # a slice of a clamped input) changes nothing the efficient schedules return.
+    needs = [False] * len(vertices)
+    for v in sorted(vertices, key=lambda v: -v.level):  # parents before children
+        src = [v.source] if v.kind == "identity" else v.parents
+        needs[v.vid] = bool(v.params or v.param_leaves) or any(needs[r] for r in src)
+    for v in vertices:
+        v.feeds = tuple(needs[r] for r in v.parents)
     chains: dict[int, list[int]] = {}
     for v in sorted((v for v in vertices if v.kind == "identity"), key=lambda v: -v.level):
         root = v.source
@@ -437,17 +446,29 @@ class Grads:
         self.params: dict[torch.nn.Parameter, Tensor] = {}
         self.leaves: dict[int, Tensor] = {}
         self.written = True  # False: the rule applied its updates itself (iPC with lr > 0)
+        # Tensors stored as autograd returned them (not ours to modify in place: they may alias
+        # an error node); the first in-place accumulation replaces them by an owned sum.
+        self._borrowed: set[int] = set()
 
-    def add_param(self, p: torch.nn.Parameter, g: Tensor, scale: float = -1.0) -> None:
-        cur = self.params.get(p)
+    def _add(self, table: dict, key, g: Tensor, scale: float) -> None:
+        cur = table.get(key)
         if cur is None:
-            self.params[p] = g * scale
+            if scale == 1.0:  # keep autograd's tensor as is, like AccumulateGrad steals it
+                table[key] = g
+                self._borrowed.add(id(g))
+            else:
+                table[key] = g * scale
+        elif id(cur) in self._borrowed:
+            self._borrowed.discard(id(cur))
+            table[key] = cur + g if scale == 1.0 else torch.add(cur, g, alpha=scale)
         else:
             cur.add_(g, alpha=scale)
 
+    def add_param(self, p: torch.nn.Parameter, g: Tensor, scale: float = -1.0) -> None:
+        self._add(self.params, p, g, scale)
+
     def add_leaf(self, slot: int, g: Tensor, scale: float = -1.0) -> None:
-        cur = self.leaves.get(slot)
-        self.leaves[slot] = g * scale if cur is None else cur.add_(g, alpha=scale)
+        self._add(self.leaves, slot, g, scale)
 
     def finish(self, plan: Plan, ff: FeedForward, retain: bool = False) -> None:
         """Carry the contributions to parameter transforms back to the parameters (one VJP
@@ -478,16 +499,28 @@ class Grads:
                 elif scale != 1.0:
                     g = g * scale
                 if p.grad is None:
-                    p.grad = g.to(p.dtype)
+                    p.grad = g.to(p.dtype) if g._base is None else g.clone()
                 else:
                     p.grad.add_(g)
 
 
 def vjp(v: Vertex, mus: list[Tensor], eps: list, parent_flat: list[list[Tensor]], env: list,
-        grads: Grads | None, acc: list, *, retain: bool = False, param_scale: float = -1.0) -> None:  # fmt: skip
+        grads: Grads | None, acc: list, *, retain: bool = False, param_scale: float = -1.0,
+        prune: bool = False) -> None:  # fmt: skip
     """Local VJP of vertex ``v`` at error ``eps``: adds ``J_{v,p}^T eps`` to each parent's
     accumulator and, if ``grads`` is given, ``param_scale * (dg_v/dtheta)^T eps`` for this use of
-    each of its parameters."""
+    each of its parameters. ``prune=True`` skips parents whose feedback cannot reach a parameter
+    (only valid when nothing but parameter updates is wanted: the efficient schedules)."""
+    if prune:
+        keep = [i for i, r in enumerate(v.parents) if v.feeds[i]]
+        if len(keep) != len(v.parents):
+            parents = [v.parents[i] for i in keep]
+            parent_flat = [parent_flat[i] for i in keep]
+            return _vjp(v, parents, mus, eps, parent_flat, env, grads, acc, retain, param_scale)
+    return _vjp(v, v.parents, mus, eps, parent_flat, env, grads, acc, retain, param_scale)
+
+
+def _vjp(v, parents, mus, eps, parent_flat, env, grads, acc, retain, param_scale) -> None:
     outs, cots = [], []
     for m, e in zip(mus, eps):
         if e is not None and m.requires_grad:
@@ -503,7 +536,7 @@ def vjp(v: Vertex, mus: list[Tensor], eps: list, parent_flat: list[list[Tensor]]
         return
     res = torch.autograd.grad(outs, inputs, cots, allow_unused=True, retain_graph=retain)
     k = 0
-    for r, fl in zip(v.parents, parent_flat):
+    for r, fl in zip(parents, parent_flat):
         n = len(fl)
         add_to(acc, r, res[k : k + n])
         k += n
@@ -528,7 +561,8 @@ def add_to(acc: list, r: int, gs) -> None:
 
 def output_feedback(plan: Plan, loss: Tensor, flat: list, acc: list, *, weight: float = 1.0,
                     retain: bool = False) -> None:  # fmt: skip
-    """Add ``J_out^T e_out = -weight * dL/dx`` to the output's parents' accumulators."""
+    """Add ``J_out^T e_out = -weight * dL/dx`` to the output's parents' accumulators (a negative
+    ``weight`` gives ``+dL/dx``, for schedules that store error nodes sign-flipped)."""
     v = plan.output
     inputs = [t for r in v.parents for t in flat[r]]
     if not inputs:

@@ -42,10 +42,14 @@ def propagate(plan: Plan, ff: FeedForward, *, gamma: float, last_level: int) -> 
 
     Valid for Z-IL on a leveled graph, and for FPA with gamma = 1 on any graph (increasing level
     is a reverse topological order, and FPA's fixed point is reached there).
+
+    Error nodes are carried sign-flipped here (``acc`` and ``neg_eps`` hold ``-eps``): the VJP of
+    ``-eps`` gives a parameter's contribution with ``p.grad``'s sign directly, so parameter-sized
+    gradients are kept as autograd returns them, never negated or copied.
     """
     acc: list = [None] * len(plan.vertices)
     grads = Grads()
-    output_feedback(plan, ff.loss, ff.flat, acc)
+    output_feedback(plan, ff.loss, ff.flat, acc, weight=-1.0)
     for t in range(1, min(last_level, len(plan.by_level) - 1) + 1):
         for vid in plan.by_level[t]:
             fb, acc[vid] = acc[vid], None
@@ -54,10 +58,11 @@ def propagate(plan: Plan, ff: FeedForward, *, gamma: float, last_level: int) -> 
                 ff.release(v)
                 continue
             # eps_v was 0 until the front arrived: eps_v <- 0 + gamma * (-0 + feedback).
-            eps = fb if gamma == 1.0 else [None if f is None else gamma * f for f in fb]
+            neg_eps = fb if gamma == 1.0 else [None if f is None else gamma * f for f in fb]
             if v.kind == "identity":
-                add_to(acc, v.source, eps)
+                add_to(acc, v.source, neg_eps)
             else:
-                vjp(v, ff.mu[vid], eps, [ff.flat[r] for r in v.parents], ff.env, grads, acc)
+                vjp(v, ff.mu[vid], neg_eps, [ff.flat[r] for r in v.parents], ff.env, grads, acc,
+                    param_scale=1.0, prune=True)  # fmt: skip
             ff.release(v)  # its children are done and its own graph is consumed
     return grads
