@@ -12,7 +12,8 @@ What is timed
 
 Methodology
     * Per model: convert once (``pccompile.convert(model, x)``, not timed here), then
-      ``--warmup`` untimed steps of every fast rule (bp, zil, fpa), round-robin.
+      ``--warmup`` untimed steps of every fast rule (bp, zil, fpa), round-robin (at least one:
+      the first also checks that the rule is available).
     * Timed rounds: in every round each rule runs once, in the same order, so slow drift of the
       machine (thermal, other load) affects every rule equally. At least ``--repeats`` rounds;
       small models get more, until the fast rules' timed steps add up to ``--min-seconds``. The
@@ -77,7 +78,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -466,15 +467,28 @@ def _fmt(v: float | None, spec: str) -> str:
 
 @dataclass(frozen=True)
 class Ratios:
-    """A rule's medians over bp's medians, on the same model (None where either is missing)."""
+    """A rule against bp on the same model (None where either is missing).
+
+    ``wall``/``cpu``/``mem``: the rule's median over bp's median. ``paired``: quartiles
+    (q1, median, q3) of the per-round ratios ``t_rule[k] / t_bp[k]`` (the two steps of a round ran
+    back to back, so slow drift cancels); fast rules only, from 4 rounds on.
+    """
 
     wall: float | None
     cpu: float | None
     mem: float | None
+    paired: tuple[float, float, float] | None = None
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
+
+
+def _paired(r: RuleResult, b: RuleResult | None) -> tuple[float, float, float] | None:
+    if b is None or len(r.times_s) != len(b.times_s) or len(r.times_s) < 4:
+        return None
+    q = statistics.quantiles([x / y for x, y in zip(r.times_s, b.times_s, strict=True)], n=4)
+    return (q[0], q[1], q[2])
 
 
 def ratios(results: list[RuleResult]) -> dict[tuple[str, str], Ratios]:
@@ -486,6 +500,7 @@ def ratios(results: list[RuleResult]) -> dict[tuple[str, str], Ratios]:
             _ratio(r.median_ms, b.median_ms if b else None),
             _ratio(r.cpu_ms, b.cpu_ms if b else None),
             _ratio(r.peak_mib, b.peak_mib if b else None),
+            _paired(r, b),
         )
     return out
 
@@ -533,8 +548,8 @@ def result_table(results: list[RuleResult]) -> str:
 
 
 def target_table(results: list[RuleResult]) -> str:
-    """Issue 5's targets against the measured ratios (time on wall-clock medians; the CPU-time
-    ratio is shown next to it)."""
+    """Issue 5's targets against the measured ratios: time on the ratio of wall-clock medians;
+    the CPU-time ratio and the paired per-round ratio (median and IQR) are shown next to it."""
     rat = ratios(results)
     rows = []
     for rule, per_model in TARGETS.items():
@@ -551,6 +566,7 @@ def target_table(results: list[RuleResult]) -> str:
                     _verdict(None if tt is None or q.wall is None else q.wall <= tt),
                     _fmt(q.cpu, ".3f"),
                     _verdict(None if tt is None or q.cpu is None else q.cpu <= tt),
+                    "n/a" if q.paired is None else "{1:.3f} ({0:.3f}-{2:.3f})".format(*q.paired),
                     f"<= {mt}",
                     _fmt(q.mem, ".3f"),
                     _verdict(None if mt is None or q.mem is None else q.mem <= mt),
@@ -559,8 +575,34 @@ def target_table(results: list[RuleResult]) -> str:
     if not rows:
         return ""
     header = ["model", "rule", "time target", "time/bp", "met", "CPU/bp", "met (CPU)",
-              "mem target", "mem/bp", "met"]  # fmt: skip
+              "paired time/bp (IQR)", "mem target", "mem/bp", "met"]  # fmt: skip
     return table(rows, header)
+
+
+def learn_tables(results: list[RuleResult]) -> str:
+    text = result_table(results)
+    targets = target_table(results)
+    if targets:
+        text += "\n\nIssue 5 targets\n\n" + targets
+    return text
+
+
+def report_saved(path: Path) -> str:
+    """The tables of a run saved by this script (``--report``)."""
+    d = json.loads(path.read_text())
+    keys = {f.name for f in fields(RuleResult)}
+    results = [RuleResult(**{k: v for k, v in r.items() if k in keys}) for r in d["results"]]
+    m = d["machine"]
+    text = (
+        f"{d['command']} ({d['date']}; git {d.get('git', {}).get('commit', '?')[:7]}; "
+        f"{m['cpu']}, {m['cpu_count']} cores, torch {m['torch']}, {m['torch_threads']} thread(s),"
+        f" device {m['device']})\n\n" + learn_tables(results)
+    )
+    if d.get("convert"):
+        import convert_time  # sibling script
+
+        text += "\n\nConversion cost\n\n" + convert_time.report(d["convert"])
+    return text
 
 
 def _verdict(ok: bool | None) -> str:
@@ -697,7 +739,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--models", default=",".join(MODELS), help=f"comma list of {list(MODELS)}")
     p.add_argument("--rules", default=",".join(RULES), help=f"comma list of {list(RULES)}")
     p.add_argument("--repeats", type=int, default=11, help="min timed rounds (default 11)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps per rule (default 2)")
+    p.add_argument(
+        "--warmup", type=int, default=2, help="untimed steps per fast rule (default 2; min 1)"
+    )
     p.add_argument(
         "--faithful-repeats",
         "--slow-repeats",
@@ -730,6 +774,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--profile", action="store_true", help="cProfile zil and bp steps instead of benchmarking"
     )
+    p.add_argument(
+        "--report", type=Path, metavar="JSON", help="print the tables of a saved run and exit"
+    )
     p.add_argument("--profile-steps", type=int, default=10)
     p.add_argument("--profile-rule", default="zil", choices=[k for k in RULES if k != "bp"])
     p.add_argument("--profile-top", type=int, default=15)
@@ -757,6 +804,9 @@ def _pick(arg: str, table_: dict[str, Any], what: str) -> list[Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.report is not None:
+        print(report_saved(args.report))
+        return 0
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda but torch.cuda.is_available() is False")
@@ -781,6 +831,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     started = time.perf_counter()
     load_start = _loadavg()
+    git = git_info()  # now: pccompile is imported from this state of the tree
     infos, results = [], []
     for spec in specs:
         info, res = bench_model(spec, rules, args, device, pm)
@@ -791,11 +842,7 @@ def main(argv: list[str] | None = None) -> int:
         f"\nLearn step ({device}, {args.threads} thread(s); median of >= {args.repeats} rounds, "
         f"zil-faithful and il {args.slow_repeats}; memory: {pm.method})\n"
     )
-    print(result_table(results))
-    targets = target_table(results)
-    if targets:
-        print("\nIssue 5 targets\n")
-        print(targets)
+    print(learn_tables(results))
 
     convert_out: dict[str, Any] | None = None
     if not args.no_convert:
@@ -812,7 +859,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)]),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "machine": machine,
-        "git": git_info(),
+        "git": git,
         "memory_method": pm.method,
         "models": infos,
         "results": [
@@ -829,6 +876,7 @@ def main(argv: list[str] | None = None) -> int:
                 "cpu_s": r.cpu_s,
                 "cpu_ms": r.cpu_ms,
                 "cpu_ratio_bp": rat[(r.model, r.rule)].cpu,
+                "paired_ratio_bp_quartiles": rat[(r.model, r.rule)].paired,
                 "peaks_bytes": r.peaks_bytes,
                 "peak_mib": r.peak_mib,
                 "mem_ratio_bp": rat[(r.model, r.rule)].mem,

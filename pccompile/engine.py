@@ -328,6 +328,9 @@ def leafify(out: Any) -> tuple[Any, list[Tensor], list[Tensor]]:
     if isinstance(out, Tensor):
         leaf = out.detach().requires_grad_()
         return leaf, [leaf], [out]
+    if type(out) is tuple and all(type(t) is Tensor and t.is_floating_point() for t in out):
+        leaves = [t.detach().requires_grad_() for t in out]  # the common multi-output case
+        return tuple(leaves), leaves, list(out)
     flat, spec = tree_flatten(out)
     values, leaves, mus = [], [], []
     for t in flat:
