@@ -76,13 +76,8 @@ class Plan:
     modules: dict[int, torch.nn.Module] = field(default_factory=dict)
     chains: dict[int, list[int]] = field(default_factory=dict)  # vertex -> identity vertices below it
 
-    @property
-    def depth(self) -> int:
-        return depth(self.graph)
-
-    @property
-    def leveled(self) -> bool:
-        return is_leveled(self.graph)
+    depth: int = 0  # largest level of a non-input vertex
+    leveled: bool = False  # every edge (out of a non-input) spans exactly one level
 
     @property
     def hidden(self) -> list[Vertex]:
@@ -213,7 +208,7 @@ def compile_plan(gm: fx.GraphModule, graph: nx.DiGraph, training: bool) -> Plan:
     return Plan(
         gm, graph, training, nodes, roles, vertices, {by_name[n]: vid[n] for n in names[: len(live)]},
         by_level, output, sorted(boundary), tuple(prologue_params), tuple(live_params),
-        sum(1 for r in roles if r == "input"), modules, chains,
+        sum(1 for r in roles if r == "input"), modules, chains, depth(graph), is_leveled(graph),
     )  # fmt: skip
 
 
@@ -502,7 +497,9 @@ class Grads:
                 elif scale != 1.0:
                     g = g * scale
                 if p.grad is None:
-                    p.grad = g.to(p.dtype) if g._base is None else g.clone()
+                    # Keep autograd's tensor unless it is a view into something larger.
+                    whole = g._base is None or (g._base.numel() == g.numel() and g.is_contiguous())
+                    p.grad = g.to(p.dtype) if whole else g.clone()
                 else:
                     p.grad.add_(g)
 
@@ -537,7 +534,7 @@ def _vjp(v, parents, mus, eps, parent_flat, env, grads, acc, retain, param_scale
         inputs += list(v.params) + [env[s] for s in v.param_leaves]
     if not inputs:
         return
-    res = torch.autograd.grad(outs, inputs, cots, allow_unused=True, retain_graph=retain)
+    res = _grad(outs, inputs, cots, retain)
     k = 0
     for r, fl in zip(parents, parent_flat):
         n = len(fl)
@@ -550,6 +547,19 @@ def _vjp(v, parents, mus, eps, parent_flat, env, grads, acc, retain, param_scale
         for s, g in zip(v.param_leaves, res[n_par + len(v.params) :]):
             if g is not None:
                 grads.add_leaf(s, g, param_scale)
+
+
+def _grad(outs: list[Tensor], inputs: list[Tensor], cots: list[Tensor], retain: bool) -> tuple:
+    """``torch.autograd.grad(outs, inputs, cots, allow_unused=True)`` without its Python-side
+    argument checks (one call per vertex makes them a measurable share of a step; the engine
+    checks shapes itself). Falls back to the public call if the engine entry point changes."""
+    try:
+        return _ENGINE.run_backward(tuple(outs), tuple(cots), retain, False, tuple(inputs), True, False)
+    except TypeError:  # pragma: no cover - a future torch with another signature
+        return torch.autograd.grad(outs, inputs, cots, allow_unused=True, retain_graph=retain)
+
+
+_ENGINE = torch.autograd.Variable._execution_engine
 
 
 def add_to(acc: list, r: int, gs) -> None:
