@@ -159,7 +159,9 @@ class PCModule(nn.Module):
         mode, steps = _mode_and_steps(plan, cfg, trace)
         recompute_faithful = mode == "faithful" and not isinstance(cfg, FPA)
         ff = feed_forward(plan, inputs, target, _checked(loss_fn), record_rng=recompute_faithful)
-        tr = Trace(keep_errors=trace == "errors") if (trace or mode == "faithful") else None
+        tr = None
+        if trace or mode == "faithful":  # faithful schedules always report the energy per step
+            tr = Trace(keep_errors=trace == "errors", per_vertex=bool(trace))
         grads, scale = _run_rule(plan, ff, cfg, mode, steps, target, loss_fn, tr)
         grads.finish(plan, ff)
         grads.write(plan, scale)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 __all__ = ["LearnReport", "Trace"]
 
 
@@ -29,6 +31,7 @@ class Trace:
     levels: dict[str, int] = field(default_factory=dict)
     errors: dict[str, list[list]] = field(default_factory=dict)
     keep_errors: bool = False
+    per_vertex: bool = True  # False: only the total energy per step (what LearnReport.energy shows)
 
     @property
     def steps(self) -> int:
@@ -48,16 +51,20 @@ class Trace:
     def record(self, names_levels: list[tuple[str, int]], eps: list, loss_term: float) -> None:
         total = loss_term
         for (name, level), e in zip(names_levels, eps):
-            sq = sum(float((t.double() ** 2).sum()) for t in e) if e else 0.0
+            # vector_norm reduces in place (no float64 copy of every error node per step)
+            sq = sum(float(torch.linalg.vector_norm(t)) ** 2 for t in e) if e else 0.0
+            total += 0.5 * sq
+            if not self.per_vertex:
+                continue
             self.vertex_energy.setdefault(name, []).append(0.5 * sq)
             self.error_norm.setdefault(name, []).append(sq**0.5)
             self.levels[name] = level
             if self.keep_errors:
                 self.errors.setdefault(name, []).append([t.detach().clone() for t in e])
-            total += 0.5 * sq
-        self.vertex_energy.setdefault("output", []).append(loss_term)
-        self.error_norm.setdefault("output", []).append(float("nan"))
-        self.levels["output"] = 0
+        if self.per_vertex:
+            self.vertex_energy.setdefault("output", []).append(loss_term)
+            self.error_norm.setdefault("output", []).append(float("nan"))
+            self.levels["output"] = 0
         self.energy.append(total)
 
 
