@@ -1,0 +1,312 @@
+"""Untraceable models: every known-untraceable construct fails at ``convert()`` with one error
+class and a message that names the source line and the remedies; constructs that trace but into
+a graph that differs from eager mode are shown (pccompile does not detect them).
+
+The submodule case (the remedy names the submodule to make a leaf, and doing so gives an exact
+opaque vertex) is in test_errors.py (``test_untraceable_model_names_line_submodule_and_remedies``,
+``test_marking_the_submodule_a_leaf_makes_it_an_exact_opaque_vertex``), as is ``torch.fx.wrap``
+plus ``register_function`` (``test_op_without_rule_names_node_op_and_fix``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from helpers import assert_matches_bp
+
+import pccompile
+from pccompile import TraceError, UnsupportedOpError
+
+D = torch.float64
+
+
+class Base(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin, self.out = nn.Linear(4, 4), nn.Linear(4, 2)
+
+
+# Each forward's offending line is marked ``# <-`` so the test can check the message names it.
+class DataIf(Base):
+    def forward(self, x):
+        h = self.lin(x)
+        if h.sum() > 0:  # <-
+            return h
+        return -h
+
+
+class ItemIf(Base):
+    def forward(self, x):
+        h = self.lin(x)
+        if h.mean().item() > 0:  # <-
+            return h
+        return -h
+
+
+class NonzeroIf(Base):
+    def forward(self, x):
+        h = self.lin(x)
+        if torch.nonzero(h > 0).shape[0] > 3:  # <-
+            return h
+        return -h
+
+
+class MaskAnyIf(Base):
+    def forward(self, x):
+        h = self.lin(x)
+        return h[h > 0].sum() if (h > 0).any() else h.sum()  # <-
+
+
+class ShapeIf(Base):
+    def forward(self, x):
+        if x.shape[0] == 1:  # <-
+            return self.lin(x)
+        return -self.lin(x)
+
+
+class IterRows(Base):
+    def forward(self, x):
+        return torch.stack([self.lin(r) for r in x])  # <-
+
+
+class Generator(Base):
+    def forward(self, x):
+        return sum(r for r in self.lin(x))  # <-
+
+
+class RangeSize(Base):
+    def forward(self, x):
+        rows = []
+        for i in range(x.size(0)):  # <-
+            rows.append(self.lin(x[i]))
+        return torch.stack(rows)
+
+
+class RangeLen(Base):
+    def forward(self, x):
+        return torch.stack([self.lin(x[i]) for i in range(len(x))])  # <-
+
+
+class Tolist(Base):
+    def forward(self, x):
+        return self.lin(x) * max(x.tolist()[0])  # <-
+
+
+class SetItem(Base):
+    def forward(self, x):
+        h = self.lin(x)
+        h[0] = 0.0  # <-
+        return h
+
+
+class Hook(Base):
+    def forward(self, x):
+        h = self.lin(x)
+        h.register_hook(lambda g: g)  # <-
+        return h
+
+
+CONTROL_FLOW = "symbolically traced variables cannot be used as inputs to control flow"
+UNTRACEABLE = [
+    (DataIf, CONTROL_FLOW),
+    (ItemIf, CONTROL_FLOW),
+    (NonzeroIf, CONTROL_FLOW),
+    (MaskAnyIf, CONTROL_FLOW),
+    (ShapeIf, CONTROL_FLOW),
+    (IterRows, "Proxy object cannot be iterated"),
+    (Generator, "Proxy object cannot be iterated"),
+    (RangeSize, "'Proxy' object cannot be interpreted as an integer"),
+    (RangeLen, "'len' is not supported in symbolic tracing"),
+    (Tolist, "Proxy object cannot be iterated"),
+    (SetItem, "does not support item assignment"),
+    (Hook, "NotImplementedError"),
+]
+
+
+def _marked_line(cls: type) -> str:
+    src = inspect.getsource(cls.forward)
+    return next(line.split("# <-")[0].strip() for line in src.splitlines() if "# <-" in line)
+
+
+@pytest.mark.parametrize("cls, cause", UNTRACEABLE, ids=[c.__name__ for c, _ in UNTRACEABLE])
+def test_untraceable_construct_raises_trace_error_naming_line_and_remedies(cls, cause):
+    with pytest.raises(TraceError) as err:
+        pccompile.convert(cls(), torch.randn(3, 4))
+    msg = str(err.value)
+    assert msg.startswith(f"Cannot trace {cls.__name__} with torch.fx")
+    assert cause in msg
+    assert "test_untraceable.py:" in msg and _marked_line(cls) in msg, msg
+    for remedy in ("leaf_modules=", "concrete_args=", "torch.fx.wrap"):
+        assert remedy in msg
+    assert isinstance(err.value.__cause__, Exception)  # the original FX error is chained
+
+
+class RequiresGrad(Base):
+    def forward(self, x):
+        h = self.lin(x)
+        h.requires_grad_()
+        return h
+
+
+class CopyInto(Base):
+    def forward(self, x):
+        h = self.lin(x)
+        h.copy_(x)
+        return h
+
+
+class RandomFill(Base):
+    def forward(self, x):
+        return self.lin(x).uniform_()
+
+
+UNSUPPORTED = [
+    (RequiresGrad, "requires_grad_", "changes requires_grad inside forward"),
+    (CopyInto, "copy_", "copies into an existing tensor in place"),
+    (RandomFill, "uniform_", "in-place method 'uniform_' has no out-of-place twin"),
+]
+
+
+@pytest.mark.parametrize("cls, node, cause", UNSUPPORTED, ids=[c.__name__ for c, *_ in UNSUPPORTED])
+def test_traceable_but_unsupported_op_raises_unsupported_op_error(cls, node, cause):
+    """These trace, but mutate value nodes or autograd state: no rule, so convert() refuses."""
+    with pytest.raises(UnsupportedOpError) as err:
+        pccompile.convert(cls(), torch.randn(3, 4))
+    msg = str(err.value)
+    assert msg.startswith(f"Node '{node}' (Tensor.{node})") and cause in msg
+    assert "leaf_modules=" in msg and "register_method" in msg
+
+
+class Flag(Base):
+    def forward(self, x, flip=False):
+        h = torch.tanh(self.lin(x))
+        if flip:  # Python control flow on an argument, not on data
+            h = -h
+        return self.out(h)
+
+
+def test_concrete_args_remedy_fixes_an_argument_driven_branch():
+    torch.manual_seed(0)
+    model = Flag().double()
+    x, y = torch.randn(3, 4, dtype=D), torch.randn(3, 2, dtype=D)
+    with pytest.raises(TraceError, match="if flip:"):
+        pccompile.convert(model, x)
+    pcm = pccompile.convert(model, x, concrete_args={"flip": False})
+    assert torch.equal(pcm(x), model(x))
+    assert_matches_bp(pcm, (x,), y, F.mse_loss)
+
+
+class Optional(Base):
+    def forward(self, x, scale=None):
+        h = torch.tanh(self.lin(x))
+        if scale is not None:  # a Proxy is never None: the trace takes this branch
+            h = h * scale
+        return self.out(h)
+
+
+def test_is_none_check_on_an_omitted_argument_fails_at_convert():
+    """``scale is not None`` is True for the Proxy, so the graph multiplies by the default None;
+    convert() runs the graph on the example inputs and fails there (InputError), before any
+    learning. ``concrete_args={"scale": None}`` is the fix."""
+    torch.manual_seed(0)
+    model = Optional().double()
+    x, y = torch.randn(3, 4, dtype=D), torch.randn(3, 2, dtype=D)
+    with pytest.raises(pccompile.InputError, match="Running the traced model on the example"):
+        pccompile.convert(model, x)
+    pcm = pccompile.convert(model, x, concrete_args={"scale": None})
+    assert torch.equal(pcm(x), model(x))
+    assert_matches_bp(pcm, (x,), y, F.mse_loss)
+
+
+class MaskIndex(Base):
+    def forward(self, x):
+        h = torch.tanh(self.lin(x))
+        idx = torch.nonzero(h[:, 0] > 0).squeeze(1)
+        return self.out(h).sum(0) + h[h > 0].sum() + h[idx].sum()
+
+
+def test_data_dependent_shapes_without_control_flow_trace_and_stay_exact():
+    """Boolean-mask indexing and nonzero-driven gathers are fine when no Python branch reads
+    them: masks and indices are constants of each pass, recomputed per batch."""
+    torch.manual_seed(0)
+    model = MaskIndex().double()
+    pcm = pccompile.convert(model, torch.randn(3, 4, dtype=D))
+    counts = set()
+    for seed in range(4):  # batches whose masks select different numbers of elements
+        torch.manual_seed(seed)
+        x = torch.randn(3, 4, dtype=D)
+        counts.add(int((torch.tanh(model.lin(x)) > 0).sum()))
+        assert torch.equal(pcm(x), model(x))
+        assert_matches_bp(pcm, (x,), torch.randn(2, dtype=D), F.mse_loss)
+    assert len(counts) > 1
+
+
+# ------------------------------------------------------------ traces, but not what eager runs
+class IsInstance(Base):
+    def forward(self, x):
+        if isinstance(x, torch.Tensor):  # False while tracing: x is a Proxy
+            return self.lin(x)
+        return -self.lin(x)
+
+
+class PyRandom(Base):
+    def forward(self, x):
+        if self.training and random.random() < 0.5:  # drawn once, at trace time
+            return x
+        return self.lin(x)
+
+
+class Counter(Base):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1  # Python state: read once, at trace time
+        return self.lin(x) * self.calls
+
+
+class SeedInForward(Base):
+    def forward(self, x):
+        torch.manual_seed(0)  # runs at trace time only; not an op of the graph
+        return F.dropout(self.lin(x), 0.5)
+
+
+def test_isinstance_on_a_proxy_traces_the_other_branch_silently():
+    """Known limitation: convert() succeeds and the converted forward differs from eager on the
+    example input itself. pccompile does not compare the two (see docs/reliability.md)."""
+    torch.manual_seed(0)
+    model, x = IsInstance(), torch.randn(3, 4)
+    pcm = pccompile.convert(model, x)
+    assert torch.equal(pcm(x), -model(x))
+
+
+def test_python_randomness_and_state_are_frozen_at_trace_time():
+    torch.manual_seed(0)
+    x = torch.randn(3, 4)
+    model = PyRandom().train()
+    random.seed(0)
+    pcm = pccompile.convert(model, x)
+    traced = {bool(torch.equal(pcm(x), x)) for _ in range(20)}
+    eager = {bool(torch.equal(model(x), x)) for _ in range(20)}
+    assert len(traced) == 1 and eager == {True, False}
+
+    counter = Counter()
+    pcm = pccompile.convert(counter, x)
+    first, second = pcm(x), pcm(x)
+    assert torch.equal(first, second)  # the graph multiplies by the trace-time count
+    assert not torch.equal(counter(x), counter(x))
+
+
+def test_manual_seed_inside_forward_is_not_part_of_the_graph():
+    torch.manual_seed(1)
+    model, x = SeedInForward().train(), torch.randn(3, 4)
+    pcm = pccompile.convert(model, x)
+    assert "manual_seed" not in pcm.code
+    assert torch.equal(model(x), model(x))  # eager reseeds on every call
+    assert not torch.equal(pcm(x), pcm(x))  # the converted forward does not
