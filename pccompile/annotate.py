@@ -27,10 +27,10 @@ import torch
 import torch.fx as fx
 from torch.utils._pytree import tree_flatten
 
-from .errors import InputError, UnsupportedOpError
+from .errors import InputError, TraceError, UnsupportedOpError
 from .ops import OpRule, rule_for
 
-__all__ = ["NodeInfo", "annotate", "complete_inputs", "record_values", "is_float_tensor",
+__all__ = ["NodeInfo", "annotate", "check_trace", "complete_inputs", "record_values", "is_float_tensor",
            "float_leaves"]  # fmt: skip
 
 
@@ -97,6 +97,59 @@ def record_values(gm: fx.GraphModule, inputs: tuple) -> dict[fx.Node, Any]:
     return rec.values
 
 
+def check_trace(model: torch.nn.Module, inputs: tuple, traced_out: Any, training: bool,
+                concrete_args: dict | None) -> None:
+    """Compare the traced graph's output with the module's own, on the example inputs.
+
+    Python that behaves differently under tracing (``isinstance`` on a tensor, Python randomness
+    or state, ``is None`` on an argument) silently takes another branch in the graph; this is
+    where such a graph is refused instead of trained. Rounding differences (an unrolled LSTM vs
+    torch's fused kernel) pass. Buffers, training flags and the RNG are restored afterwards.
+    """
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    flags = {m: m.training for m in model.modules()}
+    devices = sorted({t.device.index or 0 for t in float_leaves(inputs) if t.is_cuda})
+    try:
+        model.train(training)
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            eager = model(*inputs, **(concrete_args or {}))
+    except Exception:  # the eager call itself needs other arguments: nothing to compare
+        return
+    finally:
+        for m, mode in flags.items():
+            m.training = mode
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+    ours, theirs = tree_flatten(traced_out)[0], tree_flatten(eager)[0]
+    problem = None
+    if len(ours) != len(theirs):
+        problem = f"it returns {len(ours)} values where the module returns {len(theirs)}"
+    for k, (a, b) in enumerate(zip(ours, theirs)):
+        if problem:
+            break
+        if isinstance(b, torch.Tensor) and isinstance(a, torch.Tensor):
+            if a.shape != b.shape:
+                problem = f"output {k} has shape {tuple(a.shape)}, the module's {tuple(b.shape)}"
+            elif a.is_floating_point() and b.is_floating_point():
+                tol = 1e-5 * (1.0 + float(b.abs().max())) if b.numel() else 0.0
+                diff = float((a - b).abs().max()) if b.numel() else 0.0
+                if not diff <= max(tol, 1e-3 * float(b.abs().max() if b.numel() else 0)):
+                    problem = f"output {k} differs by up to {diff:.3g}"
+            elif not torch.equal(a, b):
+                problem = f"output {k} differs"
+        elif type(a) is not type(b) or (not isinstance(a, torch.Tensor) and a != b):
+            problem = f"output {k} is {a!r}, the module's is {b!r}"
+    if problem:
+        raise TraceError(
+            f"The traced graph of {type(model).__name__} differs from the module's own output on "
+            f"the example inputs: {problem}. Python that behaves differently under torch.fx "
+            f"tracing took another branch (isinstance checks on tensors, Python random or state, "
+            f"`is None` tests on arguments). Make the submodule that does it a leaf "
+            f"(convert(..., leaf_modules=[...])), or fix the argument with concrete_args."
+        )
+
+
 def _moves_data(node: fx.Node, info: dict[fx.Node, NodeInfo], values: dict) -> bool:
     """Whether ``node`` only moves vertex values around (no computation on tensors)."""
     if node.op != "call_function":
@@ -117,8 +170,9 @@ def _moves_data(node: fx.Node, info: dict[fx.Node, NodeInfo], values: dict) -> b
     return target in (tuple, list, dict) or (isinstance(target, type) and issubclass(target, tuple))
 
 
-def annotate(gm: fx.GraphModule, inputs: tuple, user_leaves: set[str]) -> None:
-    """Write ``node.meta["pc"]`` for every node of ``gm``.
+def annotate(gm: fx.GraphModule, inputs: tuple, user_leaves: set[str]) -> Any:
+    """Write ``node.meta["pc"]`` for every node of ``gm``; return the graph's output on
+    ``inputs`` (computed on the side, for :func:`check_trace`).
 
     Raises:
         InputError: ``inputs`` do not fit the model's placeholders.
@@ -173,3 +227,4 @@ def annotate(gm: fx.GraphModule, inputs: tuple, user_leaves: set[str]) -> None:
                 meta.role = "param_op"
         info[node] = meta
         node.meta["pc"] = meta
+    return values.get(next(n for n in gm.graph.nodes if n.op == "output"))

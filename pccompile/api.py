@@ -1,7 +1,7 @@
 """``convert``: the whole pipeline, in order.
 
     nn.Module --capture--> fx.GraphModule --unroll--> one vertex per RNN time step
-              --annotate--> roles and rules per node
+              --annotate--> roles and rules per node --check_trace--> same output as eager
               --build_pc_graph--> networkx PC graph with levels --level_graph--> identity vertices
               --compile_plan--> Plan (the schedule) --> PCModule
 """
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .annotate import annotate
+from .annotate import annotate, check_trace
 from .capture import capture
 from .config import RuleConfig, make_rule
 from .engine import Plan, compile_plan
@@ -49,7 +49,8 @@ def build_plan(model: nn.Module, inputs: tuple, training: bool, *, opts: Capture
         model, training=training, leaf_modules=opts.leaf_modules, concrete_args=opts.concrete_args
     )
     unroll_recurrent(gm, inputs, user_leaves)
-    annotate(gm, inputs, user_leaves)
+    traced_out = annotate(gm, inputs, user_leaves)
+    check_trace(model, inputs, traced_out, training, opts.concrete_args)
     graph = build_pc_graph(gm)
     if opts.level:
         graph = level_graph(graph)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import linecache
 import os
+import re
 import traceback
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -21,7 +22,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from .errors import TraceError, UnsupportedOpError
-from .ops import inplace_twin
+from .ops import check_method, inplace_twin
 
 __all__ = ["PCTracer", "capture", "functionalize"]
 
@@ -128,6 +129,13 @@ def capture(
             if where
             else "mark the offending submodule as a leaf (convert(..., leaf_modules=[...]))"
         )
+        if "does not support item assignment" in str(exc):
+            raise TraceError(
+                f"Cannot trace {type(model).__name__}: it assigns into a tensor in place "
+                f"(x[...] = v)\n  at {_user_frame(exc.__traceback__)}\n"
+                f"PC value nodes must not be mutated. Rewrite it out of place (torch.where, "
+                f"torch.cat, index_put), or {hint} so it stays one opaque vertex."
+            ) from exc
         if _passes_through(exc.__traceback__, os.path.join("nn", "utils", "rnn.py")):
             raise TraceError(
                 f"Cannot trace {type(model).__name__}: it packs variable-length sequences\n"
@@ -147,6 +155,11 @@ def capture(
     finally:
         for m, mode in saved.items():
             m.training = mode
+    for node in graph.nodes:  # a concretised argument defaults to its concrete value
+        if node.op == "placeholder" and concrete_args:
+            name = node.target if node.target in concrete_args else re.sub(r"_\d+$", "", node.target)
+            if name in concrete_args:  # FX renames it flip -> flip_1 and asserts its value
+                node.args = (concrete_args[name],)
     gm = fx.GraphModule(tracer.root, graph, class_name=f"PC{type(model).__name__}")
     user_leaves = {
         n.target
@@ -168,6 +181,7 @@ def functionalize(gm: fx.GraphModule, training: bool) -> None:
     graph = gm.graph
     order = {n: i for i, n in enumerate(graph.nodes)}
     for node in list(graph.nodes):
+        check_method(node)
         if node.op == "call_module":
             mod = gm.get_submodule(node.target)
             if getattr(mod, "inplace", False) is True:

@@ -8,6 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from torch.utils._pytree import tree_flatten
+
 from .errors import InputError
 
 _ELEMENTWISE = (nn.MSELoss, nn.L1Loss, nn.SmoothL1Loss, nn.HuberLoss, nn.BCELoss,
@@ -18,7 +20,10 @@ _CLASSIFICATION = (nn.CrossEntropyLoss, nn.NLLLoss)
 _CLASSIFICATION_FN = {F.cross_entropy, F.nll_loss}
 
 
-def check_inputs(inputs: tuple, n_expected: int, device: torch.device | None) -> None:
+def check_inputs(inputs: tuple, n_expected: int, device: torch.device | None,
+                 *, clamped: bool = True) -> None:  # fmt: skip
+    """Count, device, emptiness and finiteness of the inputs; with ``clamped`` (every PC rule)
+    also refuse inputs that require grad."""
     if len(inputs) != n_expected:
         raise InputError(
             f"The model takes {n_expected} input(s), got {len(inputs)}; pass them positionally "
@@ -32,7 +37,7 @@ def check_inputs(inputs: tuple, n_expected: int, device: torch.device | None) ->
                 f"Input {k} is on {x.device} but the model's parameters are on {device}; move "
                 f"the input with .to({str(device)!r}) (or the model with pcm.to(...))."
             )
-        if x.requires_grad:
+        if clamped and x.requires_grad:
             raise InputError(
                 f"Input {k} requires grad. PC clamps inputs to the data, so no gradient would reach "
                 f"it (BP's backward would fill its .grad). Pass it detached (x.detach()), or use "
@@ -49,8 +54,8 @@ def check_inputs(inputs: tuple, n_expected: int, device: torch.device | None) ->
 
 def check_target(output: Any, target: Any, loss_fn: Any) -> None:
     """Shape/dtype checks for the common loss functions, run on the feed-forward output."""
-    if isinstance(target, torch.Tensor) and target.is_floating_point():
-        if not torch.isfinite(target).all():
+    for t in tree_flatten(target)[0]:
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all():
             raise InputError("The target contains NaN or Inf; clean it before learning.")
     if not (isinstance(output, torch.Tensor) and isinstance(target, torch.Tensor)):
         return

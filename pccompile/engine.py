@@ -431,7 +431,8 @@ def feed_forward(plan: Plan, inputs: tuple, target: Any, loss_fn: Callable,
     if not (isinstance(loss, Tensor) and loss.numel() == 1 and loss.is_floating_point()):
         raise InputError(
             f"loss_fn(output, target) must return a scalar float tensor, got "
-            f"{type(loss).__name__}{tuple(loss.shape) if isinstance(loss, Tensor) else ''}."
+            f"{type(loss).__name__}{tuple(loss.shape) if isinstance(loss, Tensor) else ''}; "
+            f"reduce it (e.g. .mean() or .sum())."
         )
     return FeedForward(env, leaves, flat, mu, rng, devices, loss.reshape(()), output, boundary_out)
 

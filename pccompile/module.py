@@ -170,9 +170,12 @@ class PCModule(nn.Module):
                            tree_map(_detach, ff.output))  # fmt: skip
 
     def _learn_bp(self, inputs: tuple, target: Any, loss_fn: Callable) -> LearnReport:
-        out = self._pc_model(*inputs)
-        loss = _checked(loss_fn)(out, target)
-        loss.backward()
+        check_inputs(inputs, len(inputs), self._device(), clamped=False)
+        # the same arguments the graph was traced with (concrete_args fixed at conversion)
+        out = self._pc_model(*inputs, **(getattr(self._pc_options, "concrete_args", None) or {}))
+        loss = _scalar_loss(_checked(loss_fn)(out, target))
+        if loss.requires_grad:  # a model without trainable parameters has nothing to learn
+            loss.backward()
         return LearnReport("bp", "autograd", float(loss.detach()), 0, output=tree_map(_detach, out))
 
 
@@ -204,6 +207,16 @@ def _checked(loss_fn: Callable) -> Callable:
 
     wrapped.__wrapped__ = loss_fn
     return wrapped
+
+
+def _scalar_loss(loss: Any) -> torch.Tensor:
+    if not (isinstance(loss, torch.Tensor) and loss.numel() == 1 and loss.is_floating_point()):
+        shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else ""
+        raise InputError(
+            f"loss_fn(output, target) must return a scalar float tensor, got "
+            f"{type(loss).__name__}{shape}; reduce it (e.g. .mean() or .sum())."
+        )
+    return loss.reshape(())
 
 
 def _mode_and_steps(plan: Plan, cfg: RuleConfig, trace: bool) -> tuple[str, int]:

@@ -33,6 +33,7 @@ __all__ = [
     "register_module",
     "rule_for",
     "inplace_twin",
+    "check_method",
     "registered_ops",
 ]
 
@@ -182,8 +183,17 @@ def _classify_name(name: str) -> Kind:
     return "pure"
 
 
+# ``x.__iadd__(y)`` written out arrives as a call_method: the same in-place ops as ``x += y``.
+_INPLACE_DUNDERS = {f"__i{op}__": getattr(operator, op) for op in (
+    "add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "xor", "lshift",
+    "rshift")} | {"__idiv__": operator.truediv, "__iand__": operator.and_,
+                  "__ior__": operator.or_}  # fmt: skip
+
+
 def _is_inplace_name(name: str) -> bool:
-    return name.endswith("_") and not name.endswith("__")
+    return (name.endswith("_") and not name.endswith("__")) or name in _INPLACE_DUNDERS or (
+        name == "__setitem__"
+    )
 
 
 def _register_torch_api() -> None:
@@ -206,7 +216,7 @@ def _register_torch_api() -> None:
     # records by name (``x.__getitem__``) are pure too.
     # Tensor factories called as methods are not in the overridable list; they are pure.
     for name in ("__getitem__", "__len__", "size", "dim", "contiguous", "new_zeros", "new_ones",
-                 "new_full", "new_empty", "new_tensor"):  # fmt: skip
+                 "new_full", "new_empty", "new_tensor", "unflatten"):  # fmt: skip
         _METHODS.setdefault(name, OpRule("pure"))
 
 
@@ -255,18 +265,17 @@ def inplace_twin(node: fx.Node) -> tuple[str, Any] | None:
         if node.target in _OPERATOR_INPLACE:
             return ("call_function", _OPERATOR_INPLACE[node.target])
         if node.target is operator.setitem:
-            raise UnsupportedOpError(
-                f"Node {node.name!r} assigns into a tensor in place (x[...] = v). PC value nodes "
-                f"must not be mutated. Rewrite it out of place (torch.where, torch.cat, "
-                f"index_put) or make the module that does it a leaf: "
-                f"convert(..., leaf_modules=[...])."
-            )
+            raise _setitem_error(node)
         name = _fn_name(node.target)
         if _is_inplace_name(name):
             twin = getattr(torch, name[:-1], None) or getattr(F, name[:-1], None)
             if twin is None:
                 raise _unsupported(node, f"in-place function {name!r} has no out-of-place twin")
             return ("call_function", twin)
+    elif node.op == "call_method" and node.target in _INPLACE_DUNDERS:
+        return ("call_function", _INPLACE_DUNDERS[node.target])
+    elif node.op == "call_method" and node.target == "__setitem__":
+        raise _setitem_error(node)
     elif node.op == "call_method" and _is_inplace_name(node.target):
         if node.target in _UNSUPPORTED_METHODS:
             raise _unsupported(node, _UNSUPPORTED_METHODS[node.target])
@@ -277,13 +286,21 @@ def inplace_twin(node: fx.Node) -> tuple[str, Any] | None:
     return None
 
 
+def _setitem_error(node: fx.Node) -> UnsupportedOpError:
+    return UnsupportedOpError(
+        f"Node {node.name!r} assigns into a tensor in place (x[...] = v). PC value nodes must "
+        f"not be mutated. Rewrite it out of place (torch.where, torch.cat, index_put) or make the "
+        f"module that does it a leaf: convert(..., leaf_modules=[...])."
+    )
+
+
 def _describe(node: fx.Node) -> str:
     if node.op == "call_module":
         return f"module {node.target!r}"
     if node.op == "call_method":
         return f"Tensor.{node.target}"
     mod = getattr(node.target, "__module__", None) or ""
-    return f"{mod + '.' if mod else ''}{_fn_name(node.target) or node.target!r}"
+    return f"{mod + '.' if mod else ''}{_fn_name(node.target) or repr(node.target)}"
 
 
 def _unsupported(node: fx.Node, why: str) -> UnsupportedOpError:
@@ -291,13 +308,20 @@ def _unsupported(node: fx.Node, why: str) -> UnsupportedOpError:
     owner = ""
     if where:
         path = list(where.keys())[-1] if isinstance(where, dict) else ""
-        owner = f" inside module {path!r}" if path else ""
+        if path and not (node.op == "call_module" and path == node.target):
+            owner = f" inside module {path!r}"
     return UnsupportedOpError(
         f"Node {node.name!r} ({_describe(node)}){owner}: {why}. Fix: mark the enclosing "
         f"submodule as a leaf (convert(..., leaf_modules=['path.to.module'])) so it becomes one "
         f"opaque vertex, or register a rule with pccompile.ops.register_function / "
         f"register_method / register_module."
     )
+
+
+def check_method(node: fx.Node) -> None:
+    """Refuse methods that can never be part of a PC graph, before anything runs."""
+    if node.op == "call_method" and node.target in _UNSUPPORTED_METHODS:
+        raise _unsupported(node, _UNSUPPORTED_METHODS[node.target])
 
 
 def rule_for(node: fx.Node, module: nn.Module | None = None, user_leaf: bool = False) -> OpRule:
@@ -312,8 +336,8 @@ def rule_for(node: fx.Node, module: nn.Module | None = None, user_leaf: bool = F
         UnsupportedOpError: the op has no rule, naming the node, the op and the fixes.
     """
     if node.op == "call_module":
-        if user_leaf:
-            return OpRule("opaque", "user leaf")
+        if user_leaf:  # the user's own registration wins; otherwise assume the worst
+            return _MODULES.get(type(module), OpRule("opaque", "user leaf"))
         for cls in type(module).__mro__:
             rule = _MODULES.get(cls)
             if rule is not None and cls.__module__.startswith("torch.nn") == (

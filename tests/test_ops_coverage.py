@@ -885,8 +885,8 @@ def _entry_for(table: str, name: str, key: Any, rule: ops.OpRule, call: Callable
             why = "Tensor dunder method (Python protocol / pickling), not a traced tensor op"
         if short in _INPLACE_DUNDERS:
             why = (
-                "KNOWN BUG: an explicit in-place dunder call is recorded as a call_method that "
-                "is not rewritten out of place; it mutates a value node (docs/reliability.md)"
+                "in-place dunder: capture rewrites x.__iop__(y) to its out-of-place operator "
+                "(x.__setitem__ is refused); tested in test_fixes.py"
             )
     if why is not None:
         e.reason = why
