@@ -19,9 +19,8 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from torch.fx.node import map_arg
 
-from .engine import Plan, _fetch, _invoke, call_vertex, feed_forward, rebuild
+from .engine import Plan, call_vertex, feed_forward, rebuild, walk
 
 __all__ = ["EnergyModule", "value_node_names", "feedforward_values"]
 
@@ -71,33 +70,19 @@ class EnergyModule(nn.Module):
             k += n
         if k != len(values):
             raise ValueError(f"EnergyModule expects {k} value-node tensors, got {len(values)}.")
-        env: list = [None] * len(plan.nodes)
-        index = {n: i for i, n in enumerate(plan.nodes)}
-        get = lambda n: env[index[n]]
-        k_in = 0
         mus: dict[int, list] = {}
+
         # One pass in the traced order: each prediction is evaluated once from the given value
         # nodes of its parents (so random draws happen once, in the forward's order).
-        for i, node in enumerate(plan.nodes):
-            role = plan.roles[i]
-            if role == "input":
-                env[i] = inputs[k_in]
-                k_in += 1
-            elif role in ("param", "const"):
-                env[i] = _fetch(plan.gm, node.target)
-            elif role == "output":
-                continue
-            elif role == "vertex" and node in plan.vid_of_node:
-                v = plan.vertices[plan.vid_of_node[node]]
-                mu = call_vertex(plan, v, env, leaves, recompute=False)
-                mus[v.vid] = _float_leaves(mu)
-                leaves[v.vid] = rebuild(mu, flat[v.vid])
-                env[i] = leaves[v.vid]
-                for c in plan.chains.get(v.vid, ()):
-                    leaves[c] = rebuild(mu, flat[c])
-            else:
-                env[i] = _invoke(node, plan.modules.get(i), map_arg(node.args, get),
-                                 map_arg(node.kwargs, get))  # fmt: skip
+        def vertex(v, env: list) -> Any:
+            mu = call_vertex(plan, v, env, leaves, recompute=False)
+            mus[v.vid] = _float_leaves(mu)
+            leaves[v.vid] = rebuild(mu, flat[v.vid])
+            for c in plan.chains.get(v.vid, ()):
+                leaves[c] = rebuild(mu, flat[c])
+            return leaves[v.vid]
+
+        env = walk(plan, inputs, vertex)
         errors = []
         energy = 0.0
         for v in hidden:

@@ -370,24 +370,19 @@ class FeedForward:
     boundary_out: dict[int, Any]
 
 
-def feed_forward(plan: Plan, inputs: tuple, target: Any, loss_fn: Callable,
-                 *, record_rng: bool) -> FeedForward:  # fmt: skip
-    """Run the feed-forward pass: every node once, in the traced order (so random draws and
-    running statistics happen exactly as in BP's forward), building each vertex's local graph.
+def walk(plan: Plan, inputs: tuple, on_vertex: Callable[[Vertex, list], Any],
+         on_param_op: Callable[[int, Any], Any] | None = None) -> list:
+    """Evaluate every node of ``plan`` once, in the traced order, and return the env.
+
+    Inputs, constants, struct and meta nodes are handled here; ``on_vertex(v, env)`` returns the
+    value the env holds for a live vertex (its value node); ``on_param_op(slot, out)`` may replace
+    a parameter transform's value. Vertices that cannot reach the output run under no_grad.
     """
     nodes, roles, vid_of = plan.nodes, plan.roles, plan.vid_of_node
     env: list = [None] * len(nodes)
-    n_v = len(plan.vertices)
-    leaves: list = [None] * n_v
-    flat: list = [None] * n_v
-    mu: list = [None] * n_v
-    rng: dict[int, tuple] = {}
-    boundary = set(plan.boundary)
-    boundary_out: dict[int, Any] = {}
-    devices = rng_devices([t for t in inputs if isinstance(t, Tensor)])
-    k_in = 0
     index = {n: i for i, n in enumerate(nodes)}
     get = lambda n: env[index[n]]
+    k_in = 0
     for i, node in enumerate(nodes):
         role = roles[i]
         if role == "input":
@@ -398,32 +393,56 @@ def feed_forward(plan: Plan, inputs: tuple, target: Any, loss_fn: Callable,
         elif role == "output":
             continue
         elif role == "vertex" and node in vid_of:
-            v = plan.vertices[vid_of[node]]
-            if record_rng and v.rule.replays_rng:
-                rng[v.vid] = _rng_snapshot(devices)
-            with torch.enable_grad():
-                out = call_vertex(plan, v, env, leaves, recompute=False)
-            value, fl, m = leafify(out)
-            leaves[v.vid], flat[v.vid], mu[v.vid], env[i] = value, fl, m, value
-            for c in plan.chains.get(v.vid, ()):  # identity vertices start as copies
-                leaves[c], flat[c], mu[c] = value, fl, fl
+            env[i] = on_vertex(plan.vertices[vid_of[node]], env)
         elif role == "param_op":
             with torch.enable_grad():
                 out = _invoke(node, plan.modules.get(i), map_arg(node.args, get),
                               map_arg(node.kwargs, get))  # fmt: skip
-            if i in boundary:
-                if not isinstance(out, Tensor):
-                    raise UnsupportedOpError(
-                        f"Node {node.name!r} passes a {type(out).__name__} of parameters to a "
-                        f"vertex; pccompile supports parameter transforms that are tensors."
-                    )
-                boundary_out[i] = out
-                out = out.detach().requires_grad_()
-            env[i] = out
+            env[i] = out if on_param_op is None else on_param_op(i, out)
         else:  # struct, meta, and vertices that cannot reach the output (their error is zero)
             with torch.no_grad():
                 env[i] = _invoke(node, plan.modules.get(i), map_arg(node.args, get),
                                  map_arg(node.kwargs, get))  # fmt: skip
+    return env
+
+
+def feed_forward(plan: Plan, inputs: tuple, target: Any, loss_fn: Callable,
+                 *, record_rng: bool) -> FeedForward:  # fmt: skip
+    """Run the feed-forward pass: every node once, in the traced order (so random draws and
+    running statistics happen exactly as in BP's forward), building each vertex's local graph.
+    """
+    n_v = len(plan.vertices)
+    leaves: list = [None] * n_v
+    flat: list = [None] * n_v
+    mu: list = [None] * n_v
+    rng: dict[int, tuple] = {}
+    boundary = set(plan.boundary)
+    boundary_out: dict[int, Any] = {}
+    devices = rng_devices([t for t in inputs if isinstance(t, Tensor)])
+
+    def vertex(v: Vertex, env: list) -> Any:
+        if record_rng and v.rule.replays_rng:
+            rng[v.vid] = _rng_snapshot(devices)
+        with torch.enable_grad():
+            out = call_vertex(plan, v, env, leaves, recompute=False)
+        value, fl, m = leafify(out)
+        leaves[v.vid], flat[v.vid], mu[v.vid] = value, fl, m
+        for c in plan.chains.get(v.vid, ()):  # identity vertices start as copies
+            leaves[c], flat[c], mu[c] = value, fl, fl
+        return value
+
+    def param_op(slot: int, out: Any) -> Any:
+        if slot not in boundary:
+            return out
+        if not isinstance(out, Tensor):
+            raise UnsupportedOpError(
+                f"Node {plan.nodes[slot].name!r} passes a {type(out).__name__} of parameters to "
+                f"a vertex; pccompile supports parameter transforms that are tensors."
+            )
+        boundary_out[slot] = out
+        return out.detach().requires_grad_()
+
+    env = walk(plan, inputs, vertex, param_op)
     out_args, _ = plan.output.load(env, leaves)
     output = out_args[0]
     with torch.enable_grad():
