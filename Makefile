@@ -29,11 +29,11 @@ bench: $(STAMP)
 	$(PY) benchmarks/learn_step.py
 
 lint: $(STAMP)
-	$(PY) -m ruff check pccompile tests benchmarks examples
-	$(PY) -m ruff format --check pccompile tests benchmarks examples
+	$(PY) -m ruff check pccompile tests benchmarks examples tools
+	$(PY) -m ruff format --check pccompile tests benchmarks examples tools
 
 format: $(STAMP)
-	$(PY) -m ruff format pccompile tests benchmarks examples
+	$(PY) -m ruff format pccompile tests benchmarks examples tools
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

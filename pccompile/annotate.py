@@ -30,7 +30,8 @@ from torch.utils._pytree import tree_flatten
 from .errors import InputError, TraceError, UnsupportedOpError
 from .ops import OpRule, rule_for
 
-__all__ = ["NodeInfo", "annotate", "check_trace", "complete_inputs", "record_values", "is_float_tensor",
+__all__ = ["NodeInfo", "annotate", "check_trace", "complete_inputs", "record_values",
+           "is_float_tensor",
            "float_leaves"]  # fmt: skip
 
 
@@ -74,7 +75,9 @@ def complete_inputs(gm: fx.GraphModule, inputs: tuple) -> tuple:
     required = sum(1 for n in placeholders if not n.args)
     if not required <= len(inputs) <= len(placeholders):
         names = ", ".join(p.name + ("" if not p.args else "=...") for p in placeholders)
-        count = f"{required}" if required == len(placeholders) else f"{required} to {len(placeholders)}"
+        count = (
+            f"{required}" if required == len(placeholders) else f"{required} to {len(placeholders)}"
+        )
         raise InputError(
             f"The model takes {count} input(s) ({names}) but {len(inputs)} were given; pass them "
             f"positionally (several example inputs as a tuple)."
@@ -97,8 +100,13 @@ def record_values(gm: fx.GraphModule, inputs: tuple) -> dict[fx.Node, Any]:
     return rec.values
 
 
-def check_trace(model: torch.nn.Module, inputs: tuple, traced_out: Any, training: bool,
-                concrete_args: dict | None) -> None:
+def check_trace(
+    model: torch.nn.Module,
+    inputs: tuple,
+    traced_out: Any,
+    training: bool,
+    concrete_args: dict | None,
+) -> None:
     """Compare the traced graph's output with the module's own, on the example inputs.
 
     Python that behaves differently under tracing (``isinstance`` on a tensor, Python randomness

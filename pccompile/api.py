@@ -1,9 +1,9 @@
 """``convert``: the whole pipeline, in order.
 
-    nn.Module --capture--> fx.GraphModule --unroll--> one vertex per RNN time step
-              --annotate--> roles and rules per node --check_trace--> same output as eager
-              --build_pc_graph--> networkx PC graph with levels --level_graph--> identity vertices
-              --compile_plan--> Plan (the schedule) --> PCModule
+nn.Module --capture--> fx.GraphModule --unroll--> one vertex per RNN time step
+          --annotate--> roles and rules per node --check_trace--> same output as eager
+          --build_pc_graph--> networkx PC graph with levels --level_graph--> identity vertices
+          --compile_plan--> Plan (the schedule) --> PCModule
 """
 
 from __future__ import annotations

@@ -44,7 +44,9 @@ class PCTracer(fx.Tracer):
         self.failed_path: str | None = None  # innermost module whose forward raised
 
     def is_user_leaf(self, m: nn.Module, qualname: str) -> bool:
-        return qualname in self.leaf_names or (bool(self.leaf_types) and isinstance(m, self.leaf_types))
+        return qualname in self.leaf_names or (
+            bool(self.leaf_types) and isinstance(m, self.leaf_types)
+        )
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return self.is_user_leaf(m, module_qualified_name) or super().is_leaf_module(
@@ -82,7 +84,9 @@ def _split_leaves(leaf_modules: Iterable[type | str]) -> tuple[list[type], list[
 def _user_frame(tb) -> str:
     """The innermost traceback frame outside torch itself, as 'file:line: code'."""
     frames = [f for f in traceback.extract_tb(tb) if not f.filename.startswith(_TORCH_DIR)]
-    frames = [f for f in frames if "pccompile" not in f.filename.replace(os.sep, "/").split("/")[-2:-1]]
+    frames = [
+        f for f in frames if "pccompile" not in f.filename.replace(os.sep, "/").split("/")[-2:-1]
+    ]
     if not frames:
         return "<unknown line>"
     f = frames[-1]
@@ -157,7 +161,9 @@ def capture(
             m.training = mode
     for node in graph.nodes:  # a concretised argument defaults to its concrete value
         if node.op == "placeholder" and concrete_args:
-            name = node.target if node.target in concrete_args else re.sub(r"_\d+$", "", node.target)
+            name = (
+                node.target if node.target in concrete_args else re.sub(r"_\d+$", "", node.target)
+            )
             if name in concrete_args:  # FX renames it flip -> flip_1 and asserts its value
                 node.args = (concrete_args[name],)
     gm = fx.GraphModule(tracer.root, graph, class_name=f"PC{type(model).__name__}")

@@ -7,7 +7,6 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from torch.utils._pytree import tree_flatten
 
 from .errors import InputError
@@ -39,12 +38,15 @@ def check_inputs(inputs: tuple, n_expected: int, device: torch.device | None,
             )
         if clamped and x.requires_grad:
             raise InputError(
-                f"Input {k} requires grad. PC clamps inputs to the data, so no gradient would reach "
+                f"Input {k} requires grad. PC clamps inputs to the data, so no gradient would "
+                f"reach "
                 f"it (BP's backward would fill its .grad). Pass it detached (x.detach()), or use "
                 f"rule='bp' where you need input gradients."
             )
         if x.numel() == 0:
-            raise InputError(f"Input {k} is empty (shape {tuple(x.shape)}); give a non-empty batch.")
+            raise InputError(
+                f"Input {k} is empty (shape {tuple(x.shape)}); give a non-empty batch."
+            )
         if x.is_floating_point() and not torch.isfinite(x).all():
             raise InputError(
                 f"Input {k} contains NaN or Inf; PC inference on non-finite values gives "

@@ -8,7 +8,7 @@ it, never deep inside inference.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Literal, Union
+from typing import Literal
 
 from .errors import ConfigError
 
@@ -38,7 +38,7 @@ def _check_mode(mode: str, name: str) -> None:
 
 @dataclass(frozen=True)
 class BP:
-    """Plain autograd backward through the whole model: the reference every rule is tested against."""
+    """Plain autograd backward through the whole model: the reference for every rule."""
 
     name: str = "bp"
 
@@ -109,9 +109,7 @@ class IL:
         _check_gamma(self.gamma, "IL")
         _check_steps(self.steps, "IL")
         if not (isinstance(self.output_precision, (int, float)) and self.output_precision > 0):
-            raise ConfigError(
-                f"IL: output_precision must be > 0, got {self.output_precision!r}."
-            )
+            raise ConfigError(f"IL: output_precision must be > 0, got {self.output_precision!r}.")
         if self.init != "forward":
             raise ConfigError(f"IL: init must be 'forward', got {self.init!r}.")
 
@@ -136,7 +134,7 @@ class IPC:
             raise ConfigError(f"IPC: lr must be >= 0, got {self.lr!r}.")
 
 
-RuleConfig = Union[BP, ZIL, FPA, IL, IPC]
+RuleConfig = BP | ZIL | FPA | IL | IPC
 _BY_NAME = {"bp": BP, "zil": ZIL, "fpa": FPA, "il": IL, "ipc": IPC}
 
 

@@ -27,7 +27,10 @@ class DigitsNet(nn.Module):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(1, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU())
         self.block = nn.Sequential(
-            nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, c, 3, padding=1)
+            nn.Conv2d(c, c, 3, padding=1),
+            nn.BatchNorm2d(c),
+            nn.ReLU(),
+            nn.Conv2d(c, c, 3, padding=1),
         )
         self.head = nn.Linear(c, 10)
 
@@ -86,10 +89,14 @@ def main() -> int:
                 times[rule] += time.perf_counter() - t0
         accs = {rule: _accuracy(m, xte, yte) for rule, m in runs.items()}
         drift = max(
-            ((a - b).abs().max().item() for a, b in zip(runs["zil"].parameters(), runs["bp"].parameters())),
+            (
+                (a - b).abs().max().item()
+                for a, b in zip(runs["zil"].parameters(), runs["bp"].parameters())
+            ),
         )
         print(f"epoch {epoch}: test accuracy bp {accs['bp']:.3f}  zil {accs['zil']:.3f}  "
-              f"max |theta_zil - theta_bp| {drift:.1e}  time bp {times['bp']:.2f}s  zil {times['zil']:.2f}s")  # fmt: skip
+              f"max |theta_zil - theta_bp| {drift:.1e}  "
+              f"time bp {times['bp']:.2f}s  zil {times['zil']:.2f}s")  # fmt: skip
     return 0 if res.passed else 1
 
 

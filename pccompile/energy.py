@@ -40,7 +40,9 @@ def _n_flat(plan: Plan, v) -> int:
     return len(v.node.meta["pc"].shapes)
 
 
-def feedforward_values(plan: Plan, inputs: tuple, target: Any, loss_fn: Callable) -> list[torch.Tensor]:
+def feedforward_values(
+    plan: Plan, inputs: tuple, target: Any, loss_fn: Callable
+) -> list[torch.Tensor]:
     """The value nodes at the feed-forward initialisation (all errors zero there)."""
     ff = feed_forward(plan, inputs, target, loss_fn, record_rng=False)
     return [t.detach() for v in plan.hidden for t in ff.flat[v.vid]]
@@ -59,7 +61,11 @@ class EnergyModule(nn.Module):
 
     def forward(self, *args: Any) -> tuple[torch.Tensor, ...]:
         plan = self.plan
-        inputs, target, values = args[: self.n_inputs], args[self.n_inputs], args[self.n_inputs + 1 :]
+        inputs, target, values = (
+            args[: self.n_inputs],
+            args[self.n_inputs],
+            args[self.n_inputs + 1 :],
+        )
         hidden = plan.hidden
         flat: list = [None] * len(plan.vertices)
         leaves: list = [None] * len(plan.vertices)

@@ -74,7 +74,9 @@ class Plan:
     live_params: tuple[torch.nn.Parameter, ...]
     n_inputs: int  # placeholders, including optional ones (see annotate.complete_inputs)
     modules: dict[int, torch.nn.Module] = field(default_factory=dict)
-    chains: dict[int, list[int]] = field(default_factory=dict)  # vertex -> identity vertices below it
+    chains: dict[int, list[int]] = field(
+        default_factory=dict
+    )  # vertex -> identity vertices below it
 
     depth: int = 0  # largest level of a non-input vertex
     leveled: bool = False  # every edge (out of a non-input) spans exactly one level
@@ -117,8 +119,14 @@ def compile_plan(gm: fx.GraphModule, graph: nx.DiGraph, training: bool) -> Plan:
         d = graph.nodes[name]
         if d["kind"] == "identity":
             vertices.append(
-                Vertex(vid[name], name, "identity", d["level"], parents=(vid[_pred(graph, name)],),
-                       source=vid[_pred(graph, name)])  # fmt: skip
+                Vertex(
+                    vid[name],
+                    name,
+                    "identity",
+                    d["level"],
+                    parents=(vid[_pred(graph, name)],),
+                    source=vid[_pred(graph, name)],
+                )  # fmt: skip
             )
             continue
         node = by_name[name]
@@ -165,9 +173,18 @@ def compile_plan(gm: fx.GraphModule, graph: nx.DiGraph, training: bool) -> Plan:
                     params.append(p)
         vertices.append(
             Vertex(
-                vid[name], name, "output" if node.op == "output" else "op", d["level"], node,
-                node.meta["pc"].rule, module, tuple(parents), tuple(params), tuple(pleaves),
-                load=_make_loader(node, src), slot=index[node],
+                vid[name],
+                name,
+                "output" if node.op == "output" else "op",
+                d["level"],
+                node,
+                node.meta["pc"].rule,
+                module,
+                tuple(parents),
+                tuple(params),
+                tuple(pleaves),
+                load=_make_loader(node, src),
+                slot=index[node],
             )  # fmt: skip
         )
     n_levels = 1 + max(v.level for v in vertices)
@@ -206,7 +223,8 @@ def compile_plan(gm: fx.GraphModule, graph: nx.DiGraph, training: bool) -> Plan:
             root = vertices[root].source
         chains.setdefault(root, []).append(v.vid)
     return Plan(
-        gm, graph, training, nodes, roles, vertices, {by_name[n]: vid[n] for n in names[: len(live)]},
+        gm, graph, training, nodes, roles, vertices,
+        {by_name[n]: vid[n] for n in names[: len(live)]},
         by_level, output, sorted(boundary), tuple(prologue_params), tuple(live_params),
         sum(1 for r in roles if r == "input"), modules, chains, depth(graph), is_leveled(graph),
     )  # fmt: skip
@@ -370,8 +388,12 @@ class FeedForward:
     boundary_out: dict[int, Any]
 
 
-def walk(plan: Plan, inputs: tuple, on_vertex: Callable[[Vertex, list], Any],
-         on_param_op: Callable[[int, Any], Any] | None = None) -> list:
+def walk(
+    plan: Plan,
+    inputs: tuple,
+    on_vertex: Callable[[Vertex, list], Any],
+    on_param_op: Callable[[int, Any], Any] | None = None,
+) -> list:
     """Evaluate every node of ``plan`` once, in the traced order, and return the env.
 
     Inputs, constants, struct and meta nodes are handled here; ``on_vertex(v, env)`` returns the
@@ -574,7 +596,9 @@ def _grad(outs: list[Tensor], inputs: list[Tensor], cots: list[Tensor], retain: 
     argument checks (one call per vertex makes them a measurable share of a step; the engine
     checks shapes itself). Falls back to the public call if the engine entry point changes."""
     try:
-        return _ENGINE.run_backward(tuple(outs), tuple(cots), retain, False, tuple(inputs), True, False)
+        return _ENGINE.run_backward(
+            tuple(outs), tuple(cots), retain, False, tuple(inputs), True, False
+        )
     except TypeError:  # pragma: no cover - a future torch with another signature
         return torch.autograd.grad(outs, inputs, cots, allow_unused=True, retain_graph=retain)
 

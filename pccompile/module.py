@@ -184,9 +184,11 @@ def _detach(x: Any) -> Any:
 
 
 def _names(model: nn.Module) -> list[str]:
-    return [n for n, _ in model.named_children()] + [
-        n for n, _ in model.named_parameters(recurse=False)
-    ] + [n for n, _ in model.named_buffers(recurse=False)]
+    return (
+        [n for n, _ in model.named_children()]
+        + [n for n, _ in model.named_parameters(recurse=False)]
+        + [n for n, _ in model.named_buffers(recurse=False)]
+    )
 
 
 def _checked(loss_fn: Callable) -> Callable:

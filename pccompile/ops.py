@@ -16,8 +16,9 @@ from __future__ import annotations
 import builtins
 import operator
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 import torch.fx as fx
@@ -102,8 +103,9 @@ def register_method(name: str, kind: Kind = "pure", note: str = "") -> None:
 # torch.nn catalogue is classified here by name so a new torch layer needs a deliberate entry.
 _STOCHASTIC_MODULES = {
     "Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout",
-    "RReLU", "FractionalMaxPool2d", "FractionalMaxPool3d", "MultiheadAttention", "Transformer", "TransformerEncoder", "TransformerDecoder",
-    "TransformerEncoderLayer", "TransformerDecoderLayer", "RNN", "LSTM", "GRU",
+    "RReLU", "FractionalMaxPool2d", "FractionalMaxPool3d", "MultiheadAttention", "Transformer",
+    "TransformerEncoder", "TransformerDecoder", "TransformerEncoderLayer",
+    "TransformerDecoderLayer", "RNN", "LSTM", "GRU",
 }  # fmt: skip
 _STATEFUL_MODULES = {
     "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "LazyBatchNorm1d",
@@ -191,8 +193,10 @@ _INPLACE_DUNDERS = {f"__i{op}__": getattr(operator, op) for op in (
 
 
 def _is_inplace_name(name: str) -> bool:
-    return (name.endswith("_") and not name.endswith("__")) or name in _INPLACE_DUNDERS or (
-        name == "__setitem__"
+    return (
+        (name.endswith("_") and not name.endswith("__"))
+        or name in _INPLACE_DUNDERS
+        or (name == "__setitem__")
     )
 
 

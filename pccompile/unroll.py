@@ -42,7 +42,8 @@ def check_sequence_length(x: torch.Tensor, dim: int, expected: int, module: str)
     if x.shape[dim] != expected:
         raise InputError(
             f"Recurrent module {module!r} was unrolled for sequences of length {expected} at "
-            f"conversion, but got length {x.shape[dim]}. The PC graph has one vertex per time step, "
+            f"conversion, but got length {x.shape[dim]}. The PC graph has one vertex per time "
+            f"step, "
             f"so its length is fixed: pad/crop sequences to {expected}, or convert one PCModule "
             f"per length (pccompile.convert(model, example_of_that_length))."
         )
@@ -142,7 +143,11 @@ def _unroll(g: fx.Graph, node: fx.Node, mod: nn.RNNBase, shape: tuple[int, ...])
             return zeros[0]
         state = hx
         if lstm:
-            state = hx[which] if isinstance(hx, (tuple, list)) else make("call_function", operator.getitem, hx, which)
+            state = (
+                hx[which]
+                if isinstance(hx, (tuple, list))
+                else make("call_function", operator.getitem, hx, which)
+            )
         return make("call_function", operator.getitem, state, layer * D + d)
 
     with g.inserting_before(node):
@@ -172,7 +177,8 @@ def _unroll(g: fx.Graph, node: fx.Node, mod: nn.RNNBase, shape: tuple[int, ...])
                     finals[1].append(c)
                 per_dir.append(hs)
             layer_in = per_dir[0] if D == 1 else [
-                make("call_function", torch.cat, [per_dir[0][t], per_dir[1][t]], -1) for t in range(T)
+                make("call_function", torch.cat, [per_dir[0][t], per_dir[1][t]], -1)
+                for t in range(T)
             ]  # fmt: skip
         output = make("call_function", torch.stack, layer_in, tdim)
         h_n = make("call_function", torch.stack, finals[0], 0)
@@ -201,7 +207,11 @@ def _unroll(g: fx.Graph, node: fx.Node, mod: nn.RNNBase, shape: tuple[int, ...])
 
 def _fold(pack: fx.Node, elements: list[fx.Node]) -> None:
     for user in list(pack.users):
-        if user.op == "call_function" and user.target is operator.getitem and isinstance(user.args[1], int):
+        if (
+            user.op == "call_function"
+            and user.target is operator.getitem
+            and isinstance(user.args[1], int)
+        ):
             user.replace_all_uses_with(elements[user.args[1]])
             user.graph.erase_node(user)
 

@@ -46,11 +46,18 @@ class VerifyResult:
 
     def table(self) -> str:
         rows = [
-            (r.name, "x".join(map(str, r.shape)) or "scalar", f"{r.max_abs:.2e}", f"{r.rel:.2e}",
-             "ok" if r.ok else "FAIL")  # fmt: skip
+            (
+                r.name,
+                "x".join(map(str, r.shape)) or "scalar",
+                f"{r.max_abs:.2e}",
+                f"{r.rel:.2e}",
+                "ok" if r.ok else "FAIL",
+            )  # fmt: skip
             for r in self.rows
         ]
-        return format_table(["parameter", "shape", "max |diff|", "rel diff", f"<= {self.tol:g}"], rows)
+        return format_table(
+            ["parameter", "shape", "max |diff|", "rel diff", f"<= {self.tol:g}"], rows
+        )
 
 
 def default_tolerance(dtype: torch.dtype) -> float:

@@ -59,7 +59,9 @@ def compare_to_bp(pcm, inputs, target, loss_fn, rule="zil", seed: int = 0, **opt
     for k, v in pcm.state_dict().items():
         assert torch.equal(v, bp_state[k]), f"buffer {k} differs from the bp run after learn"
     assert torch.equal(torch.get_rng_state(), bp_rng), "the global RNG state differs from bp's"
-    assert set(pc) == set(bp), f"grad sets differ: pc-only {set(pc) - set(bp)}, bp-only {set(bp) - set(pc)}"
+    assert set(pc) == set(bp), (
+        f"grad sets differ: pc-only {set(pc) - set(bp)}, bp-only {set(bp) - set(pc)}"
+    )
     scale = max((g.abs().mean().item() for g in bp.values()), default=0.0)
     errors = {n: rel_err(pc[n], bp[n], floor=1e-3 * scale * bp[n].numel()) for n in bp}
     return Comparison(errors, pc, bp, report)

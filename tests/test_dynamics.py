@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.fx
 import torchvision.models as tvm
 from zoo import build
 
@@ -31,7 +31,12 @@ def test_il_energy_is_non_increasing_for_small_gamma(which):
     if which == "mlp":
         model, x, y, loss_fn = build("mlp_post")
     elif which == "cnn":
-        model, x, y, loss_fn = _cnn().double(), torch.randn(4, 1, 8, 8).double(), torch.tensor([1, 2, 3, 4]), F.cross_entropy
+        model, x, y, loss_fn = (
+            _cnn().double(),
+            torch.randn(4, 1, 8, 8).double(),
+            torch.tensor([1, 2, 3, 4]),
+            F.cross_entropy,
+        )
     else:
         model = tvm.resnet18(weights=None, num_classes=4).double().eval()
         x, y, loss_fn = torch.randn(2, 3, 16, 16).double(), torch.tensor([0, 3]), F.cross_entropy
@@ -60,10 +65,12 @@ def test_il_approaches_bp_as_output_precision_falls(fused):
     """Whittington & Bogacz's weak-feedback regime on an 8-7-6-5-4 tanh MLP, batch 3, T=400."""
     torch.manual_seed(0)
     if fused:
-        model = nn.Sequential(TanhLinear(8, 7, True), TanhLinear(7, 6), TanhLinear(6, 5), TanhLinear(5, 4))
+        model = nn.Sequential(
+            TanhLinear(8, 7, True), TanhLinear(7, 6), TanhLinear(6, 5), TanhLinear(5, 4)
+        )
     else:
-        model = nn.Sequential(nn.Linear(8, 7), nn.Tanh(), nn.Linear(7, 6), nn.Tanh(), nn.Linear(6, 5),
-                              nn.Tanh(), nn.Linear(5, 4))  # fmt: skip
+        model = nn.Sequential(nn.Linear(8, 7), nn.Tanh(), nn.Linear(7, 6), nn.Tanh(),
+                              nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 4))  # fmt: skip
     model = model.double()
     x, y = torch.randn(3, 8, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
     pcm = pccompile.convert(model, x, leaf_modules=[TanhLinear] if fused else [])
@@ -138,7 +145,9 @@ def test_every_rule_can_trace_and_bp_has_none():
     pcm = pccompile.convert(model, x)
     for rule in ("zil", "fpa", IL(steps=5), IPC(steps=5)):
         report = pcm.learn(x, target=y, loss_fn=loss_fn, rule=rule, trace=True)
-        assert report.trace is not None and len(report.trace.energy) == report.steps + (rule != "zil")
+        assert report.trace is not None and len(report.trace.energy) == report.steps + (
+            rule != "zil"
+        )
     assert pcm.learn(x, target=y, loss_fn=loss_fn, rule="bp").trace is None
 
 

@@ -111,7 +111,9 @@ def test_registered_user_leaf_class_gets_its_rule():
     finally:
         del ops._MODULES[MyAct]
     pcm = pccompile.convert(model, torch.randn(2, 4), leaf_modules=[MyAct])
-    assert {n.target: n.meta["pc"].rule.kind for n in pcm.plan.nodes if n.op == "call_module"}["1"] == "opaque"
+    assert {n.target: n.meta["pc"].rule.kind for n in pcm.plan.nodes if n.op == "call_module"}[
+        "1"
+    ] == "opaque"
 
 
 class Unflatten(nn.Module):
@@ -144,7 +146,10 @@ class UsesMystery(nn.Module):
 def test_function_names_are_not_quoted_in_messages():
     with pytest.raises(UnsupportedOpError) as err:
         pccompile.convert(UsesMystery(), torch.randn(2, 3))
-    assert "test_fixes.mystery2)" in str(err.value) and "'mystery2'" not in str(err.value).split("(")[1]
+    assert (
+        "test_fixes.mystery2)" in str(err.value)
+        and "'mystery2'" not in str(err.value).split("(")[1]
+    )
 
 
 def test_nan_in_a_nested_target_is_refused():

@@ -86,7 +86,9 @@ CASES = {
     "rnn_relu_nobias": lambda: ManyToOne(nn.RNN, nonlinearity="relu", bias=False, batch_first=True),
     "gru_2layer": lambda: ManyToOne(nn.GRU, num_layers=2, batch_first=True),
     "lstm_2layer": lambda: ManyToOne(nn.LSTM, num_layers=2),
-    "lstm_bidirectional": lambda: ManyToOne(nn.LSTM, num_layers=2, bidirectional=True, batch_first=True),
+    "lstm_bidirectional": lambda: ManyToOne(
+        nn.LSTM, num_layers=2, bidirectional=True, batch_first=True
+    ),
     "gru_hn": lambda: LastHidden(nn.GRU, num_layers=2, batch_first=True),
     "lstm_hn": lambda: LastHidden(nn.LSTM, batch_first=True),
     "many_to_many": ManyToMany,
@@ -132,8 +134,13 @@ def test_faithful_schedule_equals_bptt(name):
 @pytest.mark.parametrize("cls", [nn.RNN, nn.GRU, nn.LSTM])
 @pytest.mark.parametrize(
     "kw",
-    [{}, {"batch_first": True}, {"num_layers": 3}, {"bias": False},
-     {"bidirectional": True, "num_layers": 2, "batch_first": True}],  # fmt: skip
+    [
+        {},
+        {"batch_first": True},
+        {"num_layers": 3},
+        {"bias": False},
+        {"bidirectional": True, "num_layers": 2, "batch_first": True},
+    ],  # fmt: skip
     ids=["default", "batch_first", "3layers", "nobias", "bidirectional"],
 )
 @pytest.mark.parametrize("with_h0", [False, True], ids=["zero_state", "given_state"])
@@ -206,13 +213,17 @@ class Packed(nn.Module):
         self.lstm, self.fc = nn.LSTM(5, 6, batch_first=True), nn.Linear(6, 2)
 
     def forward(self, x, lengths):
-        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        packed = nn.utils.rnn.pack_padded_sequence(
+            x, lengths, batch_first=True, enforce_sorted=False
+        )
         _, (h, _) = self.lstm(packed)
         return self.fc(h[-1])
 
 
 def test_packed_sequences_are_refused_with_the_remedy():
-    with pytest.raises(TraceError, match="sequence length is fixed at conversion.*per sequence length"):
+    with pytest.raises(
+        TraceError, match="sequence length is fixed at conversion.*per sequence length"
+    ):
         pccompile.convert(Packed(), (torch.randn(3, 7, 5), torch.tensor([7, 4, 2])))
 
 
@@ -234,6 +245,8 @@ def test_lstm_on_digits_rows_follows_bp_for_100_adam_steps():
         with torch.no_grad():
             acc = (model(xte).argmax(1) == yte).double().mean().item()
         final[rule] = (model, acc)
-    for (name, a), b in zip(final["bp"][0].state_dict().items(), final["zil"][0].state_dict().values()):
+    for (name, a), b in zip(
+        final["bp"][0].state_dict().items(), final["zil"][0].state_dict().values()
+    ):
         assert ((a - b).norm() / a.norm()).item() <= 1e-8, name
     assert final["bp"][1] == final["zil"][1] > 0.6

@@ -50,7 +50,9 @@ def _params():
     for name, (kw, side, mark) in FAMILIES.items():
         for train in (False, True):
             marks = [mark] if mark else []
-            yield pytest.param(name, kw, side, train, marks=marks, id=f"{name}-{'train' if train else 'eval'}")
+            yield pytest.param(
+                name, kw, side, train, marks=marks, id=f"{name}-{'train' if train else 'eval'}"
+            )
 
 
 @pytest.mark.parametrize("name, kwargs, side, train", list(_params()))

@@ -58,7 +58,9 @@ def test_zil_follows_bp_for_50_steps(opt_factory):
         runs[rule] = model
     moved = 0.0
     for (name, p_bp), p_zil, p0 in zip(
-        runs["bp"].state_dict().items(), runs["zil"].state_dict().values(), base.state_dict().values()
+        runs["bp"].state_dict().items(),
+        runs["zil"].state_dict().values(),
+        base.state_dict().values(),
     ):
         if not p_bp.is_floating_point():
             assert torch.equal(p_bp, p_zil), name

@@ -14,7 +14,9 @@ class PostActMLP(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(8, 7), nn.Tanh(), nn.Linear(7, 6), nn.Tanh(), nn.Linear(6, 4))
+        self.net = nn.Sequential(
+            nn.Linear(8, 7), nn.Tanh(), nn.Linear(7, 6), nn.Tanh(), nn.Linear(6, 4)
+        )
 
     def forward(self, x):
         return self.net(x)
@@ -199,17 +201,67 @@ def _heads(out, y):
 ZOO = {
     "mlp_post": (PostActMLP, lambda: torch.randn(3, 8), lambda: torch.randn(3, 4), F.mse_loss),
     "mlp_pre": (PreActMLP, lambda: torch.randn(3, 8), lambda: torch.randn(3, 4), F.mse_loss),
-    "cnn": (SmallCNN, lambda: torch.randn(2, 1, 8, 8), lambda: torch.tensor([1, 4]), F.cross_entropy),
-    "residual": (Residual, lambda: torch.randn(4, 8), lambda: torch.tensor([0, 1, 2, 0]), F.cross_entropy),
-    "concat": (ConcatBranches, lambda: torch.randn(4, 8), lambda: torch.tensor([0, 1, 2, 0]), F.cross_entropy),
-    "reused": (Reused, lambda: torch.randn(4, 8), lambda: torch.tensor([0, 1, 2, 0]), F.cross_entropy),
+    "cnn": (
+        SmallCNN,
+        lambda: torch.randn(2, 1, 8, 8),
+        lambda: torch.tensor([1, 4]),
+        F.cross_entropy,
+    ),
+    "residual": (
+        Residual,
+        lambda: torch.randn(4, 8),
+        lambda: torch.tensor([0, 1, 2, 0]),
+        F.cross_entropy,
+    ),
+    "concat": (
+        ConcatBranches,
+        lambda: torch.randn(4, 8),
+        lambda: torch.tensor([0, 1, 2, 0]),
+        F.cross_entropy,
+    ),
+    "reused": (
+        Reused,
+        lambda: torch.randn(4, 8),
+        lambda: torch.tensor([0, 1, 2, 0]),
+        F.cross_entropy,
+    ),
     "tied": (Tied, lambda: torch.randn(4, 8), lambda: torch.randn(4, 8), F.mse_loss),
-    "batchnorm": (WithBatchNorm, lambda: torch.randn(4, 2, 4, 4), lambda: torch.tensor([0, 1, 2, 0]), F.cross_entropy),
-    "dropout": (WithDropout, lambda: torch.randn(4, 8), lambda: torch.tensor([0, 1, 2, 0]), F.cross_entropy),
-    "multi_output": (MultiOutput, lambda: torch.randn(4, 8), lambda: torch.tensor([0, 1, 2, 0]), _heads),
-    "dict_output": (DictOutput, lambda: torch.randn(4, 8), lambda: torch.tensor([0, 1, 2, 0]), _mse_dict),
-    "functional": (Functional, lambda: torch.randn(4, 8), lambda: torch.tensor([0, 1, 0, 1]), F.cross_entropy),
-    "embedding": (Embedder, lambda: torch.randint(0, 10, (3, 4)), lambda: torch.tensor([0, 1, 2]), F.cross_entropy),
+    "batchnorm": (
+        WithBatchNorm,
+        lambda: torch.randn(4, 2, 4, 4),
+        lambda: torch.tensor([0, 1, 2, 0]),
+        F.cross_entropy,
+    ),
+    "dropout": (
+        WithDropout,
+        lambda: torch.randn(4, 8),
+        lambda: torch.tensor([0, 1, 2, 0]),
+        F.cross_entropy,
+    ),
+    "multi_output": (
+        MultiOutput,
+        lambda: torch.randn(4, 8),
+        lambda: torch.tensor([0, 1, 2, 0]),
+        _heads,
+    ),
+    "dict_output": (
+        DictOutput,
+        lambda: torch.randn(4, 8),
+        lambda: torch.tensor([0, 1, 2, 0]),
+        _mse_dict,
+    ),
+    "functional": (
+        Functional,
+        lambda: torch.randn(4, 8),
+        lambda: torch.tensor([0, 1, 0, 1]),
+        F.cross_entropy,
+    ),
+    "embedding": (
+        Embedder,
+        lambda: torch.randint(0, 10, (3, 4)),
+        lambda: torch.tensor([0, 1, 2]),
+        F.cross_entropy,
+    ),
 }
 
 
