@@ -98,3 +98,14 @@ def check_target(output: Any, target: Any, loss_fn: Any) -> None:
 
 def _name(loss_fn: Any) -> str:
     return getattr(loss_fn, "__name__", type(loss_fn).__name__)
+
+
+def scalar_loss(loss: Any) -> torch.Tensor:
+    """``loss`` as a 0-d tensor, or an InputError saying what ``loss_fn`` returned instead."""
+    if not (isinstance(loss, torch.Tensor) and loss.numel() == 1 and loss.is_floating_point()):
+        shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else ""
+        raise InputError(
+            f"loss_fn(output, target) must return a scalar float tensor, got "
+            f"{type(loss).__name__}{shape}; reduce it (e.g. .mean() or .sum())."
+        )
+    return loss.reshape(())

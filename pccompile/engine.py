@@ -28,6 +28,7 @@ from torch.fx.node import map_arg
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from .annotate import is_float_tensor
+from .checks import scalar_loss
 from .errors import InputError, UnsupportedOpError
 from .graph import depth, is_leveled
 
@@ -468,14 +469,8 @@ def feed_forward(plan: Plan, inputs: tuple, target: Any, loss_fn: Callable,
     out_args, _ = plan.output.load(env, leaves)
     output = out_args[0]
     with torch.enable_grad():
-        loss = loss_fn(output, target)
-    if not (isinstance(loss, Tensor) and loss.numel() == 1 and loss.is_floating_point()):
-        raise InputError(
-            f"loss_fn(output, target) must return a scalar float tensor, got "
-            f"{type(loss).__name__}{tuple(loss.shape) if isinstance(loss, Tensor) else ''}; "
-            f"reduce it (e.g. .mean() or .sum())."
-        )
-    return FeedForward(env, leaves, flat, mu, rng, devices, loss.reshape(()), output, boundary_out)
+        loss = scalar_loss(loss_fn(output, target))
+    return FeedForward(env, leaves, flat, mu, rng, devices, loss, output, boundary_out)
 
 
 # ---------------------------------------------------------------------------------- grads

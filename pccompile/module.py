@@ -19,7 +19,7 @@ import torch.nn as nn
 from torch.utils._pytree import tree_map
 
 from .annotate import complete_inputs
-from .checks import check_inputs, check_target
+from .checks import check_inputs, check_target, scalar_loss
 from .config import BP, FPA, ZIL, RuleConfig, make_rule
 from .engine import FeedForward, Plan, feed_forward
 from .errors import ConfigError, ExactnessError, InputError, PCCompileError
@@ -173,7 +173,7 @@ class PCModule(nn.Module):
         check_inputs(inputs, len(inputs), self._device(), clamped=False)
         # the same arguments the graph was traced with (concrete_args fixed at conversion)
         out = self._pc_model(*inputs, **(getattr(self._pc_options, "concrete_args", None) or {}))
-        loss = _scalar_loss(_checked(loss_fn)(out, target))
+        loss = scalar_loss(_checked(loss_fn)(out, target))
         if loss.requires_grad:  # a model without trainable parameters has nothing to learn
             loss.backward()
         return LearnReport("bp", "autograd", float(loss.detach()), 0, output=tree_map(_detach, out))
@@ -209,16 +209,6 @@ def _checked(loss_fn: Callable) -> Callable:
 
     wrapped.__wrapped__ = loss_fn
     return wrapped
-
-
-def _scalar_loss(loss: Any) -> torch.Tensor:
-    if not (isinstance(loss, torch.Tensor) and loss.numel() == 1 and loss.is_floating_point()):
-        shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else ""
-        raise InputError(
-            f"loss_fn(output, target) must return a scalar float tensor, got "
-            f"{type(loss).__name__}{shape}; reduce it (e.g. .mean() or .sum())."
-        )
-    return loss.reshape(())
 
 
 def _mode_and_steps(plan: Plan, cfg: RuleConfig, trace: bool) -> tuple[str, int]:
