@@ -293,8 +293,8 @@ def _load(args: argparse.Namespace) -> Loaded:
             f"--input-shape 2,3,32,32), or define INPUT_SHAPE = (2, 3, 32, 32) in its module."
         )
     inputs = random_inputs(shapes, dtype, args.seed)
-    output = check_forward(model, inputs)
-    model.train(args.train_mode)
+    output = check_forward(model, inputs, training=bool(getattr(args, "train_mode", False)))
+    model.train(bool(getattr(args, "train_mode", False)))
     return Loaded(spec, model, inputs, shapes, dtype, output)
 
 

@@ -365,18 +365,23 @@ def random_inputs(
     return tuple(torch.randn(s, generator=gen, dtype=dtype) for s in shapes)
 
 
-def check_forward(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Any:
-    """Run ``model`` once (eval mode, no grad) and turn a failure into a one-line shape error.
+def check_forward(
+    model: nn.Module, inputs: tuple[torch.Tensor, ...], training: bool = False
+) -> Any:
+    """Run ``model`` once (no grad, in the given mode) and turn a failure into a one-line shape
+    error.
 
-    Returns the output. The model's training flag is restored.
+    Returns the output (its structure decides the default loss: googlenet and inception return
+    auxiliary heads in training mode). The training flag, buffers and RNG state are restored.
 
     Raises:
         ModelSpecError: the model rejects inputs of these shapes.
     """
     was_training = model.training
-    model.eval()
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    model.train(training)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
             return model(*inputs)
     except Exception as exc:
         shapes = ", ".join(str(tuple(x.shape)) for x in inputs)
@@ -387,6 +392,9 @@ def check_forward(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Any:
         ) from exc
     finally:
         model.train(was_training)
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
 
 
 def load_converted(outdir: str | os.PathLike, *, device: str | torch.device = "cpu") -> Any:

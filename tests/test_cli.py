@@ -171,6 +171,16 @@ def test_verify_resnet18_zil_passes_in_train_mode(capsys):
     assert len(rows) == 2 and all(r.endswith("ok") for r in rows)
 
 
+def test_verify_in_train_mode_uses_the_train_mode_output(capsys):
+    # googlenet returns its auxiliary heads only in training mode: the default loss must see them
+    args = ("torchvision:googlenet", "--num-classes", "10", "--input-shape", "2,3,64,64")
+    code, out, err = run(capsys, "verify", *args, "--train-mode", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["passed"], err
+    assert report["loss_fn"].startswith("sum of MSEs") and report["training"] is True
+    assert any(p["name"].startswith("aux1.") for p in report["params"])
+
+
 def test_verify_lstm_zil_passes_in_float64_with_json(capsys):
     code, out, _ = run(capsys, "verify", LSTM, "--dtype", "float64", "--json")
     report = json.loads(out)
