@@ -521,7 +521,7 @@ class Grads:
             if g is not None:
                 self.add_param(p, g, 1.0)
 
-    def write(self, plan: Plan, scale: float = 1.0) -> None:
+    def write(self, plan: Plan) -> None:
         """Accumulate into ``p.grad`` like ``loss.backward()``; parameters the graph uses but no
         update reached (too few steps) get zeros."""
         if not self.written:
@@ -531,8 +531,6 @@ class Grads:
                 g = self.params.get(p)
                 if g is None:
                     g = torch.zeros_like(p)
-                elif scale != 1.0:
-                    g = g * scale
                 if p.grad is None:
                     # Keep autograd's tensor unless it is a view into something larger.
                     whole = g._base is None or (g._base.numel() == g.numel() and g.is_contiguous())

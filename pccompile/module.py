@@ -162,9 +162,9 @@ class PCModule(nn.Module):
         tr = None
         if trace or mode == "faithful":  # faithful schedules always report the energy per step
             tr = Trace(keep_errors=trace == "errors", per_vertex=bool(trace))
-        grads, scale = _run_rule(plan, ff, cfg, mode, steps, target, loss_fn, tr)
+        grads = _run_rule(plan, ff, cfg, mode, steps, target, loss_fn, tr)
         grads.finish(plan, ff)
-        grads.write(plan, scale)
+        grads.write(plan)
         return LearnReport(cfg.name, mode, float(ff.loss.detach()), steps,
                            None if tr is None else tr.energy, tr if trace else None,
                            tree_map(_detach, ff.output))  # fmt: skip
@@ -230,21 +230,21 @@ def _run_rule(plan: Plan, ff: FeedForward, cfg: RuleConfig, mode: str, steps: in
 
     if isinstance(cfg, ZIL):
         if mode == "efficient":
-            return zil.propagate(plan, ff, gamma=cfg.gamma, last_level=steps - 1), 1.0
+            return zil.propagate(plan, ff, gamma=cfg.gamma, last_level=steps - 1)
         by_level = plan.by_level
         return run_sync(
             plan, ff, target, loss_fn, n_updates=max(steps - 1, 0), gamma=cfg.gamma,
             weights_at=lambda s: set(by_level[s]) if s < len(by_level) else None,
             recompute=True, trace=trace,
-        ), 1.0  # fmt: skip
+        )  # fmt: skip
     if isinstance(cfg, FPA):
         if mode == "efficient":
-            return zil.propagate(plan, ff, gamma=1.0, last_level=plan.depth), 1.0
+            return zil.propagate(plan, ff, gamma=1.0, last_level=plan.depth)
         everyone = {v.vid for v in plan.hidden}
         return run_sync(
             plan, ff, target, loss_fn, n_updates=steps, gamma=cfg.gamma,
             weights_at=lambda s: everyone if s == steps else None, recompute=False, trace=trace,
-        ), 1.0  # fmt: skip
+        )  # fmt: skip
     return approx.run(plan, ff, cfg, steps, target, loss_fn, trace)
 
 

@@ -25,7 +25,7 @@ def default_steps(plan: Plan) -> int:
 
 
 def run(plan: Plan, ff: FeedForward, cfg: IL | IPC, steps: int, target, loss_fn,
-        trace: Trace | None) -> tuple[Grads, float]:  # fmt: skip
+        trace: Trace | None) -> Grads:  # fmt: skip
     everyone = {v.vid for v in plan.hidden}
     if isinstance(cfg, IL):
         w = float(cfg.output_precision)
@@ -34,7 +34,7 @@ def run(plan: Plan, ff: FeedForward, cfg: IL | IPC, steps: int, target, loss_fn,
             weights_at=lambda s: everyone if s == steps else None, recompute=True,
             output_weight=w, param_scale=-1.0 / w, trace=trace,
         )  # fmt: skip
-        return grads, 1.0
+        return grads
     applied = Grads()
 
     def apply(s: int, step_grads: Grads) -> None:
@@ -55,4 +55,4 @@ def run(plan: Plan, ff: FeedForward, cfg: IL | IPC, steps: int, target, loss_fn,
     if cfg.lr > 0:
         applied.params.clear()
         applied.written = False
-    return applied, 1.0
+    return applied
