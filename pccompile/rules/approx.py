@@ -51,6 +51,7 @@ def run(plan: Plan, ff: FeedForward, cfg: IL | IPC, steps: int, target, loss_fn,
     run_sync(
         plan, ff, target, loss_fn, n_updates=steps, gamma=cfg.gamma,
         weights_at=lambda s: everyone, recompute=True, trace=trace, on_step=apply,
+        event_driven=cfg.lr == 0,  # moving weights change every prediction at once
     )  # fmt: skip
     if cfg.lr > 0:
         applied.params.clear()

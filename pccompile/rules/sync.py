@@ -35,6 +35,7 @@ def run_sync(
     param_scale: float = -1.0,
     trace: Trace | None = None,
     on_step: Callable[[int, Grads], None] | None = None,
+    event_driven: bool = True,
 ) -> Grads:
     """Run ``n_updates`` inference updates (``n_updates + 1`` error evaluations).
 
@@ -43,14 +44,20 @@ def run_sync(
         output_weight: weight of the loss term in the energy (IL's output precision).
         param_scale: factor on ``(dg/dtheta)^T eps`` when written as a gradient.
         on_step: called after each step's parameter contributions (iPC applies them there).
+        event_driven: skip vertices the error front has not reached yet (exactly zero work);
+            must be False when parameters move during inference (iPC with ``lr > 0``).
     """
     hidden = plan.hidden
     n = len(plan.vertices)
     x = {v.vid: [t.detach().clone() for t in ff.flat[v.vid]] for v in hidden}
     grads = Grads()
     names = [(v.name, v.level) for v in hidden]
+    first = activation_steps(plan) if event_driven else {v.vid: 0 for v in hidden}
     for s in range(n_updates + 1):
         wset = weights_at(s) or set()
+        # Vertices the error front has not reached have x = mu = their feed-forward values, so
+        # eps = 0 and their VJP is zero: skipping them changes no number.
+        active = [v for v in hidden if first[v.vid] <= s]
         if recompute:
             leaves = list(ff.leaves)
             flat: list = [None] * n
@@ -58,7 +65,7 @@ def run_sync(
                 flat[v.vid] = [t.detach().requires_grad_() for t in x[v.vid]]
                 leaves[v.vid] = rebuild(ff.leaves[v.vid], flat[v.vid])
             mus: list = [None] * n
-            for v in hidden:
+            for v in active:
                 if v.kind == "identity":
                     mus[v.vid] = flat[v.source]
                     continue
@@ -71,12 +78,13 @@ def run_sync(
                 loss = loss_fn(output, target).reshape(())
         else:
             flat, mus, loss = ff.flat, ff.mu, ff.loss
-        eps = {v.vid: [xi - m.detach() for xi, m in zip(x[v.vid], mus[v.vid])] for v in hidden}
+        eps = {v.vid: [xi - m.detach() for xi, m in zip(x[v.vid], mus[v.vid])] for v in active}
         if trace is not None:
-            trace.record(names, [eps[v.vid] for v in hidden], output_weight * float(loss.detach()))
+            errors = [eps.get(v.vid, []) for v in hidden]
+            trace.record(names, errors, output_weight * float(loss.detach()))
         acc: list = [None] * n
         output_feedback(plan, loss, flat, acc, weight=output_weight, retain=not recompute)
-        for v in hidden:
+        for v in active:
             if v.kind == "identity":
                 add_to(acc, v.source, eps[v.vid])
                 continue
@@ -87,9 +95,45 @@ def run_sync(
             on_step(s, grads)
         if s < n_updates:
             for v in hidden:
-                fb = acc[v.vid] or [None] * len(x[v.vid])
-                x[v.vid] = [
-                    xi - gamma * e if f is None else xi + gamma * (f - e)
-                    for xi, e, f in zip(x[v.vid], eps[v.vid], fb)
-                ]
+                fb, e = acc[v.vid], eps.get(v.vid)
+                if fb is None and e is None:
+                    continue
+                fb = fb or [None] * len(x[v.vid])
+                e = e or [None] * len(x[v.vid])
+                x[v.vid] = [_step(xi, ei, fi, gamma) for xi, ei, fi in zip(x[v.vid], e, fb)]
     return grads
+
+
+def _step(x: torch.Tensor, e: torch.Tensor | None, f: torch.Tensor | None, gamma: float):
+    """One inference update ``x + gamma * (-eps + feedback)`` (a missing term is zero)."""
+    if f is None:
+        return x if e is None else x - gamma * e
+    return x + gamma * f if e is None else x + gamma * (f - e)
+
+
+def activation_steps(plan: Plan) -> dict[int, int]:
+    """The first step at which each vertex's error can be non-zero, starting from the
+    feed-forward pass: ``min(d(v), d(p) for p in parents(v))`` with ``d`` the shortest distance
+    to the output (the front moves one edge per step; a parent that moves changes ``mu_v``)."""
+    children: dict[int, list[int]] = {v.vid: [] for v in plan.vertices}
+    for v in plan.vertices:
+        for r in [v.source] if v.kind == "identity" else v.parents:
+            children[r].append(v.vid)
+    dist = {plan.output.vid: 0}
+    frontier = [plan.output.vid]
+    while frontier:  # breadth-first from the output, against the edges
+        nxt = []
+        parents_of = {v.vid: ([v.source] if v.kind == "identity" else list(v.parents))
+                      for v in (plan.vertices[i] for i in frontier)}  # fmt: skip
+        for c, ps in parents_of.items():
+            for p in ps:
+                if p not in dist:
+                    dist[p] = dist[c] + 1
+                    nxt.append(p)
+        frontier = nxt
+    far = len(plan.vertices) + 1
+    out = {}
+    for v in plan.hidden:
+        ps = [v.source] if v.kind == "identity" else v.parents
+        out[v.vid] = min([dist.get(v.vid, far)] + [dist.get(p, far) for p in ps])
+    return out
