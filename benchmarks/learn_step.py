@@ -86,6 +86,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
+from convert_time import table  # sibling script: benchmarks/ is on sys.path
 
 import pccompile
 
@@ -503,16 +504,6 @@ def ratios(results: list[RuleResult]) -> dict[tuple[str, str], Ratios]:
             _paired(r, b),
         )
     return out
-
-
-def table(rows: list[list[str]], header: list[str]) -> str:
-    """A markdown table with aligned columns (readable as plain text too)."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    line = lambda cells: (
-        "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
-    )
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(header), sep, *map(line, rows)])
 
 
 RESULT_HEADER = [
