@@ -1,0 +1,287 @@
+"""The differential checker: train a BP copy and a PC copy of one model side by side.
+
+Reads: a model (never mutated: both runs train deep copies), micro-batches and a loss.
+Writes: nothing outside its copies; returns a :class:`DiffReport`.
+
+One fresh step from ``p.grad = None`` hides most ways an exact rule can leave backprop: a
+``.grad`` tensor shared by two parameters is only visible once gradients accumulate or are
+clipped; a dropped buffer update only once the next step reads it; a re-evaluation that advances
+state only in the faithful schedule. So the checker runs the loop people write, in both copies,
+from the same initial state and the same random stream:
+
+    for each step:
+        for each micro-batch:                   # gradient accumulation, no zero_grad between
+            bp:  loss_fn(model(x), y).backward()     pc: pcm.learn(x, target=y, loss_fn=loss_fn)
+        clip_grad_norm_ -> optimizer.step()      # SGD with momentum and weight decay
+        optimizer.zero_grad(set_to_none=...)
+
+and after every micro-batch and step compares ``.grad``, parameters, **buffers** and the global
+RNG state, and checks that no two parameters share a ``.grad`` tensor (autograd never does that).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+__all__ = ["Habits", "DiffRow", "DiffReport", "train_against_bp", "shared_grads"]
+
+
+@dataclass(frozen=True)
+class Habits:
+    """The training-loop habits both copies follow.
+
+    Attributes:
+        steps: optimizer steps. accumulate: micro-batches per step (``backward``/``learn`` each,
+        gradients accumulated without zeroing). set_to_none: ``zero_grad(set_to_none=...)``.
+        clip: ``clip_grad_norm_`` max norm (None: no clipping). lr, momentum, weight_decay: SGD.
+    """
+
+    steps: int = 3
+    accumulate: int = 2
+    set_to_none: bool = False
+    clip: float | None = 1.0
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+
+
+@dataclass
+class DiffRow:
+    """Differences after one micro-batch (``phase="grad"``) or one optimizer step (``"step"``).
+
+    ``*_diff`` are the largest relative differences ``max|a - b| / max|b|`` over tensors (0.0
+    when bitwise equal); ``where`` names the worst tensor.
+    """
+
+    step: int
+    phase: str
+    grad_diff: float = 0.0
+    param_diff: float = 0.0
+    buffer_diff: float = 0.0
+    where: str = ""
+    rng_equal: bool = True
+    grad_presence: list[str] = field(default_factory=list)  # .grad None in one run only
+    shared: list[tuple[str, str]] = field(default_factory=list)  # parameters sharing a .grad
+
+    @property
+    def worst(self) -> float:
+        return max(self.grad_diff, self.param_diff, self.buffer_diff)
+
+
+@dataclass
+class DiffReport:
+    """What :func:`train_against_bp` saw; ``ok(tol)`` is the verdict.
+
+    ``convert_changed`` lists model state (buffers, RNG, module attributes) that ``convert``
+    itself changed: it must leave the model as it found it.
+    """
+
+    rule: str
+    mode: str
+    habits: Habits
+    rows: list[DiffRow] = field(default_factory=list)
+    convert_changed: list[str] = field(default_factory=list)
+
+    @property
+    def worst(self) -> float:
+        return max((r.worst for r in self.rows), default=0.0)
+
+    @property
+    def bitwise(self) -> bool:
+        return self.worst == 0.0 and not self.problems()
+
+    def problems(self, tol: float = math.inf) -> list[str]:
+        """Every reason this run is not BP's, at relative tolerance ``tol`` (0: bitwise)."""
+        out = [f"convert changed the model: {c}" for c in self.convert_changed]
+        for r in self.rows:
+            at = f"step {r.step} ({r.phase})"
+            if r.shared:
+                out.append(f"{at}: parameters share one .grad tensor: {r.shared}")
+            if r.grad_presence:
+                out.append(f"{at}: .grad is None in one run only: {r.grad_presence}")
+            if not r.rng_equal:
+                out.append(f"{at}: the global RNG state differs from BP's")
+            if r.worst > tol:
+                out.append(
+                    f"{at}: grad {r.grad_diff:.3g}, params {r.param_diff:.3g}, buffers "
+                    f"{r.buffer_diff:.3g} (worst: {r.where})"
+                )
+        return out
+
+    def ok(self, tol: float = 0.0) -> bool:
+        return not self.problems(tol)
+
+    def summary(self) -> str:
+        h = self.habits
+        return (
+            f"{self.rule}/{self.mode}: {h.steps} steps x {h.accumulate} micro-batches, "
+            f"worst relative difference {self.worst:.3g}"
+            f"{' (bitwise)' if self.bitwise else ''}"
+        )
+
+
+def shared_grads(model: nn.Module) -> list[tuple[str, str]]:
+    """Pairs of parameters whose ``.grad`` tensors share memory."""
+    seen: dict[tuple, str] = {}
+    out = []
+    for name, p in model.named_parameters():
+        g = p.grad
+        if g is None or g.numel() == 0:
+            continue
+        key = (g.untyped_storage().data_ptr(), g.storage_offset())
+        if key in seen:
+            out.append((seen[key], name))
+        else:
+            seen[key] = name
+    return out
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    if a.shape != b.shape:
+        return math.inf
+    if torch.equal(a, b):
+        return 0.0
+    if not (a.is_floating_point() or a.is_complex()):
+        return math.inf
+    a, b = a.detach().double(), b.detach().double()
+    both_nan = torch.isnan(a) & torch.isnan(b)
+    d = torch.where(both_nan, 0.0, (a - b).abs())
+    if torch.isnan(d).any():
+        return math.inf
+    scale = float(b.abs().max()) if b.numel() else 0.0
+    return float(d.max()) / scale if scale > 0 else float(d.max())
+
+
+def _worst(pairs: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, str]:
+    worst, where = 0.0, ""
+    for name, (a, b) in pairs.items():
+        d = _rel(a, b)
+        if d > worst:
+            worst, where = d, name
+    return worst, where
+
+
+def _module_attrs(model: nn.Module) -> dict[str, Any]:
+    """Plain attributes of every submodule (caches, counters), for the convert-is-pure check."""
+    out = {}
+    for mname, m in model.named_modules():
+        for k, v in vars(m).items():
+            if k.startswith("_") or k == "training":
+                continue
+            if isinstance(v, (int, float, str, bool, type(None))):
+                out[f"{mname}.{k}"] = v
+            elif isinstance(v, (dict, list, set, tuple)):
+                out[f"{mname}.{k}"] = len(v)
+    return out
+
+
+def train_against_bp(
+    model: nn.Module,
+    batches: Sequence[tuple[tuple, Any]],
+    loss_fn: Callable,
+    rule: Any = "zil",
+    *,
+    habits: Habits = Habits(),
+    train: bool = True,
+    seed: int = 0,
+    example_inputs: tuple | None = None,
+    convert_options: dict | None = None,
+    **rule_options: Any,
+) -> DiffReport:
+    """Train a BP copy and a ``rule`` copy of ``model`` in lockstep and compare them.
+
+    Args:
+        model: the model; two deep copies are trained, ``model`` itself is left as it is.
+        batches: ``(inputs_tuple, target)`` micro-batches, used in order (cycled).
+        loss_fn: ``loss_fn(output, target) -> scalar``.
+        rule: the PC rule (name or config); ``rule_options`` override its fields
+            (``mode="faithful"`` ...).
+        habits: the loop's habits (accumulation, clipping, momentum, ``set_to_none``).
+        train: train mode (dropout, batch statistics) or eval mode.
+        seed: seeds the global RNG before the first step; each micro-batch then starts both
+            runs from the same RNG state.
+        example_inputs: for ``convert`` (default: the first micro-batch's inputs).
+        convert_options: extra ``pccompile.convert`` keywords (``leaf_modules=`` ...).
+
+    Returns:
+        A :class:`DiffReport`; ``report.ok(tol)`` is True when every ``.grad``, parameter and
+        buffer is within relative ``tol`` of BP's after every micro-batch and step (``tol=0``:
+        bitwise), the RNG states agree, no ``.grad`` is shared and convert changed nothing.
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+        >>> data = [((torch.randn(5, 4),), torch.randn(5, 2)) for _ in range(2)]
+        >>> rep = train_against_bp(net, data, torch.nn.functional.mse_loss, "zil")
+        >>> assert rep.ok(1e-6), rep.problems(1e-6)
+    """
+    from .api import convert
+
+    bp_model, pc_model = copy.deepcopy(model), copy.deepcopy(model)
+    bp_model.train(train)
+    pc_model.train(train)
+    example = example_inputs if example_inputs is not None else batches[0][0]
+
+    torch.manual_seed(seed)
+    rng0 = torch.get_rng_state()
+    before = {k: v.clone() for k, v in pc_model.state_dict().items()}
+    attrs = _module_attrs(pc_model)
+    pcm = convert(pc_model, example, rule, **(convert_options or {}), **rule_options)
+    changed = [k for k, v in pc_model.state_dict().items() if not torch.equal(v, before[k])]
+    changed += [k for k, v in _module_attrs(pc_model).items() if attrs.get(k, v) != v]
+    if not torch.equal(torch.get_rng_state(), rng0):
+        changed.append("the global RNG state")
+    torch.set_rng_state(rng0)
+
+    bp_params = dict(bp_model.named_parameters())
+    pc_params = dict(pc_model.named_parameters())
+    opts = [
+        torch.optim.SGD(
+            m.parameters(), habits.lr, habits.momentum, weight_decay=habits.weight_decay
+        )
+        for m in (bp_model, pc_model)
+    ]
+    report = DiffReport(str(getattr(pcm.rule, "name", rule)), "", habits, convert_changed=changed)
+    rng = rng0
+    k = 0
+    for step in range(habits.steps):
+        for _ in range(habits.accumulate):
+            inputs, target = batches[k % len(batches)]
+            k += 1
+            torch.set_rng_state(rng)
+            loss = loss_fn(bp_model(*inputs), target)
+            loss.backward()
+            rng_bp = torch.get_rng_state()
+            torch.set_rng_state(rng)
+            rep = pcm.learn(*inputs, target=target, loss_fn=loss_fn, **rule_options)
+            report.mode = rep.mode
+            row = DiffRow(step, "grad", rng_equal=torch.equal(torch.get_rng_state(), rng_bp))
+            rng = rng_bp
+            row.grad_presence = [
+                n for n in bp_params if (bp_params[n].grad is None) != (pc_params[n].grad is None)
+            ]
+            both = [n for n in bp_params if n not in row.grad_presence]
+            both = [n for n in both if bp_params[n].grad is not None]
+            row.grad_diff, row.where = _worst(
+                {n: (pc_params[n].grad, bp_params[n].grad) for n in both}
+            )
+            row.shared = shared_grads(pc_model)
+            report.rows.append(row)
+        for m, opt in zip((bp_model, pc_model), opts):
+            if habits.clip is not None:
+                torch.nn.utils.clip_grad_norm_(m.parameters(), habits.clip)
+            opt.step()
+            opt.zero_grad(set_to_none=habits.set_to_none)
+        row = DiffRow(step, "step")
+        row.param_diff, pw = _worst({n: (pc_params[n], bp_params[n]) for n in bp_params})
+        bufs_pc, bufs_bp = dict(pc_model.named_buffers()), dict(bp_model.named_buffers())
+        row.buffer_diff, bw = _worst({n: (bufs_pc[n], bufs_bp[n]) for n in bufs_bp})
+        row.where = pw if row.param_diff >= row.buffer_diff else bw
+        report.rows.append(row)
+    return report
