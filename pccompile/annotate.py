@@ -13,7 +13,11 @@ Roles:
   ``struct``    pure data movement between vertices: ``getitem`` into a vertex's tuple/list/dict
                 output, or building a tuple/namedtuple/list/dict of vertex values. Fused into
                 its readers (``sources`` lists the vertices and inputs it moves).
-  ``meta``      non-float or non-tensor results (sizes, masks, indices): constants of the pass.
+  ``meta``      constants of the pass, computed once in the feed-forward pass: non-float
+                results (sizes, masks, indices), and float results no gradient flows through
+                in BP (code under ``torch.no_grad()``, random draws, ``new_zeros``-like factories).
+  ``effect``    a buffer update the traced code made in place (``self.count += 1``): replayed
+                once per forward, as BP's forward makes it.
   ``output``    the graph output.
 """
 
@@ -27,8 +31,10 @@ import torch
 import torch.fx as fx
 from torch.utils._pytree import tree_flatten
 
+from .capture import assign_buffer
 from .errors import InputError, TraceError, UnsupportedOpError
-from .ops import OpRule, rule_for
+from .ops import OpRule, rule_for, source_line
+from .preserve import preserved
 
 __all__ = ["NodeInfo", "annotate", "check_trace", "complete_inputs", "record_values",
            "is_float_tensor",
@@ -86,18 +92,18 @@ def complete_inputs(gm: fx.GraphModule, inputs: tuple) -> tuple:
 
 
 def record_values(gm: fx.GraphModule, inputs: tuple) -> dict[fx.Node, Any]:
-    """Run ``gm`` once for value types, leaving buffers and RNG streams as they were."""
-    buffers = [(b, b.detach().clone()) for b in gm.buffers()]
-    devices = sorted({t.device.index or 0 for t in float_leaves(inputs) if t.is_cuda})
+    """Run ``gm`` once for value types; its modules, buffers and RNG streams stay as they were."""
     rec = _Recorder(gm)
-    try:
-        with torch.no_grad(), torch.random.fork_rng(devices=devices):
-            rec.run(*inputs)
-    finally:
-        with torch.no_grad():
-            for b, saved in buffers:
-                b.copy_(saved)
+    with preserved(gm, inputs), torch.no_grad():
+        rec.run(*inputs)
     return rec.values
+
+
+def _tolerance(dtype: torch.dtype) -> float:
+    """Relative tolerance of the trace-vs-eager check: 1e-12 in float64; 32 ulps in lower
+    precisions, room for a reordered reduction (an unrolled LSTM against torch's fused kernel)
+    and nothing more."""
+    return 1e-12 if dtype == torch.float64 else 32 * torch.finfo(dtype).eps
 
 
 def check_trace(
@@ -111,24 +117,23 @@ def check_trace(
 
     Python that behaves differently under tracing (``isinstance`` on a tensor, Python randomness
     or state, ``is None`` on an argument) silently takes another branch in the graph; this is
-    where such a graph is refused instead of trained. Rounding differences (an unrolled LSTM vs
-    torch's fused kernel) pass. Buffers, training flags and the RNG are restored afterwards.
+    where such a graph is refused instead of trained. The comparison is relative to the output's
+    scale at a dtype-tight tolerance (:func:`_tolerance`). The model is left as it was
+    (:func:`pccompile.preserve.preserved`).
+
+    Raises:
+        TraceError: the outputs differ, or the module's own forward fails on the inputs.
     """
-    buffers = [(b, b.detach().clone()) for b in model.buffers()]
-    flags = {m: m.training for m in model.modules()}
-    devices = sorted({t.device.index or 0 for t in float_leaves(inputs) if t.is_cuda})
     try:
-        model.train(training)
-        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+        with preserved(model, inputs, training=training), torch.no_grad():
             eager = model(*inputs, **(concrete_args or {}))
-    except Exception:  # the eager call itself needs other arguments: nothing to compare
-        return
-    finally:
-        for m, mode in flags.items():
-            m.training = mode
-        with torch.no_grad():
-            for b, saved in buffers:
-                b.copy_(saved)
+    except Exception as exc:
+        raise TraceError(
+            f"Running {type(model).__name__} itself on the example inputs failed "
+            f"({type(exc).__name__}: {exc}), although its traced graph ran: the trace does not "
+            f"compute what the module computes. Check the example inputs, or make the submodule "
+            f"whose forward differs under tracing a leaf (convert(..., leaf_modules=[...]))."
+        ) from exc
     ours, theirs = tree_flatten(traced_out)[0], tree_flatten(eager)[0]
     problem = None
     if len(ours) != len(theirs):
@@ -139,11 +144,15 @@ def check_trace(
         if isinstance(b, torch.Tensor) and isinstance(a, torch.Tensor):
             if a.shape != b.shape:
                 problem = f"output {k} has shape {tuple(a.shape)}, the module's {tuple(b.shape)}"
-            elif a.is_floating_point() and b.is_floating_point():
-                tol = 1e-5 * (1.0 + float(b.abs().max())) if b.numel() else 0.0
-                diff = float((a - b).abs().max()) if b.numel() else 0.0
-                if not diff <= max(tol, 1e-3 * float(b.abs().max() if b.numel() else 0)):
-                    problem = f"output {k} differs by up to {diff:.3g}"
+            elif a.is_floating_point() and b.is_floating_point() and b.numel():
+                diff = float((a.detach().double() - b.detach().double()).abs().max())
+                scale = float(b.detach().double().abs().max())
+                tol = _tolerance(b.dtype)
+                rel = diff / max(scale, 1.0)
+                if not rel <= tol:
+                    problem = (
+                        f"output {k} differs by up to {diff:.3g} (relative {rel:.3g} > {tol:.1g})"
+                    )
             elif not torch.equal(a, b):
                 problem = f"output {k} differs"
         elif type(a) is not type(b) or (not isinstance(a, torch.Tensor) and a != b):
@@ -156,6 +165,59 @@ def check_trace(
             f"`is None` tests on arguments). Make the submodule that does it a leaf "
             f"(convert(..., leaf_modules=[...])), or fix the argument with concrete_args."
         )
+
+
+def _storage(value: Any) -> int | None:
+    if isinstance(value, torch.Tensor) and value.layout == torch.strided and value.numel():
+        try:
+            return value.untyped_storage().data_ptr()
+        except RuntimeError:  # storage-less tensors (some complex/conjugate views, subclasses)
+            return None
+    return None
+
+
+def check_inplace_aliases(gm: fx.GraphModule, values: dict[fx.Node, Any]) -> None:
+    """Refuse in-place writes that other tensors would see through shared memory.
+
+    :func:`pccompile.capture.functionalize` rewrote ``m.op_()`` as ``m2 = m.op()`` and pointed
+    ``m``'s later readers at ``m2``. That is what the code meant unless ``m`` shares memory with
+    another tensor that is read afterwards (``h[:, :1].mul_(c)`` changes ``h``), is the caller's
+    input, or is (a view of) a buffer or parameter: those writes would be silently dropped.
+
+    Raises:
+        TraceError: naming the line, the tensor that would see the write, and the fix.
+    """
+    nodes = list(gm.graph.nodes)
+    order = {n: i for i, n in enumerate(nodes)}
+    by_storage: dict[int, list[fx.Node]] = {}
+    for n in nodes:
+        key = _storage(values.get(n))
+        if key is not None:
+            by_storage.setdefault(key, []).append(n)
+    for node in nodes:
+        m = node.meta.get("pc_inplace_of")
+        key = _storage(values.get(m)) if m is not None else None
+        if key is None:
+            continue
+        for a in [m] + by_storage.get(key, []):
+            if a is node or (a is not m and a.op == "get_attr" and m.op == "get_attr"):
+                continue
+            why = None
+            if a.op == "placeholder":
+                why = f"it writes into the model's input {a.name!r}, which the caller sees"
+            elif a.op == "get_attr" and m.op != "get_attr":
+                why = f"it writes through a view into {a.target!r}, a buffer or parameter"
+            elif a is not m and any(order.get(u, -1) > order[node] for u in a.users):
+                why = f"{a.name!r} shares its memory and is read afterwards"
+            if why:
+                raise TraceError(
+                    f"An in-place write cannot be made out of place: {why}\n  at "
+                    f"{source_line(node)}\nPC value nodes are never mutated, and rewriting "
+                    f"this write out of place would drop its effect on the other tensor. Write it "
+                    f"out of place (torch.cat, torch.where, index_put, or clone() before "
+                    f"mutating), or make the module that does it a leaf "
+                    f"(convert(..., leaf_modules=[...]))."
+                )
 
 
 def _moves_data(node: fx.Node, info: dict[fx.Node, NodeInfo], values: dict) -> bool:
@@ -195,6 +257,7 @@ def annotate(gm: fx.GraphModule, inputs: tuple, user_leaves: set[str]) -> Any:
             f"{exc}. Check the example inputs' shapes and dtypes."
         ) from exc
 
+    check_inplace_aliases(gm, values)
     info: dict[fx.Node, NodeInfo] = {}
     for node in gm.graph.nodes:
         value = values.get(node)
@@ -206,6 +269,9 @@ def annotate(gm: fx.GraphModule, inputs: tuple, user_leaves: set[str]) -> Any:
         )
         args = node.all_input_nodes
         meta.depends_on_params = any(info[a].depends_on_params for a in args)
+        module = gm.get_submodule(node.target) if node.op == "call_module" else None
+        if module is not None:  # a leaf's own weights count, whatever its inputs are
+            meta.depends_on_params |= any(p.requires_grad for p in module.parameters())
         if node.op == "placeholder":
             meta.role = "input"
         elif node.op == "get_attr":
@@ -214,6 +280,10 @@ def annotate(gm: fx.GraphModule, inputs: tuple, user_leaves: set[str]) -> Any:
             meta.depends_on_params = trainable
         elif node.op == "output":
             meta.role = "output"
+        elif node.op == "call_function" and node.target is assign_buffer:
+            meta.role = "effect"
+        elif node.meta.get("pc_no_grad"):
+            meta.depends_on_params = False  # traced under no_grad: a constant of the pass
         else:
             data_args = [a for a in args if info[a].role in ("vertex", "struct", "input")]
             if data_args and _moves_data(node, info, values):
@@ -224,14 +294,12 @@ def annotate(gm: fx.GraphModule, inputs: tuple, user_leaves: set[str]) -> Any:
                         sources[src] = None
                 meta.sources = tuple(sources)
             elif floats and data_args:
-                meta.role = "vertex"
-                module = gm.get_submodule(node.target) if node.op == "call_module" else None
-                meta.rule = rule_for(node, module, user_leaf=node.target in user_leaves)
-                if module is not None:
-                    meta.depends_on_params = meta.depends_on_params or any(
-                        p.requires_grad for p in module.parameters()
-                    )
-            elif floats and meta.depends_on_params:
+                rule = rule_for(node, module, user_leaf=node.target in user_leaves)
+                if rule.differentiable:
+                    meta.role, meta.rule = "vertex", rule
+                else:  # random masks, factories: constants of the pass
+                    meta.depends_on_params = False
+            elif floats and meta.depends_on_params:  # autograd sees what a transform passes on
                 meta.role = "param_op"
         info[node] = meta
         node.meta["pc"] = meta

@@ -14,15 +14,17 @@ import linecache
 import os
 import re
 import traceback
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
+from torch.utils._pytree import tree_flatten
 
 from .errors import TraceError, UnsupportedOpError
-from .ops import check_method, inplace_twin
+from .ops import check_method, inplace_twin, source_line
+from .preserve import preserved
 
 __all__ = ["PCTracer", "capture", "functionalize"]
 
@@ -38,6 +40,11 @@ class PCTracer(fx.Tracer):
 
     def __init__(self, leaf_types: Sequence[type] = (), leaf_names: Iterable[str] = ()):
         super().__init__()
+        self.record_stack_traces = True  # errors name the user's line (node.stack_trace)
+        # Buffers the forward mutates, traced as get_attr proxies so their updates are recorded
+        # (see capture: found by a first trace that changed them eagerly).
+        self.proxied_buffers: set[str] = set()
+        self._buffer_values: dict[str, fx.Proxy] = {}  # buffers assigned a traced value
         self.leaf_types = tuple(leaf_types)
         self.leaf_names = set(leaf_names)
         self.current_path = ""
@@ -53,6 +60,63 @@ class PCTracer(fx.Tracer):
             m, module_qualified_name
         )
 
+    def trace(self, root, concrete_args=None):
+        """Trace with autograd semantics recorded, which symbolic tracing otherwise loses:
+
+        * entering/leaving ``torch.no_grad()``, ``enable_grad()``, ``set_grad_enabled()``
+          becomes a :func:`set_grad_mode` node (see :func:`mark_no_grad_regions`);
+        * ``MyFunction.apply(x)`` of a custom ``torch.autograd.Function`` stays one call, whose
+          backward is the Function's own (not autograd through its forward).
+        """
+        tracer = self
+        real_set = torch._C._set_grad_enabled
+        real_apply = torch.autograd.Function.__dict__["apply"]
+        real_setattr = nn.Module.__setattr__
+        paths = {id(m): p for p, m in root.named_modules(remove_duplicate=False)}
+        self._buffer_names = {id(b): n for n, b in root.named_buffers(remove_duplicate=False)}
+        self._buffer_values = {}
+
+        def setattr_(mod: nn.Module, name: str, value: Any) -> None:
+            # ``self.count = self.count + 1`` (or ``+=``) on a traced buffer: record the update
+            if isinstance(value, fx.Proxy) and name in mod.__dict__.get("_buffers", {}):
+                qual = f"{paths[id(mod)]}.{name}".lstrip(".")
+                if qual in tracer.proxied_buffers:
+                    target = tracer.create_proxy("get_attr", qual, (), {})
+                    tracer.create_proxy("call_function", assign_buffer, (target, value), {})
+                    tracer._buffer_values[qual] = value
+                    return
+            real_setattr(mod, name, value)
+
+        def set_grad(mode: bool) -> None:
+            tracer.create_node("call_function", set_grad_mode, (bool(mode),), {})
+            real_set(mode)
+
+        def apply(cls, *args, **kwargs):
+            if any(isinstance(a, fx.Proxy) for a in tree_flatten((args, kwargs))[0]):
+                return tracer.create_proxy("call_function", autograd_function(cls), args, kwargs)
+            return real_apply.__get__(None, cls)(*args, **kwargs)
+
+        with torch.enable_grad():  # code outside any no_grad block is traced with grad on
+            torch._C._set_grad_enabled = set_grad
+            torch.autograd.Function.apply = classmethod(apply)
+            nn.Module.__setattr__ = setattr_
+            try:
+                return super().trace(root, concrete_args)
+            finally:
+                torch._C._set_grad_enabled = real_set
+                torch.autograd.Function.apply = real_apply
+                nn.Module.__setattr__ = real_setattr
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict) -> Any:
+        name = self._buffer_names.get(id(attr_val)) if isinstance(attr_val, torch.Tensor) else None
+        if name is not None and name in self.proxied_buffers:
+            if name in self._buffer_values:  # assigned earlier in this forward
+                return self._buffer_values[name]
+            if name not in parameter_proxy_cache:
+                parameter_proxy_cache[name] = self.create_proxy("get_attr", name, (), {})
+            return parameter_proxy_cache[name]
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
     def call_module(self, m, forward, args, kwargs):
         # Remember where we are, so a trace failure can name the submodule to make a leaf.
         outer = self.current_path
@@ -65,6 +129,40 @@ class PCTracer(fx.Tracer):
             raise
         finally:
             self.current_path = outer
+
+
+def set_grad_mode(enabled: bool) -> None:
+    """Where traced code entered or left a no_grad/enable_grad block: sets the grad mode, as the
+    code did (so the GraphModule's own forward keeps the block's semantics)."""
+    torch._C._set_grad_enabled(enabled)
+
+
+_FUNCTION_CALLS: dict[type, Callable] = {}
+
+
+def autograd_function(cls: type) -> Callable:
+    """A named call target for ``cls.apply`` (one per ``torch.autograd.Function`` class)."""
+    fn = _FUNCTION_CALLS.get(cls)
+    if fn is None:
+
+        def fn(*args, **kwargs):
+            return cls.apply(*args, **kwargs)
+
+        fn.__name__ = fn.__qualname__ = f"{cls.__name__}_apply"
+        fn.pc_autograd_function = cls
+        _FUNCTION_CALLS[cls] = fn
+    return fn
+
+
+def mark_no_grad_regions(graph: fx.Graph) -> None:
+    """``node.meta["pc_no_grad"] = True`` on every node traced with grad mode off: no gradient
+    flows through them in BP, so they are constants of the pass, never vertices."""
+    enabled = True
+    for node in graph.nodes:
+        if node.op == "call_function" and node.target is set_grad_mode:
+            enabled = node.args[0]
+        elif not enabled and node.op != "output":
+            node.meta["pc_no_grad"] = True
 
 
 def _split_leaves(leaf_modules: Iterable[type | str]) -> tuple[list[type], list[str]]:
@@ -98,12 +196,6 @@ def _passes_through(tb, path_suffix: str) -> bool:
     return any(f.filename.endswith(path_suffix) for f in traceback.extract_tb(tb))
 
 
-def _set_training(model: nn.Module, mode: bool) -> dict[nn.Module, bool]:
-    saved = {m: m.training for m in model.modules()}
-    model.train(mode)
-    return saved
-
-
 def capture(
     model: nn.Module,
     *,
@@ -123,9 +215,21 @@ def capture(
     """
     types, names = _split_leaves(leaf_modules)
     tracer = PCTracer(types, names)
-    saved = _set_training(model, training)
+    scalars = _python_scalars(model)
     try:
-        graph = tracer.trace(model, concrete_args=concrete_args)
+        with preserved(model, training=training):
+            before = {n: (b, b._version) for n, b in model.named_buffers(remove_duplicate=False)}
+            graph = tracer.trace(model, concrete_args=concrete_args)
+            changed = sorted(k for k, v in _python_scalars(model).items() if scalars.get(k, v) != v)
+            # Code that updates a buffer from constants (``self.count += 1``) ran eagerly
+            # during the trace and left no node; trace again with those buffers as proxies.
+            after = dict(model.named_buffers(remove_duplicate=False))
+            tracer.proxied_buffers = {
+                n for n, (b, v) in before.items() if after.get(n) is not b or b._version != v
+            }
+        if tracer.proxied_buffers:
+            with preserved(model, training=training):
+                graph = tracer.trace(model, concrete_args=concrete_args)
     except Exception as exc:  # FX raises TraceError, TypeError, RuntimeError, ... all user-caused
         where = tracer.failed_path or ""
         hint = (
@@ -156,9 +260,6 @@ def capture(
             f"drives the control flow as a constant (convert(..., concrete_args={{...}})); or "
             f"hide the function from tracing with torch.fx.wrap."
         ) from exc
-    finally:
-        for m, mode in saved.items():
-            m.training = mode
     for node in graph.nodes:  # a concretised argument defaults to its concrete value
         if node.op == "placeholder" and concrete_args:
             name = (
@@ -166,6 +267,14 @@ def capture(
             )
             if name in concrete_args:  # FX renames it flip -> flip_1 and asserts its value
                 node.args = (concrete_args[name],)
+    if changed:
+        raise TraceError(
+            f"The forward of {type(model).__name__} changes Python attributes "
+            f"({', '.join(changed)}): a traced graph reads them once, at trace time, so the converted model would not "
+            f"see the change. Keep such state in a buffer (register_buffer), or make the "
+            f"submodule a leaf (convert(..., leaf_modules=[...]))."
+        )
+    mark_no_grad_regions(graph)
     gm = fx.GraphModule(tracer.root, graph, class_name=f"PC{type(model).__name__}")
     user_leaves = {
         n.target
@@ -176,47 +285,94 @@ def capture(
     return gm, user_leaves
 
 
+def _python_scalars(model: nn.Module) -> dict[str, Any]:
+    """Plain int/float/bool/str attributes of every submodule (Python state a forward may bump)."""
+    return {
+        f"{name}.{k}".lstrip("."): v
+        for name, m in model.named_modules()
+        for k, v in vars(m).items()
+        if type(v) in (int, float, bool, str) and k != "training"
+    }
+
+
+def assign_buffer(buffer: torch.Tensor, value: torch.Tensor) -> None:
+    """Where traced code updated a buffer in place (``self.count += 1``, ``mu.lerp_(m)``):
+    write the new value into the module's buffer. Running the graph makes the update once, as
+    the module's forward does; PC inference replays it once per batch (the feed-forward pass)."""
+    with torch.no_grad():
+        buffer.copy_(value)
+
+
 def functionalize(gm: fx.GraphModule, training: bool) -> None:
     """Rewrite in-place ops out of place, in ``gm`` (a fresh GraphModule owned by pccompile).
 
     ``x.relu_()``, ``x += y``, ``F.relu(x, inplace=True)`` and modules built with
     ``inplace=True`` would overwrite tensors that PC keeps as value nodes. Each becomes its
     out-of-place twin, and later readers of the mutated tensor read the new node instead: the
-    graph then says explicitly what the in-place code meant.
+    graph then says explicitly what the in-place code meant. A mutated buffer also gets an
+    :func:`assign_buffer` node, so the module's state changes exactly as in its forward.
+    ``node.meta["pc_inplace_of"]`` keeps the mutated node: :func:`pccompile.annotate.annotate`
+    refuses a mutation that other tensors would see through shared memory (a view).
+
+    Raises:
+        TraceError: the forward updates a parameter in place.
+        UnsupportedOpError: an in-place module that cannot be copied, an op without a twin.
     """
     graph = gm.graph
     order = {n: i for i, n in enumerate(graph.nodes)}
+    buffer_of: dict[fx.Node, fx.Node] = {}  # value node -> the get_attr of the buffer it updates
     for node in list(graph.nodes):
         check_method(node)
         if node.op == "call_module":
             mod = gm.get_submodule(node.target)
-            if getattr(mod, "inplace", False) is True:
-                if any(True for _ in mod.children()) or any(True for _ in mod.parameters()):
-                    raise UnsupportedOpError(
-                        f"Node {node.name!r} calls module {node.target!r} with inplace=True; it "
-                        f"has submodules or parameters, so pccompile cannot make a functional "
-                        f"copy. Build it with inplace=False."
-                    )
-                # A private out-of-place copy; the user's module keeps inplace=True.
-                twin = copy.copy(mod)
-                twin.inplace = False
-                twin.training = training
-                new_target = node.target.replace(".", "_") + "_functional"
-                gm.add_submodule(new_target, twin)
-                node.target = new_target
-            continue
-        if node.kwargs.get("inplace") is True:
+            if getattr(mod, "inplace", False) is not True:
+                continue
+            if any(True for _ in mod.children()) or any(True for _ in mod.parameters()):
+                raise UnsupportedOpError(
+                    f"Node {node.name!r} calls module {node.target!r} with inplace=True; it "
+                    f"has submodules or parameters, so pccompile cannot make a functional "
+                    f"copy. Build it with inplace=False."
+                )
+            # A private out-of-place copy; the user's module keeps inplace=True.
+            twin = copy.copy(mod)
+            twin.inplace = False
+            twin.training = training
+            new_target = node.target.replace(".", "_") + "_functional"
+            gm.add_submodule(new_target, twin)
+            node.target = new_target
+        elif node.kwargs.get("inplace") is True:
             node.kwargs = {**node.kwargs, "inplace": False}
+        else:
+            twin = inplace_twin(node)
+            if twin is None:
+                continue
+            node.op, node.target = twin
+        mutated = node.args[0] if node.args else None
+        if not isinstance(mutated, fx.Node):
             continue
-        twin = inplace_twin(node)
-        if twin is None:
+        node.meta["pc_inplace_of"] = mutated
+        # Readers after the in-place op saw the mutated tensor: point them at the result.
+        for user in list(mutated.users):
+            if user is not node and order.get(user, -1) > order[node]:
+                user.replace_input_with(mutated, node)
+        buffer = mutated if mutated.op == "get_attr" else buffer_of.get(mutated)
+        if buffer is None:
             continue
-        node.op, node.target = twin
-        mutated = node.args[0]
-        if isinstance(mutated, fx.Node):
-            # Readers after the in-place op saw the mutated tensor: point them at the result.
-            for user in list(mutated.users):
-                if user is not node and order[user] > order[node]:
-                    user.replace_input_with(mutated, node)
+        if isinstance(_attr(gm, buffer.target), nn.Parameter):
+            raise TraceError(
+                f"The forward updates parameter {buffer.target!r} in place\n  at "
+                f"{source_line(node)}\nBP would differentiate through a changing weight; "
+                f"compute the new value out of place, or keep it in a buffer."
+            )
+        buffer_of[node] = buffer
+        with graph.inserting_after(node):
+            graph.call_function(assign_buffer, (buffer, node))
     graph.lint()
     gm.recompile()
+
+
+def _attr(gm: fx.GraphModule, target: str) -> Any:
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj

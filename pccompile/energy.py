@@ -44,7 +44,7 @@ def feedforward_values(
     plan: Plan, inputs: tuple, target: Any, loss_fn: Callable
 ) -> list[torch.Tensor]:
     """The value nodes at the feed-forward initialisation (all errors zero there)."""
-    ff = feed_forward(plan, inputs, target, loss_fn, record_rng=False)
+    ff = feed_forward(plan, inputs, target, loss_fn, record_state=False)
     return [t.detach() for v in plan.hidden for t in ff.flat[v.vid]]
 
 

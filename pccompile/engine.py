@@ -81,6 +81,7 @@ class Plan:
 
     depth: int = 0  # largest level of a non-input vertex
     leveled: bool = False  # every edge (out of a non-input) spans exactly one level
+    written: frozenset[str] = frozenset()  # buffers the forward updates (effect nodes)
 
     @property
     def hidden(self) -> list[Vertex]:
@@ -200,8 +201,7 @@ def compile_plan(gm: fx.GraphModule, graph: nx.DiGraph, training: bool) -> Plan:
 
     prologue_params: list[torch.nn.Parameter] = []
     for i in sorted(boundary):
-        for a in _param_ancestors(nodes[i]):
-            p = _fetch(gm, a.target)
+        for p in _param_ancestors(gm, nodes[i]):
             if all(p is not q for q in prologue_params):
                 prologue_params.append(p)
     live_params: list[torch.nn.Parameter] = []
@@ -223,12 +223,14 @@ def compile_plan(gm: fx.GraphModule, graph: nx.DiGraph, training: bool) -> Plan:
         while vertices[root].kind == "identity":
             root = vertices[root].source
         chains.setdefault(root, []).append(v.vid)
-    return Plan(
+    plan = Plan(
         gm, graph, training, nodes, roles, vertices,
         {by_name[n]: vid[n] for n in names[: len(live)]},
         by_level, output, sorted(boundary), tuple(prologue_params), tuple(live_params),
         sum(1 for r in roles if r == "input"), modules, chains, depth(graph), is_leveled(graph),
     )  # fmt: skip
+    plan.written = frozenset(n.args[0].target for n, r in zip(nodes, roles) if r == "effect")
+    return plan
 
 
 def _pred(graph: nx.DiGraph, name: str) -> str:
@@ -243,7 +245,9 @@ def _fetch(gm: fx.GraphModule, target: str) -> Any:
     return obj
 
 
-def _param_ancestors(node: fx.Node) -> list[fx.Node]:
+def _param_ancestors(gm: fx.GraphModule, node: fx.Node) -> list[torch.nn.Parameter]:
+    """The trainable parameters a parameter transform is computed from: parameters read
+    directly (get_attr) and the weights of leaf modules on the way (``self.pos(arange(T))``)."""
     seen, stack, out = set(), [node], []
     while stack:
         n = stack.pop()
@@ -251,7 +255,9 @@ def _param_ancestors(node: fx.Node) -> list[fx.Node]:
             continue
         seen.add(n)
         if n.meta["pc"].role == "param":
-            out.append(n)
+            out.append(_fetch(gm, n.target))
+        elif n.op == "call_module":
+            out.extend(p for p in gm.get_submodule(n.target).parameters() if p.requires_grad)
         stack.extend(n.all_input_nodes)
     return out
 
@@ -287,36 +293,60 @@ def rng_devices(tensors: list[Tensor]) -> list[int]:
     return sorted({t.device.index or 0 for t in tensors if t.is_cuda})
 
 
+@dataclass
+class VertexState:
+    """What a vertex's first evaluation started from, recorded in the feed-forward pass so that
+    every re-evaluation sees the same: the RNG state (same dropout masks) and the module's
+    buffers (a stateful module's update is made once, and re-evaluated from the state before it:
+    BatchNorm statistics, a spectral norm's power iteration)."""
+
+    rng: tuple | None = None
+    buffers: dict[str, Tensor] | None = None
+
+
 def _rng_snapshot(devices: list[int]) -> tuple:
     cuda = tuple(torch.cuda.get_rng_state(d) for d in devices)
     return torch.get_rng_state(), cuda
 
 
+def record_state_of(v: Vertex, devices: list[int]) -> VertexState | None:
+    """The state a re-evaluation of ``v`` must start from (None: it needs none)."""
+    rule = v.rule
+    if not (rule.replays_rng or rule.protects_buffers):
+        return None
+    state = VertexState()
+    if rule.replays_rng:
+        state.rng = _rng_snapshot(devices)
+    if rule.protects_buffers and v.module is not None:
+        state.buffers = {n: b.detach().clone() for n, b in v.module.named_buffers()}
+    return state
+
+
 def call_vertex(plan: Plan, v: Vertex, env: list, leaves: list, *, recompute: bool,
-                rng: tuple | None = None, devices: list[int] = ()) -> Any:  # fmt: skip
+                state: VertexState | None = None, devices: list[int] = ()) -> Any:  # fmt: skip
     """Evaluate ``g_v`` on the current value nodes of its parents.
 
-    With ``recompute=True`` the call is a *re-evaluation* during inference: module buffers are
-    replaced by copies (running statistics move once per batch, in the feed-forward pass) and
-    the vertex's feed-forward RNG state is replayed (same dropout masks as BP's forward).
+    With ``recompute=True`` the call is a *re-evaluation* during inference: it starts from the
+    vertex's recorded feed-forward :class:`VertexState` (its module's buffers as copies, its
+    RNG state), so it computes what the feed-forward pass computed and changes no state.
     """
     args, kwargs = v.load(env, leaves)
     node, rule = v.node, v.rule
-    if recompute and rule.protects_buffers:
-        if v.module is not None:
-            bufs = {n: b.clone() for n, b in v.module.named_buffers()}
-            if rng is not None and rule.replays_rng:
-                with torch.random.fork_rng(devices=devices):
-                    _rng_restore(rng, devices)
-                    return torch.func.functional_call(v.module, bufs, args, kwargs)
-            return torch.func.functional_call(v.module, bufs, args, kwargs)
-        copy = lambda a: a.clone() if isinstance(a, Tensor) and not a.requires_grad else a
-        args, kwargs = tree_map(copy, args), tree_map(copy, kwargs)
-    if recompute and rng is not None and rule.replays_rng:
-        with torch.random.fork_rng(devices=devices):
+    if not recompute:
+        return _invoke(node, v.module, args, kwargs)
+    rng = state.rng if state is not None and rule.replays_rng else None
+    with torch.random.fork_rng(devices=devices, enabled=rng is not None):
+        if rng is not None:
             _rng_restore(rng, devices)
-            return _invoke(node, v.module, args, kwargs)
-    return _invoke(node, v.module, args, kwargs)
+        if rule.protects_buffers and v.module is not None:
+            saved = state.buffers if state is not None else None
+            source = saved.items() if saved is not None else v.module.named_buffers()
+            bufs = {n: b.clone() for n, b in source}
+            return torch.func.functional_call(v.module, bufs, args, kwargs)
+        if rule.protects_buffers:  # a stateful function: running statistics in its arguments
+            copy = lambda a: a.clone() if isinstance(a, Tensor) and not a.requires_grad else a
+            args, kwargs = tree_map(copy, args), tree_map(copy, kwargs)
+        return _invoke(node, v.module, args, kwargs)
 
 
 def _rng_restore(state: tuple, devices: list[int]) -> None:
@@ -382,7 +412,7 @@ class FeedForward:
     leaves: list  # per vertex id: value-node structure
     flat: list  # per vertex id: list of value-node tensors
     mu: list  # per vertex id: list of predictions (with their local autograd graphs)
-    rng: dict[int, tuple]
+    state: dict[int, VertexState]
     devices: list[int]
     loss: Tensor
     output: Any
@@ -413,8 +443,13 @@ def walk(
             k_in += 1
         elif role in ("param", "const"):
             env[i] = _fetch(plan.gm, node.target)
+            if node.target in plan.written:  # readers keep the value they read (re-evaluations)
+                env[i] = env[i].detach().clone()
         elif role == "output":
             continue
+        elif role == "effect":  # the forward's buffer update, made once per pass
+            with torch.no_grad():
+                _fetch(plan.gm, node.args[0].target).copy_(get(node.args[1]))
         elif role == "vertex" and node in vid_of:
             env[i] = on_vertex(plan.vertices[vid_of[node]], env)
         elif role == "param_op":
@@ -430,7 +465,7 @@ def walk(
 
 
 def feed_forward(plan: Plan, inputs: tuple, target: Any, loss_fn: Callable,
-                 *, record_rng: bool) -> FeedForward:  # fmt: skip
+                 *, record_state: bool) -> FeedForward:  # fmt: skip
     """Run the feed-forward pass: every node once, in the traced order (so random draws and
     running statistics happen exactly as in BP's forward), building each vertex's local graph.
     """
@@ -438,14 +473,14 @@ def feed_forward(plan: Plan, inputs: tuple, target: Any, loss_fn: Callable,
     leaves: list = [None] * n_v
     flat: list = [None] * n_v
     mu: list = [None] * n_v
-    rng: dict[int, tuple] = {}
+    states: dict[int, VertexState] = {}
     boundary = set(plan.boundary)
     boundary_out: dict[int, Any] = {}
     devices = rng_devices([t for t in inputs if isinstance(t, Tensor)])
 
     def vertex(v: Vertex, env: list) -> Any:
-        if record_rng and v.rule.replays_rng:
-            rng[v.vid] = _rng_snapshot(devices)
+        if record_state and (st := record_state_of(v, devices)) is not None:
+            states[v.vid] = st
         with torch.enable_grad():
             out = call_vertex(plan, v, env, leaves, recompute=False)
         value, fl, m = leafify(out)
@@ -470,34 +505,41 @@ def feed_forward(plan: Plan, inputs: tuple, target: Any, loss_fn: Callable,
     output = out_args[0]
     with torch.enable_grad():
         loss = scalar_loss(loss_fn(output, target))
-    return FeedForward(env, leaves, flat, mu, rng, devices, loss, output, boundary_out)
+    return FeedForward(env, leaves, flat, mu, states, devices, loss, output, boundary_out)
 
 
 # ---------------------------------------------------------------------------------- grads
 class Grads:
-    """Per-use parameter contributions, summed and only written to ``p.grad`` after inference."""
+    """Per-use parameter contributions, summed and only written to ``p.grad`` after inference.
+
+    Ownership follows autograd's ``AccumulateGrad``: a tensor autograd returned is *borrowed*
+    (it may be an error node, or the very tensor handed to another parameter: the VJP of
+    ``h + a + b`` returns one tensor for both ``a`` and ``b``); it is never written in place.
+    The first accumulation into a borrowed entry allocates an owned sum, and :meth:`write`
+    steals a borrowed tensor for ``p.grad`` only when no other parameter's gradient shares its
+    memory; otherwise it copies.
+    """
 
     def __init__(self) -> None:
         self.params: dict[torch.nn.Parameter, Tensor] = {}
         self.leaves: dict[int, Tensor] = {}
         self.written = True  # False: the rule applied its updates itself (iPC with lr > 0)
-        # Tensors stored as autograd returned them (not ours to modify in place: they may alias
-        # an error node); the first in-place accumulation replaces them by an owned sum.
-        self._borrowed: set[int] = set()
+        self._owned: dict[
+            int, Tensor
+        ] = {}  # id -> tensor allocated here (kept alive: ids stay unique)
+
+    def _own(self, t: Tensor) -> Tensor:
+        self._owned[id(t)] = t
+        return t
 
     def _add(self, table: dict, key, g: Tensor, scale: float) -> None:
         cur = table.get(key)
         if cur is None:
-            if scale == 1.0:  # keep autograd's tensor as is, like AccumulateGrad steals it
-                table[key] = g
-                self._borrowed.add(id(g))
-            else:
-                table[key] = g * scale
-        elif id(cur) in self._borrowed:
-            self._borrowed.discard(id(cur))
-            table[key] = cur + g if scale == 1.0 else torch.add(cur, g, alpha=scale)
-        else:
+            table[key] = g if scale == 1.0 else self._own(g * scale)
+        elif id(cur) in self._owned:
             cur.add_(g, alpha=scale)
+        else:
+            table[key] = self._own(torch.add(cur, g, alpha=scale))
 
     def add_param(self, p: torch.nn.Parameter, g: Tensor, scale: float = -1.0) -> None:
         self._add(self.params, p, g, scale)
@@ -523,20 +565,38 @@ class Grads:
 
     def write(self, plan: Plan) -> None:
         """Accumulate into ``p.grad`` like ``loss.backward()``; parameters the graph uses but no
-        update reached (too few steps) get zeros."""
+        update reached (too few steps) get zeros. No two parameters end up sharing a ``.grad``."""
         if not self.written:
             return
+        given: set[tuple[int, int]] = set()  # memory handed to a p.grad in this write
         with torch.no_grad():
             for p in plan.live_params:
                 g = self.params.get(p)
                 if g is None:
                     g = torch.zeros_like(p)
-                if p.grad is None:
-                    # Keep autograd's tensor unless it is a view into something larger.
-                    whole = g._base is None or (g._base.numel() == g.numel() and g.is_contiguous())
-                    p.grad = g.to(p.dtype) if whole else g.clone()
-                else:
+                if p.grad is not None:
                     p.grad.add_(g)
+                    continue
+                key = _memory(g)
+                # As AccumulateGrad: steal autograd's tensor only if it is whole (not a view into
+                # something larger), laid out like the parameter, and no other parameter's
+                # gradient holds the same memory; otherwise copy it into the parameter's layout.
+                whole = g._base is None or (g._base.numel() == g.numel() and g.is_contiguous())
+                steal = whole and g.dtype == p.dtype and g.stride() == p.stride()
+                if steal and (key not in given or g.numel() == 0):
+                    p.grad = g
+                else:
+                    p.grad = torch.empty_like(p, memory_format=torch.preserve_format).copy_(g)
+                given.add(key)
+
+
+def _memory(t: Tensor) -> tuple[int, int]:
+    """Where a tensor's elements start (storage, offset); its identity where it has no storage
+    Python can read (complex/conjugate views)."""
+    try:
+        return t.untyped_storage().data_ptr(), t.storage_offset()
+    except RuntimeError:
+        return id(t), 0
 
 
 def vjp(v: Vertex, mus: list[Tensor], eps: list, parent_flat: list[list[Tensor]], env: list,

@@ -136,7 +136,7 @@ def _param_names(gm: fx.GraphModule) -> dict[fx.Node, tuple[str, ...]]:
         for a in node.all_input_nodes:
             if a.meta["pc"].role in ("param", "param_op"):
                 names |= via.get(a, set())
-        if node.op == "call_module" and info.role == "vertex":
+        if node.op == "call_module" and info.role in ("vertex", "param_op"):
             mod = gm.get_submodule(node.target)
             names |= {owner.get(id(p), f"{node.target}.{n}") for n, p in mod.named_parameters()
                       if p.requires_grad}  # fmt: skip

@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from .errors import PCCompileError
+from .preserve import preserved
 
 __all__ = [
     "ModelSpec",
@@ -377,11 +378,8 @@ def check_forward(
     Raises:
         ModelSpecError: the model rejects inputs of these shapes.
     """
-    was_training = model.training
-    buffers = [(b, b.detach().clone()) for b in model.buffers()]
-    model.train(training)
     try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        with preserved(model, *inputs, training=training), torch.no_grad():
             return model(*inputs)
     except Exception as exc:
         shapes = ", ".join(str(tuple(x.shape)) for x in inputs)
@@ -390,11 +388,6 @@ def check_forward(
             f"{_one_line(exc)}; pass the shape it expects with --input-shape (batch first, "
             f"comma-separated, one flag per input)."
         ) from exc
-    finally:
-        model.train(was_training)
-        with torch.no_grad():
-            for b, saved in buffers:
-                b.copy_(saved)
 
 
 def load_converted(outdir: str | os.PathLike, *, device: str | torch.device = "cpu") -> Any:

@@ -158,7 +158,7 @@ class PCModule(nn.Module):
         check_inputs(inputs, plan.n_inputs, self._device())
         mode, steps = _mode_and_steps(plan, cfg, trace)
         recompute_faithful = mode == "faithful" and not isinstance(cfg, FPA)
-        ff = feed_forward(plan, inputs, target, _checked(loss_fn), record_rng=recompute_faithful)
+        ff = feed_forward(plan, inputs, target, _checked(loss_fn), record_state=recompute_faithful)
         tr = None
         if trace or mode == "faithful":  # faithful schedules always report the energy per step
             tr = Trace(keep_errors=trace == "errors", per_vertex=bool(trace))

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import builtins
 import operator
+import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.utils.parametrize import is_parametrized
 
 from .errors import UnsupportedOpError
 
@@ -36,6 +39,7 @@ __all__ = [
     "inplace_twin",
     "check_method",
     "registered_ops",
+    "source_line",
 ]
 
 Kind = Literal["pure", "stochastic", "stateful", "opaque"]
@@ -55,6 +59,7 @@ class OpRule:
 
     kind: Kind = "pure"
     note: str = ""
+    differentiable: bool = True  # False: no gradient reaches the inputs (new_zeros, bernoulli)
 
     @property
     def replays_rng(self) -> bool:
@@ -143,6 +148,13 @@ _STOCHASTIC_NAMES = {
     "fractional_max_pool3d_with_indices",
 }  # fmt: skip
 _STATEFUL_NAMES = {"batch_norm", "instance_norm"}
+# Results that depend on their tensor arguments' shape, dtype or device only (or are detached):
+# BP passes no gradient through them, so they are constants of the pass (computed once, in the
+# feed-forward pass, which also draws a random mask once per batch), never vertices.
+_NO_GRADIENT_NAMES = {
+    "new_empty", "new_zeros", "new_ones", "new_full", "new_tensor", "empty_like", "zeros_like",
+    "ones_like", "full_like", "rand_like", "randn_like", "randint_like", "detach",
+}  # fmt: skip
 _UNSUPPORTED_METHODS = {
     "backward": "calls backward inside forward",
     "register_hook": "registers an autograd hook inside forward",
@@ -176,13 +188,79 @@ def _fn_name(fn: Callable) -> str:
     return getattr(fn, "__name__", "") or ""
 
 
-def _classify_name(name: str) -> Kind:
+# torch's Python-level API without an ATen operator of the same name: each declared here.
+_PYTHON_LEVEL_PURE = {
+    # Tensor dunders and dtype conversions
+    "__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__truediv__",
+    "__rdiv__", "__div__", "__floordiv__", "__rfloordiv__", "__mod__", "__rmod__", "__rpow__",
+    "__matmul__", "__rmatmul__", "__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__",
+    "__invert__", "__rand__", "__ror__", "__rxor__", "__rlshift__", "__rrshift__", "__len__",
+    "__reversed__", "__bool__", "__nonzero__", "__int__", "__long__", "__float__", "__complex__",
+    "__index__", "__format__", "__repr__", "bfloat16", "bool", "byte", "cdouble", "cfloat",
+    "char", "double", "float", "half", "int", "long", "short", "type", "dim_order",
+    "ndimension", "nelement", "is_shared", "_is_view", "tolist", "unique", "lu",
+    # torch / torch.functional
+    "unravel_index", "dsmm", "hsmm", "saddmm", "spmm", "sym_float", "sym_int", "sym_ite",
+    "sym_max", "sym_min", "sym_not", "sym_sum", "sym_sqrt",
+    # torch.nn.functional written in Python over ATen ops
+    "adaptive_max_pool1d_with_indices", "adaptive_max_pool2d_with_indices",
+    "adaptive_max_pool3d_with_indices", "affine_grid", "cross_entropy", "fold", "gaussian_nll_loss",
+    "grid_sample", "interpolate", "linear_cross_entropy", "local_response_norm", "lp_pool1d",
+    "lp_pool2d", "lp_pool3d", "max_unpool1d", "multilabel_soft_margin_loss", "normalize",
+    "softmin", "softsign", "tanhshrink", "triplet_margin_with_distance_loss",
+}  # fmt: skip
+# Random initial guesses inside: stochastic.
+_PYTHON_LEVEL_STOCHASTIC = {"lobpcg", "pca_lowrank", "svd_lowrank"}
+# ATen schemas that update running statistics without declaring it (no ``Tensor(a!)``).
+_STATEFUL_NAMES |= {
+    "native_batch_norm", "batch_norm_update_stats", "batch_norm_impl_index", "cudnn_batch_norm",
+    "miopen_batch_norm", "native_batch_norm_legit", "native_batch_norm_legit_functional",
+}  # fmt: skip
+
+
+def _aten_kind(name: str) -> Kind | None:
+    """The kind torch's own operator schemas declare for ``name`` (None: no ATen operator).
+
+    ``stochastic`` where an overload is tagged ``nondeterministic_seeded``; ``stateful`` where an
+    overload writes an argument it does not return (a running statistic, not an ``out=``)."""
+    packet = None
+    for candidate in (name, name.lstrip("_")):
+        packet = getattr(torch.ops.aten, candidate, None)
+        if packet is not None and hasattr(packet, "overloads"):
+            break
+        packet = None
+    if packet is None:
+        return None
+    kind: Kind = "pure"
+    for overload in packet.overloads():
+        op = getattr(packet, overload)
+        if torch.Tag.nondeterministic_seeded in op.tags:
+            return "stochastic"
+        if "out" in overload or "values" in overload:
+            continue
+        returned = {frozenset(r.alias_info.before_set) for r in op._schema.returns if r.alias_info}
+        for a in op._schema.arguments:
+            info = a.alias_info
+            if info and info.is_write and frozenset(info.before_set) not in returned:
+                kind = "stateful"
+    return kind
+
+
+def _classify_name(name: str) -> OpRule | None:
+    """The declared rule for a torch function or method name; None if nobody declared it (the
+    op is then left out of the registry, and a model using it gets UnsupportedOpError)."""
     base = name.lstrip("_")
-    if base in _STOCHASTIC_NAMES:
-        return "stochastic"
-    if base in _STATEFUL_NAMES:
-        return "stateful"
-    return "pure"
+    if base in _STOCHASTIC_NAMES or base in _PYTHON_LEVEL_STOCHASTIC:
+        kind: Kind | None = "stochastic"
+    elif base in _STATEFUL_NAMES:
+        kind = "stateful"
+    elif name in _PYTHON_LEVEL_PURE or base in _PYTHON_LEVEL_PURE:
+        kind = "pure"
+    else:
+        kind = _aten_kind(name)
+    if kind is None:
+        return None
+    return OpRule(kind, "declared" if kind != "pure" else "", base not in _NO_GRADIENT_NAMES)
 
 
 # ``x.__iadd__(y)`` written out arrives as a call_method: the same in-place ops as ``x += y``.
@@ -211,17 +289,19 @@ def _register_torch_api() -> None:
             if namespace is torch.Tensor:
                 if name in _METHODS or name in _UNSUPPORTED_METHODS or _is_inplace_name(name):
                     continue
-                register_method(name, _classify_name(name))
+                rule, table, what, key = _classify_name(name), _METHODS, "method", name
             else:
                 if fn in _FUNCTIONS or _is_inplace_name(name):
                     continue
-                register_function(fn, _classify_name(name))
+                rule, table, what, key = _classify_name(name), _FUNCTIONS, "function", fn
+            if rule is not None:
+                _register(table, key, rule, what)
     # Tensor attributes read as ``x.T``/``x.shape`` arrive as getattr; dunder methods that FX
     # records by name (``x.__getitem__``) are pure too.
     # Tensor factories called as methods are not in the overridable list; they are pure.
     for name in ("__getitem__", "__len__", "size", "dim", "contiguous", "new_zeros", "new_ones",
                  "new_full", "new_empty", "new_tensor", "unflatten"):  # fmt: skip
-        _METHODS.setdefault(name, OpRule("pure"))
+        _METHODS.setdefault(name, _classify_name(name) or OpRule("pure"))
 
 
 def _register_torchvision() -> None:
@@ -307,6 +387,24 @@ def _describe(node: fx.Node) -> str:
     return f"{mod + '.' if mod else ''}{_fn_name(node.target) or repr(node.target)}"
 
 
+def source_line(node: fx.Node) -> str:
+    """The user's source line that produced ``node`` ('file:line: code'): the innermost frame
+    of its recorded stack trace outside torch and pccompile."""
+    lines = (node.stack_trace or "").strip().splitlines()
+    frames = []
+    for k, line in enumerate(lines):
+        m = re.match(r'\s*File "(.+)", line (\d+)', line)
+        if m:
+            code = lines[k + 1].strip() if k + 1 < len(lines) else ""
+            frames.append((m.group(1), m.group(2), code))
+    ours = (os.path.dirname(torch.__file__), os.path.dirname(__file__))
+    user = [f for f in frames if not f[0].startswith(ours)]
+    if not user:
+        return f"<unknown line> (node {node.name})"
+    path, line, code = user[-1]
+    return f"{path}:{line}: {code}"
+
+
 def _unsupported(node: fx.Node, why: str) -> UnsupportedOpError:
     where = node.meta.get("nn_module_stack")
     owner = ""
@@ -340,16 +438,11 @@ def rule_for(node: fx.Node, module: nn.Module | None = None, user_leaf: bool = F
         UnsupportedOpError: the op has no rule, naming the node, the op and the fixes.
     """
     if node.op == "call_module":
-        if user_leaf:  # the user's own registration wins; otherwise assume the worst
-            return _MODULES.get(type(module), OpRule("opaque", "user leaf"))
-        for cls in type(module).__mro__:
-            rule = _MODULES.get(cls)
-            if rule is not None and cls.__module__.startswith("torch.nn") == (
-                type(module).__module__.startswith("torch.nn")
-            ):
-                return rule
-        raise _unsupported(node, f"no rule for leaf module class {type(module).__qualname__}")
+        return _with_hidden_state(module, _module_rule(node, module, user_leaf))
     if node.op == "call_function":
+        if getattr(node.target, "pc_autograd_function", None) is not None:
+            # its own backward gives the VJP; its forward may draw or mutate: assume the worst
+            return OpRule("opaque", "custom torch.autograd.Function")
         rule = _FUNCTIONS.get(node.target)
         if rule is None and _lazy_torchvision():
             rule = _FUNCTIONS.get(node.target)
@@ -364,6 +457,33 @@ def rule_for(node: fx.Node, module: nn.Module | None = None, user_leaf: bool = F
             raise _unsupported(node, "no rule for this Tensor method")
         return rule
     raise _unsupported(node, f"unexpected FX op {node.op!r}")
+
+
+def _module_rule(node: fx.Node, module: nn.Module, user_leaf: bool) -> OpRule:
+    if user_leaf:  # the user's own registration wins; otherwise assume the worst
+        return _MODULES.get(type(module), OpRule("opaque", "user leaf"))
+    for cls in type(module).__mro__:
+        rule = _MODULES.get(cls)
+        if rule is not None and cls.__module__.startswith("torch.nn") == (
+            type(module).__module__.startswith("torch.nn")
+        ):
+            return rule
+    raise _unsupported(node, f"no rule for leaf module class {type(module).__qualname__}")
+
+
+def _with_hidden_state(module: nn.Module, rule: OpRule) -> OpRule:
+    """A layer class's rule, made stateful when this instance carries state the class does not
+    declare: a parametrization (spectral norm's power iteration updates buffers on every call)
+    or forward hooks (the old ``nn.utils.spectral_norm`` API). Re-evaluations then start from
+    the feed-forward pass's buffers instead of advancing them."""
+    hooked = any(
+        getattr(m, "_forward_pre_hooks", None) or getattr(m, "_forward_hooks", None)
+        for m in module.modules()
+    )
+    if rule.protects_buffers or not (is_parametrized(module) or hooked):
+        return rule
+    kind: Kind = "opaque" if rule.replays_rng else "stateful"
+    return OpRule(kind, "parametrized or hooked instance", rule.differentiable)
 
 
 def registered_ops() -> dict[str, dict[str, OpRule]]:

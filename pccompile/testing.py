@@ -30,6 +30,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .engine import _memory
+
 __all__ = ["Habits", "DiffRow", "DiffReport", "train_against_bp", "shared_grads"]
 
 
@@ -135,7 +137,7 @@ def shared_grads(model: nn.Module) -> list[tuple[str, str]]:
         g = p.grad
         if g is None or g.numel() == 0:
             continue
-        key = (g.untyped_storage().data_ptr(), g.storage_offset())
+        key = _memory(g)
         if key in seen:
             out.append((seen[key], name))
         else:

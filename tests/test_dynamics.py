@@ -200,7 +200,7 @@ def test_event_driven_sync_loop_equals_the_full_loop(name, level):
     for event_driven in (True, False):
         torch.manual_seed(0)
         state = {k: v.clone() for k, v in model.state_dict().items()}
-        ff = feed_forward(plan, (x,), y, loss_fn, record_rng=True)
+        ff = feed_forward(plan, (x,), y, loss_fn, record_state=True)
         trace = pccompile.Trace()
         grads = run_sync(plan, ff, y, loss_fn, n_updates=7, gamma=0.3,
                          weights_at=lambda s: everyone if s == 7 else None, recompute=True,

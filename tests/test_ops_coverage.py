@@ -1266,7 +1266,10 @@ def check_case(e: Entry) -> None:
             torch.testing.assert_close(a, b, rtol=tol, atol=tol, equal_nan=True)
         else:
             assert a == b
-    assert_matches_bp(pcm, xs, None, weighted_sum, "zil")
+    # Both schedules: the faithful one re-evaluates the op at every inference step, which is
+    # where a mis-declared kind (a random or stateful op called pure) shows.
+    for mode in ("efficient", "faithful"):
+        assert_matches_bp(pcm, xs, None, weighted_sum, "zil", tol=1e-12, mode=mode)
 
 
 def _tested() -> list[Entry]:
@@ -1276,6 +1279,17 @@ def _tested() -> list[Entry]:
 @pytest.mark.parametrize("entry", _tested(), ids=lambda e: e.name)
 def test_single_op_forward_and_zil_equal_bp(entry):
     check_case(entry)
+
+
+@pytest.mark.parametrize("name", ["torch.nn.functional.dropout", "nn.Dropout"])
+def test_an_op_misdeclared_as_pure_fails_its_check(name, monkeypatch):
+    """Falsifying: dropout re-registered as pure draws a new mask at every re-evaluation, and
+    the faithful schedule's check must catch it."""
+    (entry,) = [e for e in _tested() if e.name == name]
+    table = ops._MODULES if entry.table == "module" else ops._FUNCTIONS
+    monkeypatch.setitem(table, entry.key, ops.OpRule("pure"))
+    with pytest.raises(AssertionError, match="differs from bp"):
+        check_case(entry)
 
 
 def test_every_registered_op_has_a_case_or_a_reason():

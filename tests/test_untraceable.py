@@ -315,14 +315,15 @@ def test_python_randomness_and_state_are_frozen_at_trace_time():
     eager = {bool(torch.equal(model(x), x)) for _ in range(20)}
     assert len(traced) == 1 and eager == {True, False}
 
-    with pytest.raises(TraceError, match="differs from the module's own output"):
-        pccompile.convert(Counter(), x)  # trace multiplies by 1, the eager check by 2
+    with pytest.raises(TraceError, match=r"changes Python attributes \(calls\)"):
+        pccompile.convert(Counter(), x)  # the trace would multiply by 1 forever
+    assert Counter().calls == 0
 
 
-def test_manual_seed_inside_forward_is_not_part_of_the_graph():
+def test_manual_seed_inside_forward_is_refused():
+    """Reseeding inside forward is not an op of the graph: the traced dropout would draw other
+    masks than the module's, and the eager comparison (same RNG state) refuses it."""
     torch.manual_seed(1)
     model, x = SeedInForward().train(), torch.randn(3, 4)
-    pcm = pccompile.convert(model, x)
-    assert "manual_seed" not in pcm.code
-    assert torch.equal(model(x), model(x))  # eager reseeds on every call
-    assert not torch.equal(pcm(x), pcm(x))  # the converted forward does not
+    with pytest.raises(TraceError, match="differs from the module's own output"):
+        pccompile.convert(model, x)

@@ -11,6 +11,8 @@ FPA (faithful mode), IL and iPC are this loop with different schedules.
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -49,7 +51,15 @@ def run_sync(
     """
     hidden = plan.hidden
     n = len(plan.vertices)
-    x = {v.vid: [t.detach().clone() for t in ff.flat[v.vid]] for v in hidden}
+    # Visit vertices in the efficient schedule's order (by level, latest consumer first), so a
+    # vertex's feedback is summed in the same order there and here.
+    order = [plan.vertices[i] for lvl in plan.by_level for i in lvl if i != plan.output.vid]
+    # Value nodes are carried as x = x0 + d (x0 the feed-forward value, d the displacement), and
+    # errors formed as eps = d - (mu - x0): where a prediction has not moved (mu == x0 bitwise)
+    # the error *is* d, with no rounding from adding and subtracting x0. Same mathematics as
+    # eps = x - mu, and the faithful schedule's updates equal the efficient one's bit for bit.
+    x0 = {v.vid: [t.detach() for t in ff.flat[v.vid]] for v in hidden}
+    d: dict[int, list] = {v.vid: [None] * len(x0[v.vid]) for v in hidden}
     grads = Grads()
     names = [(v.name, v.level) for v in hidden]
     first = activation_steps(plan) if event_driven else {v.vid: 0 for v in hidden}
@@ -57,12 +67,15 @@ def run_sync(
         wset = weights_at(s) or set()
         # Vertices the error front has not reached have x = mu = their feed-forward values, so
         # eps = 0 and their VJP is zero: skipping them changes no number.
-        active = [v for v in hidden if first[v.vid] <= s]
+        active = [v for v in order if first[v.vid] <= s]
         if recompute:
             leaves = list(ff.leaves)
             flat: list = [None] * n
             for v in hidden:
-                flat[v.vid] = [t.detach().requires_grad_() for t in x[v.vid]]
+                flat[v.vid] = [
+                    (a.detach() if di is None else a + di).requires_grad_()
+                    for a, di in zip(x0[v.vid], d[v.vid])
+                ]
                 leaves[v.vid] = rebuild(ff.leaves[v.vid], flat[v.vid])
             mus: list = [None] * n
             for v in active:
@@ -71,14 +84,14 @@ def run_sync(
                     continue
                 with torch.enable_grad():
                     out = call_vertex(plan, v, ff.env, leaves, recompute=True,
-                                      rng=ff.rng.get(v.vid), devices=ff.devices)  # fmt: skip
+                                      state=ff.state.get(v.vid), devices=ff.devices)  # fmt: skip
                 mus[v.vid] = [t for t in tree_flatten(out)[0] if is_float_tensor(t)]
             output = plan.output.load(ff.env, leaves)[0][0]
             with torch.enable_grad():
                 loss = loss_fn(output, target).reshape(())
         else:
             flat, mus, loss = ff.flat, ff.mu, ff.loss
-        eps = {v.vid: [xi - m.detach() for xi, m in zip(x[v.vid], mus[v.vid])] for v in active}
+        eps = {v.vid: _errors(x0[v.vid], d[v.vid], mus[v.vid]) for v in active}
         if trace is not None:
             errors = [eps.get(v.vid, []) for v in hidden]
             trace.record(names, errors, output_weight * float(loss.detach()))
@@ -98,17 +111,45 @@ def run_sync(
                 fb, e = acc[v.vid], eps.get(v.vid)
                 if fb is None and e is None:
                     continue
-                fb = fb or [None] * len(x[v.vid])
-                e = e or [None] * len(x[v.vid])
-                x[v.vid] = [_step(xi, ei, fi, gamma) for xi, ei, fi in zip(x[v.vid], e, fb)]
+                fb = fb or [None] * len(d[v.vid])
+                e = e or [None] * len(d[v.vid])
+                d[v.vid] = [_step(di, ei, fi, gamma) for di, ei, fi in zip(d[v.vid], e, fb)]
+    if trace is not None and not all(math.isfinite(e) for e in trace.energy):
+        warnings.warn(
+            "The energy became non-finite during inference (the value nodes diverged). Under "
+            "Z-IL this happens only behind the error front, after those vertices' weights were "
+            "read, so the parameter updates are unaffected; under IL/iPC, lower gamma.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     return grads
 
 
-def _step(x: torch.Tensor, e: torch.Tensor | None, f: torch.Tensor | None, gamma: float):
-    """One inference update ``x + gamma * (-eps + feedback)`` (a missing term is zero)."""
+def _errors(x0: list, d: list, mus: list) -> list:
+    """``eps = x - mu`` as ``d - (mu - x0)``: exactly ``d`` while ``mu`` sits at ``x0``."""
+    out = []
+    for a, di, m in zip(x0, d, mus):
+        m = m.detach()
+        moved = m is not a and not torch.equal(m, a)
+        if di is None:
+            out.append(a - m if moved else torch.zeros_like(a))
+        else:
+            out.append(di - (m - a) if moved else di)
+    return out
+
+
+def _step(d: torch.Tensor | None, e: torch.Tensor | None, f: torch.Tensor | None, gamma: float):
+    """One inference update of the displacement, ``d + gamma * (-eps + feedback)`` (a missing
+    term is zero; ``d = None`` is zero too, so the first update is exactly ``gamma * f``)."""
     if f is None:
-        return x if e is None else x - gamma * e
-    return x + gamma * f if e is None else x + gamma * (f - e)
+        step = None if e is None else -gamma * e if gamma != 1.0 else -e
+    elif e is None:
+        step = f if gamma == 1.0 else gamma * f
+    else:
+        step = f - e if gamma == 1.0 else gamma * (f - e)
+    if step is None:
+        return d
+    return step if d is None else d + step
 
 
 def activation_steps(plan: Plan) -> dict[int, int]:
