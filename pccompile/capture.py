@@ -270,9 +270,9 @@ def capture(
     if changed:
         raise TraceError(
             f"The forward of {type(model).__name__} changes Python attributes "
-            f"({', '.join(changed)}): a traced graph reads them once, at trace time, so the converted model would not "
-            f"see the change. Keep such state in a buffer (register_buffer), or make the "
-            f"submodule a leaf (convert(..., leaf_modules=[...]))."
+            f"({', '.join(changed)}): a traced graph reads them once, at trace time, so the "
+            f"converted model would not see the change. Keep such state in a buffer "
+            f"(register_buffer), or make the submodule a leaf (convert(..., leaf_modules=[...]))."
         )
     mark_no_grad_regions(graph)
     gm = fx.GraphModule(tracer.root, graph, class_name=f"PC{type(model).__name__}")

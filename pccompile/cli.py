@@ -139,6 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="one learn step with the rule vs backprop, per parameter",
     )
     p.add_argument("--tol", type=float, help="relative L1 tolerance (default 1e-4; 1e-10 float64)")
+    p.add_argument(
+        "--train-steps",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also train a BP copy and a PC copy side by side for N optimizer steps (2 "
+        "accumulated micro-batches each, clipping, momentum, weight decay) and require every "
+        ".grad, parameter and buffer to stay within --tol of BP's (default 0: one step only)",
+    )
     p.set_defaults(handler=cmd_verify)
 
     p = sub.add_parser("inspect", parents=[common], help="the PC graph: vertices, levels, steps")
@@ -491,6 +500,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------ verify
 def cmd_verify(args: argparse.Namespace) -> int:
     """``pccompile verify``: one learn step with the rule vs bp; exit 0 iff all parameters pass."""
+    from .testing import Habits, train_against_bp
     from .verify import verify
 
     rule = _rule(args)
@@ -502,8 +512,22 @@ def cmd_verify(args: argparse.Namespace) -> int:
         target, loss_fn, loss_text = default_loss(loaded.output, args.seed)
         with bar.stage("verify"):
             res = verify(pcm, loaded.inputs, target, loss_fn, rule, tol=args.tol, seed=args.seed)
+            run = None
+            if args.train_steps > 0:
+                run = train_against_bp(
+                    loaded.model,
+                    [(tuple(loaded.inputs), target)],
+                    loss_fn,
+                    rule,
+                    habits=Habits(steps=args.train_steps),
+                    train=bool(args.train_mode),
+                    seed=args.seed,
+                    convert_options={"leaf_modules": args.leaf_module},
+                )
+    run_problems = [] if run is None else run.problems(res.tol)
+    res_passed = res.passed and not run_problems
     failed = [r.name for r in res.rows if not r.ok]
-    verdict = ("PASS" if res.passed else "FAIL") + (
+    verdict = ("PASS" if res_passed else "FAIL") + (
         f": all {len(res.rows)} parameters within {res.tol:g}"
         if res.passed
         else f": {len(failed)} of {len(res.rows)} parameters beyond {res.tol:g}"
@@ -514,7 +538,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 {
                     "command": "verify",
                     "ok": True,
-                    "passed": res.passed,
+                    "passed": res_passed,
+                    "training_run": None
+                    if run is None
+                    else {
+                        "steps": args.train_steps,
+                        "worst_rel_diff": run.worst,
+                        "bitwise": run.bitwise,
+                        "problems": run_problems,
+                    },
                     "model": str(loaded.spec),
                     "rule": res.rule,
                     "mode": res.mode,
@@ -539,9 +571,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 }
             )
         )
-    elif args.quiet:
+    elif args.quiet and not run_problems:
         print(verdict)
-    else:
+    elif not args.quiet:
         opts = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(rule).items() if k != "name")
         print(
             f"verify {loaded.spec}: rule {res.rule} ({opts}; {res.mode} schedule) vs bp, "
@@ -551,8 +583,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
             f"loss: {loss_text} = {res.loss:.6g}; tolerance: relative L1 difference <= {res.tol:g}"
         )
         print(res.table())
+        if run is not None:
+            print(f"training run: {run.summary()}")
+            for line in run_problems:
+                print(f"  {line}")
         print(verdict)
-    return EXIT_OK if res.passed else EXIT_FAIL
+    elif run_problems:
+        print(verdict + f"; training run: {run_problems[0]}")
+    return EXIT_OK if res_passed else EXIT_FAIL
 
 
 # ------------------------------------------------------------------------------------ inspect

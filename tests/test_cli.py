@@ -198,6 +198,17 @@ def test_verify_faithful_schedule_and_fpa_pass(capsys):
     assert code == 0 and out.strip() == "PASS: all 4 parameters within 0.0001"
 
 
+def test_verify_train_steps_runs_the_differential_checker(capsys):
+    code, out, err = run(capsys, "verify", *MLP, "--train-steps", "3", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["passed"], err
+    run_ = report["training_run"]
+    assert run_["steps"] == 3 and run_["bitwise"] and run_["problems"] == []
+    # falsifying: gamma=0.5 leaves BP over the training run, and the run is reported
+    code, out, _ = run(capsys, "verify", *MLP, "--gamma", "0.5", "--train-steps", "2", "-q")
+    assert code == 1 and out.startswith("FAIL") and "training run: step 0 (grad)" in out
+
+
 def test_verify_fails_with_fail_rows_on_a_non_exact_setting(capsys):
     code, out, _ = run(capsys, "verify", LSTM, "--rule", "zil", "--gamma", "0.5")
     assert code == 1
