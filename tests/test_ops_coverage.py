@@ -1268,8 +1268,13 @@ def check_case(e: Entry) -> None:
             assert a == b
     # Both schedules: the faithful one re-evaluates the op at every inference step, which is
     # where a mis-declared kind (a random or stateful op called pure) shows.
-    for mode in ("efficient", "faithful"):
-        assert_matches_bp(pcm, xs, None, weighted_sum, "zil", tol=1e-12, mode=mode)
+    assert_matches_bp(pcm, xs, None, weighted_sum, "zil", tol=1e-12, mode="efficient")
+    with warnings.catch_warnings():
+        # Behind the error front, moved value nodes may leave an op's domain (log, sqrt, acos):
+        # the energy becomes NaN there and a RuntimeWarning says so; every parameter was read
+        # before, and the comparison below still asserts BP's gradients.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        assert_matches_bp(pcm, xs, None, weighted_sum, "zil", tol=1e-12, mode="faithful")
 
 
 def _tested() -> list[Entry]:
