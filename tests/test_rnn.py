@@ -13,6 +13,7 @@ from pccompile import InputError, TraceError
 from pccompile.data import digits
 
 T = 8
+F32_RNN_TOL = 5e-6
 
 
 class ManyToOne(nn.Module):
@@ -119,7 +120,10 @@ def test_unrolled_rnn_matches_bptt(name, rule, dtype):
     model = CASES[name]().to(dtype)
     x, y = _batch(name, dtype)
     pcm = pccompile.convert(model, x, rule=rule)
-    assert_matches_bp(pcm, (x,), y, _loss(name), rule)
+    # Unrolled cells against torch's fused kernel: the same mathematics, other rounding. In
+    # float32 the measured worst is 1.1e-6 relative (lstm_2layer); float64 stays within 1e-12.
+    tol = F32_RNN_TOL if dtype == torch.float32 else None
+    assert_matches_bp(pcm, (x,), y, _loss(name), rule, tol=tol)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
