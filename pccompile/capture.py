@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import linecache
+import operator
 import os
 import re
 import traceback
@@ -77,12 +78,19 @@ class PCTracer(fx.Tracer):
         self._buffer_values = {}
 
         def setattr_(mod: nn.Module, name: str, value: Any) -> None:
-            # ``self.count = self.count + 1`` (or ``+=``) on a traced buffer: record the update
+            # ``self.count = self.count + 1`` on a traced buffer: record the update (``+=`` is
+            # an in-place op on the buffer, which functionalize turns into the same update)
             if isinstance(value, fx.Proxy) and name in mod.__dict__.get("_buffers", {}):
                 qual = f"{paths[id(mod)]}.{name}".lstrip(".")
                 if qual in tracer.proxied_buffers:
-                    target = tracer.create_proxy("get_attr", qual, (), {})
-                    tracer.create_proxy("call_function", assign_buffer, (target, value), {})
+                    n = value.node
+                    first = n.args[0] if n.args else None
+                    inplace = n.target in _PROXY_INPLACE.values() and (
+                        getattr(first, "target", None) == qual
+                    )
+                    if not inplace:
+                        target = tracer.create_proxy("get_attr", qual, (), {})
+                        tracer.create_proxy("call_function", assign_buffer, (target, value), {})
                     tracer._buffer_values[qual] = value
                     return
             real_setattr(mod, name, value)
@@ -100,12 +108,16 @@ class PCTracer(fx.Tracer):
             torch._C._set_grad_enabled = set_grad
             torch.autograd.Function.apply = classmethod(apply)
             nn.Module.__setattr__ = setattr_
+            for name, op in _PROXY_INPLACE.items():
+                setattr(fx.Proxy, name, _record_inplace(op))
             try:
                 return super().trace(root, concrete_args)
             finally:
                 torch._C._set_grad_enabled = real_set
                 torch.autograd.Function.apply = real_apply
                 nn.Module.__setattr__ = real_setattr
+                for name in _PROXY_INPLACE:
+                    delattr(fx.Proxy, name)
 
     def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict) -> Any:
         name = self._buffer_names.get(id(attr_val)) if isinstance(attr_val, torch.Tensor) else None
@@ -129,6 +141,36 @@ class PCTracer(fx.Tracer):
             raise
         finally:
             self.current_path = outer
+
+
+# ``x += y`` on a tensor is in place, but FX's Proxy has no ``__iadd__``, so Python falls back
+# to ``x = x + y`` and a write through a view (``v = h[:, 1:]; v += y``) would vanish from the
+# graph. During tracing the in-place dunders record the in-place operator instead.
+_PROXY_INPLACE = {
+    f"__i{name}__": getattr(operator, f"i{name}")
+    for name in [
+        "add",
+        "sub",
+        "mul",
+        "truediv",
+        "floordiv",
+        "mod",
+        "pow",
+        "matmul",
+        "and",
+        "or",
+        "xor",
+        "lshift",
+        "rshift",
+    ]
+}
+
+
+def _record_inplace(op: Callable) -> Callable:
+    def method(self: fx.Proxy, other: Any) -> fx.Proxy:
+        return self.tracer.create_proxy("call_function", op, (self, other), {})
+
+    return method
 
 
 def set_grad_mode(enabled: bool) -> None:
@@ -217,19 +259,12 @@ def capture(
     tracer = PCTracer(types, names)
     scalars = _python_scalars(model)
     try:
-        with preserved(model, training=training):
-            before = {n: (b, b._version) for n, b in model.named_buffers(remove_duplicate=False)}
-            graph = tracer.trace(model, concrete_args=concrete_args)
-            changed = sorted(k for k, v in _python_scalars(model).items() if scalars.get(k, v) != v)
+        gm, changed, mutated = _trace(tracer, model, training, concrete_args, scalars)
+        if mutated:
             # Code that updates a buffer from constants (``self.count += 1``) ran eagerly
             # during the trace and left no node; trace again with those buffers as proxies.
-            after = dict(model.named_buffers(remove_duplicate=False))
-            tracer.proxied_buffers = {
-                n for n, (b, v) in before.items() if after.get(n) is not b or b._version != v
-            }
-        if tracer.proxied_buffers:
-            with preserved(model, training=training):
-                graph = tracer.trace(model, concrete_args=concrete_args)
+            tracer.proxied_buffers = mutated
+            gm, changed, _ = _trace(tracer, model, training, concrete_args, scalars)
     except Exception as exc:  # FX raises TraceError, TypeError, RuntimeError, ... all user-caused
         where = tracer.failed_path or ""
         hint = (
@@ -260,6 +295,7 @@ def capture(
             f"drives the control flow as a constant (convert(..., concrete_args={{...}})); or "
             f"hide the function from tracing with torch.fx.wrap."
         ) from exc
+    graph = gm.graph
     for node in graph.nodes:  # a concretised argument defaults to its concrete value
         if node.op == "placeholder" and concrete_args:
             name = (
@@ -275,7 +311,6 @@ def capture(
             f"(register_buffer), or make the submodule a leaf (convert(..., leaf_modules=[...]))."
         )
     mark_no_grad_regions(graph)
-    gm = fx.GraphModule(tracer.root, graph, class_name=f"PC{type(model).__name__}")
     user_leaves = {
         n.target
         for n in gm.graph.nodes
@@ -283,6 +318,22 @@ def capture(
     }
     functionalize(gm, training)
     return gm, user_leaves
+
+
+def _trace(
+    tracer: PCTracer, model: nn.Module, training: bool, concrete_args: dict | None, scalars: dict
+) -> tuple[fx.GraphModule, list[str], set[str]]:
+    """One trace, with the model's state restored afterwards. Returns the GraphModule (built
+    before the restore: it takes the tensor constants FX stored on the root), the Python
+    attributes the forward changed, and the buffers it mutated eagerly."""
+    with preserved(model, training=training):
+        before = {n: (b, b._version) for n, b in model.named_buffers(remove_duplicate=False)}
+        graph = tracer.trace(model, concrete_args=concrete_args)
+        gm = fx.GraphModule(tracer.root, graph, class_name=f"PC{type(model).__name__}")
+        changed = sorted(k for k, v in _python_scalars(model).items() if scalars.get(k, v) != v)
+        after = dict(model.named_buffers(remove_duplicate=False))
+        mutated = {n for n, (b, v) in before.items() if after.get(n) is not b or b._version != v}
+    return gm, changed, mutated
 
 
 def _python_scalars(model: nn.Module) -> dict[str, Any]:

@@ -153,6 +153,42 @@ def test_inplace_write_through_view_is_refused():
         pccompile.convert(ViewWrite().double(), torch.randn(4, 6, dtype=torch.float64))
 
 
+class AugmentedViewWrite(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.l1 = nn.Linear(6, 5)
+        self.out = nn.Linear(5, 3)
+
+    def forward(self, x):
+        h = self.l1(x)
+        v = h[:, 1:]
+        v += F.relu(h[:, :1])  # in place on a view of h: Python's += on a Proxy would rebind v
+        return self.out(h)
+
+
+def test_augmented_assignment_through_view_is_refused():
+    with pytest.raises(pccompile.TraceError, match=r"v \+= F\.relu"):
+        pccompile.convert(AugmentedViewWrite().double(), torch.randn(4, 6, dtype=torch.float64))
+
+
+class TensorConstant(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.l1 = nn.Linear(3, 3)
+        self.out = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.l1(x) * torch.tensor([1.0, 2.0, 3.0], dtype=x.dtype)))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_tensor_constant_built_in_forward(mode):
+    torch.manual_seed(0)
+    m = TensorConstant()
+    check(m, data((2, 3), 2), "zil", mode)
+    assert not hasattr(m, "_tensor_constant0")  # convert left the user's model as it was
+
+
 class Picky(nn.Module):
     def __init__(self):
         super().__init__()
