@@ -507,9 +507,18 @@ def ratios(results: list[RuleResult]) -> dict[tuple[str, str], Ratios]:
 
 
 RESULT_HEADER = [
-    "model", "rule", "mode", "n", "median ms", "IQR ms", "time/bp",
-    "CPU ms", "CPU/bp", "peak MiB", "mem/bp",
-]  # fmt: skip
+    "model",
+    "rule",
+    "mode",
+    "n",
+    "median ms",
+    "IQR ms",
+    "time/bp",
+    "CPU ms",
+    "CPU/bp",
+    "peak MiB",
+    "mem/bp",
+]
 
 
 def result_table(results: list[RuleResult]) -> str:
@@ -565,8 +574,19 @@ def target_table(results: list[RuleResult]) -> str:
             )
     if not rows:
         return ""
-    header = ["model", "rule", "time target", "time/bp", "met", "CPU/bp", "met (CPU)",
-              "paired time/bp (IQR)", "mem target", "mem/bp", "met"]  # fmt: skip
+    header = [
+        "model",
+        "rule",
+        "time target",
+        "time/bp",
+        "met",
+        "CPU/bp",
+        "met (CPU)",
+        "paired time/bp (IQR)",
+        "mem target",
+        "mem/bp",
+        "met",
+    ]
     return table(rows, header)
 
 
@@ -666,8 +686,19 @@ def profile(specs: list[ModelSpec], args: argparse.Namespace, device: torch.devi
                 [label, f"{1e3 * wall[label] / n:.1f}"]
                 + [f"{1e3 * own[k] / n:.1f}" for k in ("pccompile", "torch", "native", "other")]
             )
-        print(table(rows, ["rule", "ms/step (profiled)", "pccompile own", "torch Python own",
-                           "native (C/C++) own", "other Python own"]))  # fmt: skip
+        print(
+            table(
+                rows,
+                [
+                    "rule",
+                    "ms/step (profiled)",
+                    "pccompile own",
+                    "torch Python own",
+                    "native (C/C++) own",
+                    "other Python own",
+                ],
+            )
+        )
         for label, prof in profs.items():
             st = pstats.Stats(prof, stream=io.StringIO())
             for key in ("tottime", "cumulative"):

@@ -46,8 +46,15 @@ def divergences(model: nn.Module, leaves: list) -> dict[int, float]:
 
 def main() -> None:
     torch.manual_seed(0)
-    ops = nn.Sequential(nn.Linear(8, 7), nn.Tanh(), nn.Linear(7, 6), nn.Tanh(), nn.Linear(6, 5),
-                        nn.Tanh(), nn.Linear(5, 4))  # fmt: skip
+    ops = nn.Sequential(
+        nn.Linear(8, 7),
+        nn.Tanh(),
+        nn.Linear(7, 6),
+        nn.Tanh(),
+        nn.Linear(6, 5),
+        nn.Tanh(),
+        nn.Linear(5, 4),
+    )
     torch.manual_seed(0)
     wb = nn.Sequential(TanhLinear(8, 7, True), TanhLinear(7, 6), TanhLinear(6, 5), TanhLinear(5, 4))
     for name, model, leaves in (("one vertex per op", ops, []), ("W&B layers", wb, [TanhLinear])):

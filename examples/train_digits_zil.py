@@ -16,9 +16,14 @@ def main() -> None:
     xtr, ytr, xte, yte = digits()
     torch.manual_seed(0)
     net = nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 4 * 4, 10),
-    )  # fmt: skip
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(16 * 4 * 4, 10),
+    )
     pcm = pccompile.convert(net, xtr[:2], rule="zil", loss_fn=F.cross_entropy)
     opt = torch.optim.Adam(pcm.parameters(), lr=3e-3)
     for epoch in range(5):

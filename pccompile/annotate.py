@@ -36,9 +36,15 @@ from .errors import InputError, TraceError, UnsupportedOpError
 from .ops import OpRule, rule_for, source_line
 from .preserve import preserved
 
-__all__ = ["NodeInfo", "annotate", "check_trace", "complete_inputs", "record_values",
-           "is_float_tensor",
-           "float_leaves"]  # fmt: skip
+__all__ = [
+    "NodeInfo",
+    "annotate",
+    "check_trace",
+    "complete_inputs",
+    "record_values",
+    "is_float_tensor",
+    "float_leaves",
+]
 
 
 @dataclass

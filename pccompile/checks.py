@@ -11,16 +11,29 @@ from torch.utils._pytree import tree_flatten
 
 from .errors import InputError
 
-_ELEMENTWISE = (nn.MSELoss, nn.L1Loss, nn.SmoothL1Loss, nn.HuberLoss, nn.BCELoss,
-                nn.BCEWithLogitsLoss)  # fmt: skip
-_ELEMENTWISE_FN = {F.mse_loss, F.l1_loss, F.smooth_l1_loss, F.huber_loss, F.binary_cross_entropy,
-                   F.binary_cross_entropy_with_logits}  # fmt: skip
+_ELEMENTWISE = (
+    nn.MSELoss,
+    nn.L1Loss,
+    nn.SmoothL1Loss,
+    nn.HuberLoss,
+    nn.BCELoss,
+    nn.BCEWithLogitsLoss,
+)
+_ELEMENTWISE_FN = {
+    F.mse_loss,
+    F.l1_loss,
+    F.smooth_l1_loss,
+    F.huber_loss,
+    F.binary_cross_entropy,
+    F.binary_cross_entropy_with_logits,
+}
 _CLASSIFICATION = (nn.CrossEntropyLoss, nn.NLLLoss)
 _CLASSIFICATION_FN = {F.cross_entropy, F.nll_loss}
 
 
-def check_inputs(inputs: tuple, n_expected: int, device: torch.device | None,
-                 *, clamped: bool = True) -> None:  # fmt: skip
+def check_inputs(
+    inputs: tuple, n_expected: int, device: torch.device | None, *, clamped: bool = True
+) -> None:
     """Count, device, emptiness and finiteness of the inputs; with ``clamped`` (every PC rule)
     also refuse inputs that require grad."""
     if len(inputs) != n_expected:

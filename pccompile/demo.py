@@ -59,14 +59,18 @@ def main() -> int:
     pcm = pccompile.convert(net, x)
     g = pcm.graph
     n_id = sum(1 for _, d in g.nodes(data=True) if d["kind"] == "identity")
-    print(f"converted in {time.perf_counter() - t0:.2f}s: {g.number_of_nodes()} vertices "
-          f"({n_id} identity vertices from levelling), depth {pcm.plan.depth}")  # fmt: skip
+    print(
+        f"converted in {time.perf_counter() - t0:.2f}s: {g.number_of_nodes()} vertices "
+        f"({n_id} identity vertices from levelling), depth {pcm.plan.depth}"
+    )
     res = verify(pcm, (x,), y, F.cross_entropy, "zil")
     lines = res.table().splitlines()
     print("\n".join(lines[:8] + ["  ..."] + lines[-3:]))
     worst = res.worst
-    print(f"{len(res.rows)} parameter tensors, worst relative difference {worst.rel:.1e} "
-          f"({worst.name}): {'PASS' if res.passed else 'FAIL'}\n")  # fmt: skip
+    print(
+        f"{len(res.rows)} parameter tensors, worst relative difference {worst.rel:.1e} "
+        f"({worst.name}): {'PASS' if res.passed else 'FAIL'}\n"
+    )
 
     print("== 2. Training on the embedded digits data: Z-IL and BP side by side ==")
     xtr, ytr, xte, yte = digits()
@@ -94,9 +98,11 @@ def main() -> int:
                 for a, b in zip(runs["zil"].parameters(), runs["bp"].parameters())
             ),
         )
-        print(f"epoch {epoch}: test accuracy bp {accs['bp']:.3f}  zil {accs['zil']:.3f}  "
-              f"max |theta_zil - theta_bp| {drift:.1e}  "
-              f"time bp {times['bp']:.2f}s  zil {times['zil']:.2f}s")  # fmt: skip
+        print(
+            f"epoch {epoch}: test accuracy bp {accs['bp']:.3f}  zil {accs['zil']:.3f}  "
+            f"max |theta_zil - theta_bp| {drift:.1e}  "
+            f"time bp {times['bp']:.2f}s  zil {times['zil']:.2f}s"
+        )
     return 0 if res.passed else 1
 
 

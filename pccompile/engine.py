@@ -128,7 +128,7 @@ def compile_plan(gm: fx.GraphModule, graph: nx.DiGraph, training: bool) -> Plan:
                     d["level"],
                     parents=(vid[_pred(graph, name)],),
                     source=vid[_pred(graph, name)],
-                )  # fmt: skip
+                )
             )
             continue
         node = by_name[name]
@@ -187,7 +187,7 @@ def compile_plan(gm: fx.GraphModule, graph: nx.DiGraph, training: bool) -> Plan:
                 tuple(pleaves),
                 load=_make_loader(node, src),
                 slot=index[node],
-            )  # fmt: skip
+            )
         )
     n_levels = 1 + max(v.level for v in vertices)
     by_level: list[list[int]] = [[] for _ in range(n_levels)]
@@ -224,11 +224,24 @@ def compile_plan(gm: fx.GraphModule, graph: nx.DiGraph, training: bool) -> Plan:
             root = vertices[root].source
         chains.setdefault(root, []).append(v.vid)
     plan = Plan(
-        gm, graph, training, nodes, roles, vertices,
+        gm,
+        graph,
+        training,
+        nodes,
+        roles,
+        vertices,
         {by_name[n]: vid[n] for n in names[: len(live)]},
-        by_level, output, sorted(boundary), tuple(prologue_params), tuple(live_params),
-        sum(1 for r in roles if r == "input"), modules, chains, depth(graph), is_leveled(graph),
-    )  # fmt: skip
+        by_level,
+        output,
+        sorted(boundary),
+        tuple(prologue_params),
+        tuple(live_params),
+        sum(1 for r in roles if r == "input"),
+        modules,
+        chains,
+        depth(graph),
+        is_leveled(graph),
+    )
     plan.written = frozenset(n.args[0].target for n, r in zip(nodes, roles) if r == "effect")
     return plan
 
@@ -322,8 +335,16 @@ def record_state_of(v: Vertex, devices: list[int]) -> VertexState | None:
     return state
 
 
-def call_vertex(plan: Plan, v: Vertex, env: list, leaves: list, *, recompute: bool,
-                state: VertexState | None = None, devices: list[int] = ()) -> Any:  # fmt: skip
+def call_vertex(
+    plan: Plan,
+    v: Vertex,
+    env: list,
+    leaves: list,
+    *,
+    recompute: bool,
+    state: VertexState | None = None,
+    devices: list[int] = (),
+) -> Any:
     """Evaluate ``g_v`` on the current value nodes of its parents.
 
     With ``recompute=True`` the call is a *re-evaluation* during inference: it starts from the
@@ -454,18 +475,21 @@ def walk(
             env[i] = on_vertex(plan.vertices[vid_of[node]], env)
         elif role == "param_op":
             with torch.enable_grad():
-                out = _invoke(node, plan.modules.get(i), map_arg(node.args, get),
-                              map_arg(node.kwargs, get))  # fmt: skip
+                out = _invoke(
+                    node, plan.modules.get(i), map_arg(node.args, get), map_arg(node.kwargs, get)
+                )
             env[i] = out if on_param_op is None else on_param_op(i, out)
         else:  # struct, meta, and vertices that cannot reach the output (their error is zero)
             with torch.no_grad():
-                env[i] = _invoke(node, plan.modules.get(i), map_arg(node.args, get),
-                                 map_arg(node.kwargs, get))  # fmt: skip
+                env[i] = _invoke(
+                    node, plan.modules.get(i), map_arg(node.args, get), map_arg(node.kwargs, get)
+                )
     return env
 
 
-def feed_forward(plan: Plan, inputs: tuple, target: Any, loss_fn: Callable,
-                 *, record_state: bool) -> FeedForward:  # fmt: skip
+def feed_forward(
+    plan: Plan, inputs: tuple, target: Any, loss_fn: Callable, *, record_state: bool
+) -> FeedForward:
     """Run the feed-forward pass: every node once, in the traced order (so random draws and
     running statistics happen exactly as in BP's forward), building each vertex's local graph.
     """
@@ -557,8 +581,9 @@ class Grads:
             return
         outs = [ff.boundary_out[s] for s in slots]
         cots = [self.leaves[s] for s in slots]
-        grads = torch.autograd.grad(outs, plan.prologue_params, cots, allow_unused=True,
-                                    retain_graph=retain)  # fmt: skip
+        grads = torch.autograd.grad(
+            outs, plan.prologue_params, cots, allow_unused=True, retain_graph=retain
+        )
         for p, g in zip(plan.prologue_params, grads):
             if g is not None:
                 self.add_param(p, g, 1.0)
@@ -599,9 +624,19 @@ def _memory(t: Tensor) -> tuple[int, int]:
         return id(t), 0
 
 
-def vjp(v: Vertex, mus: list[Tensor], eps: list, parent_flat: list[list[Tensor]], env: list,
-        grads: Grads | None, acc: list, *, retain: bool = False, param_scale: float = -1.0,
-        prune: bool = False) -> None:  # fmt: skip
+def vjp(
+    v: Vertex,
+    mus: list[Tensor],
+    eps: list,
+    parent_flat: list[list[Tensor]],
+    env: list,
+    grads: Grads | None,
+    acc: list,
+    *,
+    retain: bool = False,
+    param_scale: float = -1.0,
+    prune: bool = False,
+) -> None:
     """Local VJP of vertex ``v`` at error ``eps``: adds ``J_{v,p}^T eps`` to each parent's
     accumulator and, if ``grads`` is given, ``param_scale * (dg_v/dtheta)^T eps`` for this use of
     each of its parameters. ``prune=True`` skips parents whose feedback cannot reach a parameter
@@ -669,8 +704,9 @@ def add_to(acc: list, r: int, gs) -> None:
             cur[j] = g if cur[j] is None else cur[j] + g
 
 
-def output_feedback(plan: Plan, loss: Tensor, flat: list, acc: list, *, weight: float = 1.0,
-                    retain: bool = False) -> None:  # fmt: skip
+def output_feedback(
+    plan: Plan, loss: Tensor, flat: list, acc: list, *, weight: float = 1.0, retain: bool = False
+) -> None:
     """Add ``J_out^T e_out = -weight * dL/dx`` to the output's parents' accumulators (a negative
     ``weight`` gives ``+dL/dx``, for schedules that store error nodes sign-flipped)."""
     v = plan.output
@@ -679,8 +715,9 @@ def output_feedback(plan: Plan, loss: Tensor, flat: list, acc: list, *, weight: 
         return
     if not loss.requires_grad:
         raise InputError("The loss does not depend on the model output; nothing to learn from.")
-    res = torch.autograd.grad(loss, inputs, torch.full_like(loss, -weight), allow_unused=True,
-                              retain_graph=retain)  # fmt: skip
+    res = torch.autograd.grad(
+        loss, inputs, torch.full_like(loss, -weight), allow_unused=True, retain_graph=retain
+    )
     k = 0
     for r in v.parents:
         n = len(flat[r])

@@ -138,8 +138,11 @@ def _param_names(gm: fx.GraphModule) -> dict[fx.Node, tuple[str, ...]]:
                 names |= via.get(a, set())
         if node.op == "call_module" and info.role in ("vertex", "param_op"):
             mod = gm.get_submodule(node.target)
-            names |= {owner.get(id(p), f"{node.target}.{n}") for n, p in mod.named_parameters()
-                      if p.requires_grad}  # fmt: skip
+            names |= {
+                owner.get(id(p), f"{node.target}.{n}")
+                for n, p in mod.named_parameters()
+                if p.requires_grad
+            }
         via[node] = names
         if info.role == "vertex":
             out[node] = tuple(sorted(names))

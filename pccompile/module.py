@@ -39,8 +39,15 @@ class PCModule(nn.Module):
     ``torch.optim`` optimizer applies it. ``pcm.graph`` is the (leveled) PC graph.
     """
 
-    def __init__(self, model: nn.Module, example_inputs: tuple, rule: RuleConfig,
-                 loss_fn: Callable | None, builder: Callable, options: Any):  # fmt: skip
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs: tuple,
+        rule: RuleConfig,
+        loss_fn: Callable | None,
+        builder: Callable,
+        options: Any,
+    ):
         super().__init__()
         clash = [n for n in _names(model) if hasattr(PCModule, n)]
         if clash:
@@ -58,8 +65,9 @@ class PCModule(nn.Module):
         d = self.__dict__
         d["_pc_model"], d["_pc_rule"], d["_pc_loss_fn"] = model, rule, loss_fn
         d["_pc_builder"], d["_pc_options"], d["_pc_plans"] = builder, options, {}
-        d["_pc_example"] = tuple(t.detach() if isinstance(t, torch.Tensor) else t
-                                 for t in example_inputs)  # fmt: skip
+        d["_pc_example"] = tuple(
+            t.detach() if isinstance(t, torch.Tensor) else t for t in example_inputs
+        )
         self._plan(self.training, self._pc_example)
 
     # ------------------------------------------------------------------ introspection
@@ -97,8 +105,10 @@ class PCModule(nn.Module):
 
     def _example_on_device(self) -> tuple:
         dev = self._device()
-        return tuple(t.to(dev) if isinstance(t, torch.Tensor) and dev is not None else t
-                     for t in self._pc_example)  # fmt: skip
+        return tuple(
+            t.to(dev) if isinstance(t, torch.Tensor) and dev is not None else t
+            for t in self._pc_example
+        )
 
     def _device(self) -> torch.device | None:
         p = next(self._pc_model.parameters(), None)
@@ -123,9 +133,16 @@ class PCModule(nn.Module):
         return self._plan(self.training, args).gm(*args, **kwargs)
 
     # ------------------------------------------------------------------ learning
-    def learn(self, *inputs: Any, target: Any, loss_fn: Callable | None = None,
-              rule: str | RuleConfig | None = None, trace: bool | str = False,
-              require_exact: bool = False, **options: Any) -> LearnReport:  # fmt: skip
+    def learn(
+        self,
+        *inputs: Any,
+        target: Any,
+        loss_fn: Callable | None = None,
+        rule: str | RuleConfig | None = None,
+        trace: bool | str = False,
+        require_exact: bool = False,
+        **options: Any,
+    ) -> LearnReport:
         """Run one PC learning step on a batch and accumulate ``+dL/dtheta`` into ``p.grad``.
 
         Args:
@@ -165,9 +182,15 @@ class PCModule(nn.Module):
         grads = _run_rule(plan, ff, cfg, mode, steps, target, loss_fn, tr)
         grads.finish(plan, ff)
         grads.write(plan)
-        return LearnReport(cfg.name, mode, float(ff.loss.detach()), steps,
-                           None if tr is None else tr.energy, tr if trace else None,
-                           tree_map(_detach, ff.output))  # fmt: skip
+        return LearnReport(
+            cfg.name,
+            mode,
+            float(ff.loss.detach()),
+            steps,
+            None if tr is None else tr.energy,
+            tr if trace else None,
+            tree_map(_detach, ff.output),
+        )
 
     def _learn_bp(self, inputs: tuple, target: Any, loss_fn: Callable) -> LearnReport:
         check_inputs(inputs, len(inputs), self._device(), clamped=False)
@@ -199,8 +222,9 @@ def _checked(loss_fn: Callable) -> Callable:
         except PCCompileError:
             raise
         except Exception as exc:
-            shapes = tree_map(lambda t: tuple(t.shape) if isinstance(t, torch.Tensor) else t,
-                              output)  # fmt: skip
+            shapes = tree_map(
+                lambda t: tuple(t.shape) if isinstance(t, torch.Tensor) else t, output
+            )
             tshape = tuple(target.shape) if isinstance(target, torch.Tensor) else type(target)
             raise InputError(
                 f"loss_fn(output, target) failed before inference: {type(exc).__name__}: {exc} "
@@ -223,8 +247,16 @@ def _mode_and_steps(plan: Plan, cfg: RuleConfig, trace: bool) -> tuple[str, int]
     return "faithful", cfg.steps if cfg.steps is not None else default_steps(plan)
 
 
-def _run_rule(plan: Plan, ff: FeedForward, cfg: RuleConfig, mode: str, steps: int, target: Any,
-              loss_fn: Callable, trace: Trace | None):  # fmt: skip
+def _run_rule(
+    plan: Plan,
+    ff: FeedForward,
+    cfg: RuleConfig,
+    mode: str,
+    steps: int,
+    target: Any,
+    loss_fn: Callable,
+    trace: Trace | None,
+):
     from .rules import approx, fpa, zil  # noqa: F401  (rule modules are the schedules)
     from .rules.sync import run_sync
 
@@ -233,18 +265,31 @@ def _run_rule(plan: Plan, ff: FeedForward, cfg: RuleConfig, mode: str, steps: in
             return zil.propagate(plan, ff, gamma=cfg.gamma, last_level=steps - 1)
         by_level = plan.by_level
         return run_sync(
-            plan, ff, target, loss_fn, n_updates=max(steps - 1, 0), gamma=cfg.gamma,
+            plan,
+            ff,
+            target,
+            loss_fn,
+            n_updates=max(steps - 1, 0),
+            gamma=cfg.gamma,
             weights_at=lambda s: set(by_level[s]) if s < len(by_level) else None,
-            recompute=True, trace=trace,
-        )  # fmt: skip
+            recompute=True,
+            trace=trace,
+        )
     if isinstance(cfg, FPA):
         if mode == "efficient":
             return zil.propagate(plan, ff, gamma=1.0, last_level=plan.depth)
         everyone = {v.vid for v in plan.hidden}
         return run_sync(
-            plan, ff, target, loss_fn, n_updates=steps, gamma=cfg.gamma,
-            weights_at=lambda s: everyone if s == steps else None, recompute=False, trace=trace,
-        )  # fmt: skip
+            plan,
+            ff,
+            target,
+            loss_fn,
+            n_updates=steps,
+            gamma=cfg.gamma,
+            weights_at=lambda s: everyone if s == steps else None,
+            recompute=False,
+            trace=trace,
+        )
     return approx.run(plan, ff, cfg, steps, target, loss_fn, trace)
 
 

@@ -107,18 +107,49 @@ def register_method(name: str, kind: Kind = "pure", note: str = "") -> None:
 # torch.nn layers. Containers are traced through (never leaves); everything else in the
 # torch.nn catalogue is classified here by name so a new torch layer needs a deliberate entry.
 _STOCHASTIC_MODULES = {
-    "Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout",
-    "RReLU", "FractionalMaxPool2d", "FractionalMaxPool3d", "MultiheadAttention", "Transformer",
-    "TransformerEncoder", "TransformerDecoder", "TransformerEncoderLayer",
-    "TransformerDecoderLayer", "RNN", "LSTM", "GRU",
-}  # fmt: skip
+    "Dropout",
+    "Dropout1d",
+    "Dropout2d",
+    "Dropout3d",
+    "AlphaDropout",
+    "FeatureAlphaDropout",
+    "RReLU",
+    "FractionalMaxPool2d",
+    "FractionalMaxPool3d",
+    "MultiheadAttention",
+    "Transformer",
+    "TransformerEncoder",
+    "TransformerDecoder",
+    "TransformerEncoderLayer",
+    "TransformerDecoderLayer",
+    "RNN",
+    "LSTM",
+    "GRU",
+}
 _STATEFUL_MODULES = {
-    "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "LazyBatchNorm1d",
-    "LazyBatchNorm2d", "LazyBatchNorm3d", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
-    "LazyInstanceNorm1d", "LazyInstanceNorm2d", "LazyInstanceNorm3d",
-}  # fmt: skip
-_CONTAINERS = {"Module", "Sequential", "ModuleList", "ModuleDict", "ParameterList",
-               "ParameterDict", "Container"}  # fmt: skip
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "SyncBatchNorm",
+    "LazyBatchNorm1d",
+    "LazyBatchNorm2d",
+    "LazyBatchNorm3d",
+    "InstanceNorm1d",
+    "InstanceNorm2d",
+    "InstanceNorm3d",
+    "LazyInstanceNorm1d",
+    "LazyInstanceNorm2d",
+    "LazyInstanceNorm3d",
+}
+_CONTAINERS = {
+    "Module",
+    "Sequential",
+    "ModuleList",
+    "ModuleDict",
+    "ParameterList",
+    "ParameterDict",
+    "Container",
+}
 
 
 def _register_torch_nn() -> None:
@@ -140,21 +171,50 @@ def _register_torch_nn() -> None:
 # operators); each is pure unless it is random, mutates running statistics, is in-place, or is
 # listed as unsupported below.
 _STOCHASTIC_NAMES = {
-    "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
-    "feature_dropout", "native_dropout", "rrelu", "bernoulli", "multinomial", "normal",
-    "poisson", "rand_like", "randn_like", "randint_like", "gumbel_softmax", "uniform",
-    "multi_head_attention_forward", "scaled_dot_product_attention", "fractional_max_pool2d",
-    "fractional_max_pool3d", "fractional_max_pool2d_with_indices",
+    "dropout",
+    "dropout1d",
+    "dropout2d",
+    "dropout3d",
+    "alpha_dropout",
+    "feature_alpha_dropout",
+    "feature_dropout",
+    "native_dropout",
+    "rrelu",
+    "bernoulli",
+    "multinomial",
+    "normal",
+    "poisson",
+    "rand_like",
+    "randn_like",
+    "randint_like",
+    "gumbel_softmax",
+    "uniform",
+    "multi_head_attention_forward",
+    "scaled_dot_product_attention",
+    "fractional_max_pool2d",
+    "fractional_max_pool3d",
+    "fractional_max_pool2d_with_indices",
     "fractional_max_pool3d_with_indices",
-}  # fmt: skip
+}
 _STATEFUL_NAMES = {"batch_norm", "instance_norm"}
 # Results that depend on their tensor arguments' shape, dtype or device only (or are detached):
 # BP passes no gradient through them, so they are constants of the pass (computed once, in the
 # feed-forward pass, which also draws a random mask once per batch), never vertices.
 _NO_GRADIENT_NAMES = {
-    "new_empty", "new_zeros", "new_ones", "new_full", "new_tensor", "empty_like", "zeros_like",
-    "ones_like", "full_like", "rand_like", "randn_like", "randint_like", "detach",
-}  # fmt: skip
+    "new_empty",
+    "new_zeros",
+    "new_ones",
+    "new_full",
+    "new_tensor",
+    "empty_like",
+    "zeros_like",
+    "ones_like",
+    "full_like",
+    "rand_like",
+    "randn_like",
+    "randint_like",
+    "detach",
+}
 _UNSUPPORTED_METHODS = {
     "backward": "calls backward inside forward",
     "register_hook": "registers an autograd hook inside forward",
@@ -169,19 +229,48 @@ _UNSUPPORTED_METHODS = {
 }
 # In-place operator spellings and their out-of-place twins.
 _OPERATOR_INPLACE = {
-    operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul,
-    operator.itruediv: operator.truediv, operator.ifloordiv: operator.floordiv,
-    operator.imod: operator.mod, operator.ipow: operator.pow, operator.imatmul: operator.matmul,
-    operator.iand: operator.and_, operator.ior: operator.or_, operator.ixor: operator.xor,
-    operator.ilshift: operator.lshift, operator.irshift: operator.rshift,
-}  # fmt: skip
+    operator.iadd: operator.add,
+    operator.isub: operator.sub,
+    operator.imul: operator.mul,
+    operator.itruediv: operator.truediv,
+    operator.ifloordiv: operator.floordiv,
+    operator.imod: operator.mod,
+    operator.ipow: operator.pow,
+    operator.imatmul: operator.matmul,
+    operator.iand: operator.and_,
+    operator.ior: operator.or_,
+    operator.ixor: operator.xor,
+    operator.ilshift: operator.lshift,
+    operator.irshift: operator.rshift,
+}
 _OPERATOR_PURE = [
-    operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv, operator.mod,
-    operator.pow, operator.matmul, operator.neg, operator.pos, operator.abs, operator.getitem,
-    operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge,
-    operator.and_, operator.or_, operator.xor, operator.invert, operator.lshift,
-    operator.rshift, builtins.getattr, builtins.len,
-]  # fmt: skip
+    operator.add,
+    operator.sub,
+    operator.mul,
+    operator.truediv,
+    operator.floordiv,
+    operator.mod,
+    operator.pow,
+    operator.matmul,
+    operator.neg,
+    operator.pos,
+    operator.abs,
+    operator.getitem,
+    operator.eq,
+    operator.ne,
+    operator.lt,
+    operator.le,
+    operator.gt,
+    operator.ge,
+    operator.and_,
+    operator.or_,
+    operator.xor,
+    operator.invert,
+    operator.lshift,
+    operator.rshift,
+    builtins.getattr,
+    builtins.len,
+]
 
 
 def _fn_name(fn: Callable) -> str:
@@ -191,31 +280,115 @@ def _fn_name(fn: Callable) -> str:
 # torch's Python-level API without an ATen operator of the same name: each declared here.
 _PYTHON_LEVEL_PURE = {
     # Tensor dunders and dtype conversions
-    "__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__truediv__",
-    "__rdiv__", "__div__", "__floordiv__", "__rfloordiv__", "__mod__", "__rmod__", "__rpow__",
-    "__matmul__", "__rmatmul__", "__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__",
-    "__invert__", "__rand__", "__ror__", "__rxor__", "__rlshift__", "__rrshift__", "__len__",
-    "__reversed__", "__bool__", "__nonzero__", "__int__", "__long__", "__float__", "__complex__",
-    "__index__", "__format__", "__repr__", "bfloat16", "bool", "byte", "cdouble", "cfloat",
-    "char", "double", "float", "half", "int", "long", "short", "type", "dim_order",
-    "ndimension", "nelement", "is_shared", "_is_view", "tolist", "unique", "lu",
+    "__add__",
+    "__radd__",
+    "__sub__",
+    "__rsub__",
+    "__mul__",
+    "__rmul__",
+    "__truediv__",
+    "__rdiv__",
+    "__div__",
+    "__floordiv__",
+    "__rfloordiv__",
+    "__mod__",
+    "__rmod__",
+    "__rpow__",
+    "__matmul__",
+    "__rmatmul__",
+    "__eq__",
+    "__ne__",
+    "__lt__",
+    "__le__",
+    "__gt__",
+    "__ge__",
+    "__invert__",
+    "__rand__",
+    "__ror__",
+    "__rxor__",
+    "__rlshift__",
+    "__rrshift__",
+    "__len__",
+    "__reversed__",
+    "__bool__",
+    "__nonzero__",
+    "__int__",
+    "__long__",
+    "__float__",
+    "__complex__",
+    "__index__",
+    "__format__",
+    "__repr__",
+    "bfloat16",
+    "bool",
+    "byte",
+    "cdouble",
+    "cfloat",
+    "char",
+    "double",
+    "float",
+    "half",
+    "int",
+    "long",
+    "short",
+    "type",
+    "dim_order",
+    "ndimension",
+    "nelement",
+    "is_shared",
+    "_is_view",
+    "tolist",
+    "unique",
+    "lu",
     # torch / torch.functional
-    "unravel_index", "dsmm", "hsmm", "saddmm", "spmm", "sym_float", "sym_int", "sym_ite",
-    "sym_max", "sym_min", "sym_not", "sym_sum", "sym_sqrt",
+    "unravel_index",
+    "dsmm",
+    "hsmm",
+    "saddmm",
+    "spmm",
+    "sym_float",
+    "sym_int",
+    "sym_ite",
+    "sym_max",
+    "sym_min",
+    "sym_not",
+    "sym_sum",
+    "sym_sqrt",
     # torch.nn.functional written in Python over ATen ops
-    "adaptive_max_pool1d_with_indices", "adaptive_max_pool2d_with_indices",
-    "adaptive_max_pool3d_with_indices", "affine_grid", "cross_entropy", "fold", "gaussian_nll_loss",
-    "grid_sample", "interpolate", "linear_cross_entropy", "local_response_norm", "lp_pool1d",
-    "lp_pool2d", "lp_pool3d", "max_unpool1d", "multilabel_soft_margin_loss", "normalize",
-    "softmin", "softsign", "tanhshrink", "triplet_margin_with_distance_loss",
-}  # fmt: skip
+    "adaptive_max_pool1d_with_indices",
+    "adaptive_max_pool2d_with_indices",
+    "adaptive_max_pool3d_with_indices",
+    "affine_grid",
+    "cross_entropy",
+    "fold",
+    "gaussian_nll_loss",
+    "grid_sample",
+    "interpolate",
+    "linear_cross_entropy",
+    "local_response_norm",
+    "lp_pool1d",
+    "lp_pool2d",
+    "lp_pool3d",
+    "max_unpool1d",
+    "multilabel_soft_margin_loss",
+    "normalize",
+    "softmin",
+    "softsign",
+    "tanhshrink",
+    "triplet_margin_with_distance_loss",
+}
 # Random initial guesses inside: stochastic.
 _PYTHON_LEVEL_STOCHASTIC = {"lobpcg", "pca_lowrank", "svd_lowrank"}
 # ATen schemas that update running statistics without declaring it (no ``Tensor(a!)``).
 _STATEFUL_NAMES |= {
-    "native_batch_norm", "batch_norm_update_stats", "batch_norm_impl_index", "cudnn_batch_norm",
-    "miopen_batch_norm", "native_batch_norm_legit", "native_batch_norm_legit_functional",
-}  # fmt: skip
+    "native_batch_norm",
+    "batch_norm_update_stats",
+    "batch_norm_impl_index",
+    "cudnn_batch_norm",
+    "miopen_batch_norm",
+    "native_batch_norm_legit",
+    "native_batch_norm_legit_functional",
+}
 
 
 def _aten_kind(name: str) -> Kind | None:
@@ -264,10 +437,22 @@ def _classify_name(name: str) -> OpRule | None:
 
 
 # ``x.__iadd__(y)`` written out arrives as a call_method: the same in-place ops as ``x += y``.
-_INPLACE_DUNDERS = {f"__i{op}__": getattr(operator, op) for op in (
-    "add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "xor", "lshift",
-    "rshift")} | {"__idiv__": operator.truediv, "__iand__": operator.and_,
-                  "__ior__": operator.or_}  # fmt: skip
+_INPLACE_DUNDERS = {
+    f"__i{op}__": getattr(operator, op)
+    for op in (
+        "add",
+        "sub",
+        "mul",
+        "truediv",
+        "floordiv",
+        "mod",
+        "pow",
+        "matmul",
+        "xor",
+        "lshift",
+        "rshift",
+    )
+} | {"__idiv__": operator.truediv, "__iand__": operator.and_, "__ior__": operator.or_}
 
 
 def _is_inplace_name(name: str) -> bool:
@@ -299,8 +484,19 @@ def _register_torch_api() -> None:
     # Tensor attributes read as ``x.T``/``x.shape`` arrive as getattr; dunder methods that FX
     # records by name (``x.__getitem__``) are pure too.
     # Tensor factories called as methods are not in the overridable list; they are pure.
-    for name in ("__getitem__", "__len__", "size", "dim", "contiguous", "new_zeros", "new_ones",
-                 "new_full", "new_empty", "new_tensor", "unflatten"):  # fmt: skip
+    for name in (
+        "__getitem__",
+        "__len__",
+        "size",
+        "dim",
+        "contiguous",
+        "new_zeros",
+        "new_ones",
+        "new_full",
+        "new_empty",
+        "new_tensor",
+        "unflatten",
+    ):
         _METHODS.setdefault(name, _classify_name(name) or OpRule("pure"))
 
 

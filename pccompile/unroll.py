@@ -138,8 +138,16 @@ def _unroll(g: fx.Graph, node: fx.Node, mod: nn.RNNBase, shape: tuple[int, ...])
                 batch = make("call_method", "size", inp, 1 - tdim)
                 dtype = make("call_function", getattr, inp, "dtype")
                 device = make("call_function", getattr, inp, "device")
-                zeros.append(make("call_function", torch.zeros, batch, mod.hidden_size,
-                                  dtype=dtype, device=device))  # fmt: skip
+                zeros.append(
+                    make(
+                        "call_function",
+                        torch.zeros,
+                        batch,
+                        mod.hidden_size,
+                        dtype=dtype,
+                        device=device,
+                    )
+                )
             return zeros[0]
         state = hx
         if lstm:
@@ -158,8 +166,12 @@ def _unroll(g: fx.Graph, node: fx.Node, mod: nn.RNNBase, shape: tuple[int, ...])
             per_dir = []
             for d in range(D):
                 sfx = f"_l{layer}" + ("_reverse" if d else "")
-                w = [weight(f"weight_ih{sfx}"), weight(f"weight_hh{sfx}"),
-                     weight(f"bias_ih{sfx}"), weight(f"bias_hh{sfx}")]  # fmt: skip
+                w = [
+                    weight(f"weight_ih{sfx}"),
+                    weight(f"weight_hh{sfx}"),
+                    weight(f"bias_ih{sfx}"),
+                    weight(f"bias_hh{sfx}"),
+                ]
                 order = range(T) if d == 0 else range(T - 1, -1, -1)
                 h = initial(0, layer, d)
                 c = initial(1, layer, d) if lstm else None
@@ -176,10 +188,14 @@ def _unroll(g: fx.Graph, node: fx.Node, mod: nn.RNNBase, shape: tuple[int, ...])
                 if lstm:
                     finals[1].append(c)
                 per_dir.append(hs)
-            layer_in = per_dir[0] if D == 1 else [
-                make("call_function", torch.cat, [per_dir[0][t], per_dir[1][t]], -1)
-                for t in range(T)
-            ]  # fmt: skip
+            layer_in = (
+                per_dir[0]
+                if D == 1
+                else [
+                    make("call_function", torch.cat, [per_dir[0][t], per_dir[1][t]], -1)
+                    for t in range(T)
+                ]
+            )
         output = make("call_function", torch.stack, layer_in, tdim)
         h_n = make("call_function", torch.stack, finals[0], 0)
         state = h_n

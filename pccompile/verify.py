@@ -52,7 +52,7 @@ class VerifyResult:
                 f"{r.max_abs:.2e}",
                 f"{r.rel:.2e}",
                 "ok" if r.ok else "FAIL",
-            )  # fmt: skip
+            )
             for r in self.rows
         ]
         return format_table(

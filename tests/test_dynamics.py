@@ -20,9 +20,14 @@ def _sq(out, y):
 
 def _cnn():
     return nn.Sequential(
-        nn.Conv2d(1, 6, 3, padding=1), nn.Tanh(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 8, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(8 * 4 * 4, 10),
-    )  # fmt: skip
+        nn.Conv2d(1, 6, 3, padding=1),
+        nn.Tanh(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 8, 3, padding=1),
+        nn.Tanh(),
+        nn.Flatten(),
+        nn.Linear(8 * 4 * 4, 10),
+    )
 
 
 @pytest.mark.parametrize("which", ["mlp", "cnn", "resnet"])
@@ -69,8 +74,15 @@ def test_il_approaches_bp_as_output_precision_falls(fused):
             TanhLinear(8, 7, True), TanhLinear(7, 6), TanhLinear(6, 5), TanhLinear(5, 4)
         )
     else:
-        model = nn.Sequential(nn.Linear(8, 7), nn.Tanh(), nn.Linear(7, 6), nn.Tanh(),
-                              nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 4))  # fmt: skip
+        model = nn.Sequential(
+            nn.Linear(8, 7),
+            nn.Tanh(),
+            nn.Linear(7, 6),
+            nn.Tanh(),
+            nn.Linear(6, 5),
+            nn.Tanh(),
+            nn.Linear(5, 4),
+        )
     model = model.double()
     x, y = torch.randn(3, 8, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
     pcm = pccompile.convert(model, x, leaf_modules=[TanhLinear] if fused else [])
@@ -179,8 +191,9 @@ def test_il_trains_the_digits_cnn():
 def test_ipc_trains_the_digits_cnn_with_its_own_updates():
     """iPC moves the weights itself, every inference step, by SGD on the (batch-summed) energy."""
     sum_ce = lambda out, y: F.cross_entropy(out, y, reduction="sum")
-    acc = _train_digits(IPC(gamma=0.1, steps=5, lr=2e-3), epochs=3, use_optimizer=False,
-                        batch=16, loss_fn=sum_ce)  # fmt: skip
+    acc = _train_digits(
+        IPC(gamma=0.1, steps=5, lr=2e-3), epochs=3, use_optimizer=False, batch=16, loss_fn=sum_ce
+    )
     assert acc > 0.72  # measured 0.777
 
 
@@ -202,9 +215,18 @@ def test_event_driven_sync_loop_equals_the_full_loop(name, level):
         state = {k: v.clone() for k, v in model.state_dict().items()}
         ff = feed_forward(plan, (x,), y, loss_fn, record_state=True)
         trace = pccompile.Trace()
-        grads = run_sync(plan, ff, y, loss_fn, n_updates=7, gamma=0.3,
-                         weights_at=lambda s: everyone if s == 7 else None, recompute=True,
-                         trace=trace, event_driven=event_driven)  # fmt: skip
+        grads = run_sync(
+            plan,
+            ff,
+            y,
+            loss_fn,
+            n_updates=7,
+            gamma=0.3,
+            weights_at=lambda s: everyone if s == 7 else None,
+            recompute=True,
+            trace=trace,
+            event_driven=event_driven,
+        )
         model.load_state_dict(state)
         results.append((grads, trace))
     (g1, t1), (g2, t2) = results

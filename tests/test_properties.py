@@ -20,9 +20,15 @@ from pccompile.energy import EnergyModule, feedforward_values
 
 MAX_EXAMPLES = int(os.environ.get("PCCOMPILE_HYPOTHESIS_EXAMPLES", "30"))
 ACTS = {
-    "tanh": torch.tanh, "relu": F.relu, "sigmoid": torch.sigmoid, "gelu": F.gelu, "silu": F.silu,
-    "elu": F.elu, "softplus": F.softplus, "leaky_relu": F.leaky_relu,
-}  # fmt: skip
+    "tanh": torch.tanh,
+    "relu": F.relu,
+    "sigmoid": torch.sigmoid,
+    "gelu": F.gelu,
+    "silu": F.silu,
+    "elu": F.elu,
+    "softplus": F.softplus,
+    "leaky_relu": F.leaky_relu,
+}
 
 
 @dataclass(frozen=True)
@@ -93,8 +99,12 @@ specs = st.builds(
 )
 
 
-@settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+@settings(
+    max_examples=MAX_EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(spec=specs, seed=st.integers(0, 2**16))
 def test_random_architectures_match_bp(spec, seed):
     torch.manual_seed(seed)

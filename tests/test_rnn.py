@@ -144,7 +144,7 @@ def test_faithful_schedule_equals_bptt(name):
         {"num_layers": 3},
         {"bias": False},
         {"bidirectional": True, "num_layers": 2, "batch_first": True},
-    ],  # fmt: skip
+    ],
     ids=["default", "batch_first", "3layers", "nobias", "bidirectional"],
 )
 @pytest.mark.parametrize("with_h0", [False, True], ids=["zero_state", "given_state"])

@@ -121,8 +121,12 @@ def render(entries: list, failures: dict[str, str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-o", "--output", default=str(ROOT / "docs" / "ops.md"),
-                        help="where to write the table ('-' for stdout)")  # fmt: skip
+    parser.add_argument(
+        "-o",
+        "--output",
+        default=str(ROOT / "docs" / "ops.md"),
+        help="where to write the table ('-' for stdout)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # as in tests/conftest.py
     warnings.simplefilter("error")  # as in pyproject's pytest filterwarnings

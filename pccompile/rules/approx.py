@@ -24,16 +24,25 @@ def default_steps(plan: Plan) -> int:
     return max(plan.depth + 1, 20)
 
 
-def run(plan: Plan, ff: FeedForward, cfg: IL | IPC, steps: int, target, loss_fn,
-        trace: Trace | None) -> Grads:  # fmt: skip
+def run(
+    plan: Plan, ff: FeedForward, cfg: IL | IPC, steps: int, target, loss_fn, trace: Trace | None
+) -> Grads:
     everyone = {v.vid for v in plan.hidden}
     if isinstance(cfg, IL):
         w = float(cfg.output_precision)
         grads = run_sync(
-            plan, ff, target, loss_fn, n_updates=steps, gamma=cfg.gamma,
-            weights_at=lambda s: everyone if s == steps else None, recompute=True,
-            output_weight=w, param_scale=-1.0 / w, trace=trace,
-        )  # fmt: skip
+            plan,
+            ff,
+            target,
+            loss_fn,
+            n_updates=steps,
+            gamma=cfg.gamma,
+            weights_at=lambda s: everyone if s == steps else None,
+            recompute=True,
+            output_weight=w,
+            param_scale=-1.0 / w,
+            trace=trace,
+        )
         return grads
     applied = Grads()
 
@@ -49,10 +58,18 @@ def run(plan: Plan, ff: FeedForward, cfg: IL | IPC, steps: int, target, loss_fn,
         step_grads.leaves.clear()
 
     run_sync(
-        plan, ff, target, loss_fn, n_updates=steps, gamma=cfg.gamma,
-        weights_at=lambda s: everyone, recompute=True, trace=trace, on_step=apply,
+        plan,
+        ff,
+        target,
+        loss_fn,
+        n_updates=steps,
+        gamma=cfg.gamma,
+        weights_at=lambda s: everyone,
+        recompute=True,
+        trace=trace,
+        on_step=apply,
         event_driven=cfg.lr == 0,  # moving weights change every prediction at once
-    )  # fmt: skip
+    )
     if cfg.lr > 0:
         applied.params.clear()
         applied.written = False

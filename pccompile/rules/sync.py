@@ -83,8 +83,15 @@ def run_sync(
                     mus[v.vid] = flat[v.source]
                     continue
                 with torch.enable_grad():
-                    out = call_vertex(plan, v, ff.env, leaves, recompute=True,
-                                      state=ff.state.get(v.vid), devices=ff.devices)  # fmt: skip
+                    out = call_vertex(
+                        plan,
+                        v,
+                        ff.env,
+                        leaves,
+                        recompute=True,
+                        state=ff.state.get(v.vid),
+                        devices=ff.devices,
+                    )
                 mus[v.vid] = [t for t in tree_flatten(out)[0] if is_float_tensor(t)]
             output = plan.output.load(ff.env, leaves)[0][0]
             with torch.enable_grad():
@@ -101,9 +108,17 @@ def run_sync(
             if v.kind == "identity":
                 add_to(acc, v.source, eps[v.vid])
                 continue
-            vjp(v, mus[v.vid], eps[v.vid], [flat[r] for r in v.parents], ff.env,
-                grads if v.vid in wset else None, acc, retain=not recompute,
-                param_scale=param_scale)  # fmt: skip
+            vjp(
+                v,
+                mus[v.vid],
+                eps[v.vid],
+                [flat[r] for r in v.parents],
+                ff.env,
+                grads if v.vid in wset else None,
+                acc,
+                retain=not recompute,
+                param_scale=param_scale,
+            )
         if on_step is not None:
             on_step(s, grads)
         if s < n_updates:
@@ -164,8 +179,10 @@ def activation_steps(plan: Plan) -> dict[int, int]:
     frontier = [plan.output.vid]
     while frontier:  # breadth-first from the output, against the edges
         nxt = []
-        parents_of = {v.vid: ([v.source] if v.kind == "identity" else list(v.parents))
-                      for v in (plan.vertices[i] for i in frontier)}  # fmt: skip
+        parents_of = {
+            v.vid: ([v.source] if v.kind == "identity" else list(v.parents))
+            for v in (plan.vertices[i] for i in frontier)
+        }
         for c, ps in parents_of.items():
             for p in ps:
                 if p not in dist:

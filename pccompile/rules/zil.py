@@ -62,7 +62,16 @@ def propagate(plan: Plan, ff: FeedForward, *, gamma: float, last_level: int) -> 
             if v.kind == "identity":
                 add_to(acc, v.source, neg_eps)
             else:
-                vjp(v, ff.mu[vid], neg_eps, [ff.flat[r] for r in v.parents], ff.env, grads, acc,
-                    param_scale=1.0, prune=True)  # fmt: skip
+                vjp(
+                    v,
+                    ff.mu[vid],
+                    neg_eps,
+                    [ff.flat[r] for r in v.parents],
+                    ff.env,
+                    grads,
+                    acc,
+                    param_scale=1.0,
+                    prune=True,
+                )
             ff.release(v)  # its children are done and its own graph is consumed
     return grads
