@@ -8,6 +8,8 @@ precision the code achieves: bitwise where the schedule is bitwise, 1e-12 relati
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn as nn
@@ -431,3 +433,26 @@ class Residual(nn.Module):
 def test_stochastic_depth(rule, mode):
     torch.manual_seed(0)
     check(Residual(), data((8, 6), 3), rule, mode)
+
+
+@pytest.mark.parametrize(
+    "mode",
+    ["efficient", pytest.param("faithful", marks=pytest.mark.slow)],  # 25-90 s each
+)
+@pytest.mark.parametrize("name", ["convnext_atto", "vit_tiny_patch16_224"])
+def test_timm_stochastic_depth_and_dropout(name, mode):
+    """Issue 10's real-model case: timm's drop_path (a Bernoulli mask from new_empty) and
+    dropout in train mode, float32, bitwise in both schedules."""
+    timm = pytest.importorskip("timm")
+    kw = {"drop_path_rate": 0.3}
+    if name.startswith("vit"):
+        kw |= {"drop_rate": 0.2, "attn_drop_rate": 0.1, "proj_drop_rate": 0.1}
+        kw |= {"img_size": 32, "patch_size": 8}
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=10, **kw)
+    g = torch.Generator().manual_seed(1)
+    batches = [((torch.randn(2, 3, 32, 32, generator=g),), torch.tensor([1, 7])) for _ in range(2)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # faithful: energy behind the front
+        rep = train_against_bp(model, batches, F.cross_entropy, "zil", mode=mode, habits=Habits(2))
+    assert rep.ok(0.0), "\n".join(rep.problems(0.0))
