@@ -226,8 +226,17 @@ def check_inplace_aliases(gm: fx.GraphModule, values: dict[fx.Node, Any]) -> Non
                 )
 
 
-def _moves_data(node: fx.Node, info: dict[fx.Node, NodeInfo], values: dict) -> bool:
-    """Whether ``node`` only moves vertex values around (no computation on tensors)."""
+def _moves_data(
+    node: fx.Node, info: dict[fx.Node, NodeInfo], values: dict, module: torch.nn.Module | None
+) -> bool:
+    """Whether ``node`` only moves vertex values around (no computation on tensors).
+
+    ``nn.Identity`` returns its input itself: autograd sees no op there, and the gradients of its
+    readers accumulate straight into the input's, in the engine's order. As a vertex of its own
+    it would sum its readers' feedback first and change the rounding; as data movement its
+    readers read the input's value node, exactly as autograd does."""
+    if node.op == "call_module":
+        return type(module) is torch.nn.Identity
     if node.op != "call_function":
         return False
     target = node.target
@@ -292,7 +301,7 @@ def annotate(gm: fx.GraphModule, inputs: tuple, user_leaves: set[str]) -> Any:
             meta.depends_on_params = False  # traced under no_grad: a constant of the pass
         else:
             data_args = [a for a in args if info[a].role in ("vertex", "struct", "input")]
-            if data_args and _moves_data(node, info, values):
+            if data_args and _moves_data(node, info, values, module):
                 meta.role = "struct"
                 sources: dict[fx.Node, None] = {}
                 for a in data_args:

@@ -287,6 +287,8 @@ def _make_loader(node: fx.Node, src: dict[fx.Node, tuple]) -> Callable:
             return load_env[0][s[1]]
         if s[0] == 1:
             return load_env[1][s[1]]
+        if n.op == "call_module":  # nn.Identity: its input, unchanged
+            return get(n.args[0])
         return n.target(*map_arg(n.args, get), **map_arg(n.kwargs, get))
 
     load_env: list = [None, None]
