@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import linecache
-import operator
 import os
 import re
 import traceback
@@ -24,8 +23,8 @@ import torch.nn as nn
 from torch.utils._pytree import tree_flatten
 
 from .errors import TraceError, UnsupportedOpError
-from .ops import check_method, inplace_twin, source_line
-from .preserve import preserved
+from .ops import OPERATOR_INPLACE, check_method, inplace_twin, source_line
+from .preserve import preserved, python_state
 
 __all__ = ["PCTracer", "capture", "functionalize"]
 
@@ -146,24 +145,7 @@ class PCTracer(fx.Tracer):
 # ``x += y`` on a tensor is in place, but FX's Proxy has no ``__iadd__``, so Python falls back
 # to ``x = x + y`` and a write through a view (``v = h[:, 1:]; v += y``) would vanish from the
 # graph. During tracing the in-place dunders record the in-place operator instead.
-_PROXY_INPLACE = {
-    f"__i{name}__": getattr(operator, f"i{name}")
-    for name in [
-        "add",
-        "sub",
-        "mul",
-        "truediv",
-        "floordiv",
-        "mod",
-        "pow",
-        "matmul",
-        "and",
-        "or",
-        "xor",
-        "lshift",
-        "rshift",
-    ]
-}
+_PROXY_INPLACE = {f"__{op.__name__}__": op for op in OPERATOR_INPLACE}
 
 
 def _record_inplace(op: Callable) -> Callable:
@@ -257,7 +239,7 @@ def capture(
     """
     types, names = _split_leaves(leaf_modules)
     tracer = PCTracer(types, names)
-    scalars = _python_scalars(model)
+    scalars = python_state(model)
     try:
         gm, changed, mutated = _trace(tracer, model, training, concrete_args, scalars)
         if mutated:
@@ -330,20 +312,10 @@ def _trace(
         before = {n: (b, b._version) for n, b in model.named_buffers(remove_duplicate=False)}
         graph = tracer.trace(model, concrete_args=concrete_args)
         gm = fx.GraphModule(tracer.root, graph, class_name=f"PC{type(model).__name__}")
-        changed = sorted(k for k, v in _python_scalars(model).items() if scalars.get(k, v) != v)
+        changed = sorted(k for k, v in python_state(model).items() if scalars.get(k, v) != v)
         after = dict(model.named_buffers(remove_duplicate=False))
         mutated = {n for n, (b, v) in before.items() if after.get(n) is not b or b._version != v}
     return gm, changed, mutated
-
-
-def _python_scalars(model: nn.Module) -> dict[str, Any]:
-    """Plain int/float/bool/str attributes of every submodule (Python state a forward may bump)."""
-    return {
-        f"{name}.{k}".lstrip("."): v
-        for name, m in model.named_modules()
-        for k, v in vars(m).items()
-        if type(v) in (int, float, bool, str) and k != "training"
-    }
 
 
 def assign_buffer(buffer: torch.Tensor, value: torch.Tensor) -> None:

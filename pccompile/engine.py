@@ -31,6 +31,7 @@ from .annotate import is_float_tensor
 from .checks import scalar_loss
 from .errors import InputError, UnsupportedOpError
 from .graph import depth, is_leveled
+from .preserve import cuda_devices
 
 __all__ = ["Plan", "Vertex", "FeedForward", "compile_plan", "feed_forward", "Grads"]
 
@@ -304,10 +305,6 @@ def _make_loader(node: fx.Node, src: dict[fx.Node, tuple]) -> Callable:
 
 
 # ------------------------------------------------------------------------------ evaluation
-def rng_devices(tensors: list[Tensor]) -> list[int]:
-    return sorted({t.device.index or 0 for t in tensors if t.is_cuda})
-
-
 @dataclass
 class VertexState:
     """What a vertex's first evaluation started from, recorded in the feed-forward pass so that
@@ -502,7 +499,7 @@ def feed_forward(
     states: dict[int, VertexState] = {}
     boundary = set(plan.boundary)
     boundary_out: dict[int, Any] = {}
-    devices = rng_devices([t for t in inputs if isinstance(t, Tensor)])
+    devices = cuda_devices(inputs)
 
     def vertex(v: Vertex, env: list) -> Any:
         if record_state and (st := record_state_of(v, devices)) is not None:

@@ -228,7 +228,7 @@ _UNSUPPORTED_METHODS = {
     "numpy": "leaves torch",
 }
 # In-place operator spellings and their out-of-place twins.
-_OPERATOR_INPLACE = {
+OPERATOR_INPLACE = {
     operator.iadd: operator.add,
     operator.isub: operator.sub,
     operator.imul: operator.mul,
@@ -542,8 +542,8 @@ def inplace_twin(node: fx.Node) -> tuple[str, Any] | None:
         UnsupportedOpError: in-place ops without a functional twin (``x[i] = v``, ``copy_``).
     """
     if node.op == "call_function":
-        if node.target in _OPERATOR_INPLACE:
-            return ("call_function", _OPERATOR_INPLACE[node.target])
+        if node.target in OPERATOR_INPLACE:
+            return ("call_function", OPERATOR_INPLACE[node.target])
         if node.target is operator.setitem:
             raise _setitem_error(node)
         name = _fn_name(node.target)

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 from torch.utils._pytree import tree_flatten
 
-__all__ = ["preserved", "cuda_devices"]
+__all__ = ["preserved", "cuda_devices", "python_state"]
 
 
 def cuda_devices(*values: Any) -> list[int]:
@@ -26,6 +26,21 @@ def cuda_devices(*values: Any) -> list[int]:
     return sorted(
         {t.device.index or 0 for t in leaves if isinstance(t, torch.Tensor) and t.is_cuda}
     )
+
+
+def python_state(model: nn.Module, *, containers: bool = False) -> dict[str, Any]:
+    """Plain Python state of every submodule, by qualified name: int/float/bool/str/None
+    attributes (counters a forward may bump) and, with ``containers``, the sizes of public
+    dict/list/set/tuple attributes (caches a forward may fill)."""
+    out: dict[str, Any] = {}
+    for name, m in model.named_modules():
+        for k, v in vars(m).items():
+            key = f"{name}.{k}".lstrip(".")
+            if type(v) in (int, float, bool, str, type(None)) and k != "training":
+                out[key] = v
+            elif containers and isinstance(v, (dict, list, set, tuple)) and not k.startswith("_"):
+                out[key] = len(v)
+    return out
 
 
 def _containers(value: Any) -> Any:

@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 
 from .engine import _memory
+from .preserve import python_state
 
 __all__ = ["Habits", "DiffRow", "DiffReport", "train_against_bp", "shared_grads"]
 
@@ -170,20 +171,6 @@ def _worst(pairs: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, 
     return worst, where
 
 
-def _module_attrs(model: nn.Module) -> dict[str, Any]:
-    """Plain attributes of every submodule (caches, counters), for the convert-is-pure check."""
-    out = {}
-    for mname, m in model.named_modules():
-        for k, v in vars(m).items():
-            if k.startswith("_") or k == "training":
-                continue
-            if isinstance(v, (int, float, str, bool, type(None))):
-                out[f"{mname}.{k}"] = v
-            elif isinstance(v, (dict, list, set, tuple)):
-                out[f"{mname}.{k}"] = len(v)
-    return out
-
-
 def train_against_bp(
     model: nn.Module,
     batches: Sequence[tuple[tuple, Any]],
@@ -233,10 +220,12 @@ def train_against_bp(
     torch.manual_seed(seed)
     rng0 = torch.get_rng_state()
     before = {k: v.clone() for k, v in pc_model.state_dict().items()}
-    attrs = _module_attrs(pc_model)
+    attrs = python_state(pc_model, containers=True)
     pcm = convert(pc_model, example, rule, **(convert_options or {}), **rule_options)
     changed = [k for k, v in pc_model.state_dict().items() if not torch.equal(v, before[k])]
-    changed += [k for k, v in _module_attrs(pc_model).items() if attrs.get(k, v) != v]
+    changed += [
+        k for k, v in python_state(pc_model, containers=True).items() if attrs.get(k, v) != v
+    ]
     if not torch.equal(torch.get_rng_state(), rng0):
         changed.append("the global RNG state")
     torch.set_rng_state(rng0)
