@@ -98,7 +98,7 @@ def run_sync(
                 loss = loss_fn(output, target).reshape(())
         else:
             flat, mus, loss = ff.flat, ff.mu, ff.loss
-        eps = {v.vid: _errors(x0[v.vid], d[v.vid], mus[v.vid]) for v in active}
+        eps = {v.vid: _errors(x0[v.vid], d[v.vid], mus[v.vid], recompute) for v in active}
         if trace is not None:
             errors = [eps.get(v.vid, []) for v in hidden]
             trace.record(names, errors, output_weight * float(loss.detach()))
@@ -140,12 +140,13 @@ def run_sync(
     return grads
 
 
-def _errors(x0: list, d: list, mus: list) -> list:
-    """``eps = x - mu`` as ``d - (mu - x0)``: exactly ``d`` while ``mu`` sits at ``x0``."""
+def _errors(x0: list, d: list, mus: list, recomputed: bool) -> list:
+    """``eps = x - mu`` as ``d - (mu - x0)``: exactly ``d`` while ``mu`` sits at ``x0``.
+    Predictions that were not recomputed (FPA) are the feed-forward ones: no comparison."""
     out = []
     for a, di, m in zip(x0, d, mus):
         m = m.detach()
-        moved = m is not a and not torch.equal(m, a)
+        moved = recomputed and m is not a and not torch.equal(m, a)
         if di is None:
             out.append(a - m if moved else torch.zeros_like(a))
         else:
