@@ -6,7 +6,6 @@ value node and an error node, levels the graph, and returns a :class:`PCModule` 
 """
 
 from .api import CaptureOptions, convert, unconvert
-from .config import BP, FPA, IL, IPC, ZIL, RuleConfig, make_rule
 from .errors import (
     ConfigError,
     ExactnessError,
@@ -17,7 +16,7 @@ from .errors import (
 )
 from .modelspec import load_converted
 from .module import PCModule
-from .rules import LearnReport, Trace
+from .rules import BP, FPA, IL, IPC, ZIL, LearnReport, RuleConfig, Trace, make_rule
 
 __all__ = [
     "convert",

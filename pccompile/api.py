@@ -1,9 +1,13 @@
 """``convert``: the whole pipeline, in order.
 
-nn.Module --capture--> fx.GraphModule --unroll--> one vertex per RNN time step
-          --annotate--> roles and rules per node --check_trace--> same output as eager
-          --build_pc_graph--> networkx PC graph with levels --level_graph--> identity vertices
+nn.Module --capture--> fx.GraphModule (in-place ops functionalized)
+          --unroll--> one vertex per RNN time step
+          --annotate--> roles and rules per node  --check_trace--> same output as eager
+          --level_graph--> levels per vertex, identity vertices inserted as FX nodes
           --compile_plan--> Plan (the schedule) --> PCModule
+
+Every stage reads and writes the one ``fx.GraphModule``; ``PCModule.graph`` is a networkx view
+of its final state.
 """
 
 from __future__ import annotations
@@ -16,14 +20,14 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .annotate import annotate, check_trace
-from .capture import capture
-from .config import RuleConfig, make_rule
 from .engine import Plan, compile_plan
 from .errors import ConfigError, InputError
-from .graph import build_pc_graph, level_graph
+from .frontend.annotate import annotate, check_trace
+from .frontend.capture import capture
+from .frontend.level import level_graph, set_levels
+from .frontend.unroll import unroll_recurrent
 from .module import PCModule
-from .unroll import unroll_recurrent
+from .rules import RuleConfig, make_rule
 
 __all__ = ["convert", "unconvert", "CaptureOptions"]
 
@@ -44,17 +48,18 @@ class CaptureOptions:
 
 
 def build_plan(model: nn.Module, inputs: tuple, training: bool, *, opts: CaptureOptions) -> Plan:
-    """capture -> annotate -> PC graph -> levelling -> compiled plan, for one training mode."""
+    """capture -> unroll -> annotate -> levelling -> compiled plan, for one training mode."""
     gm, user_leaves = capture(
         model, training=training, leaf_modules=opts.leaf_modules, concrete_args=opts.concrete_args
     )
     unroll_recurrent(gm, inputs, user_leaves)
     traced_out = annotate(gm, inputs, user_leaves)
     check_trace(model, inputs, traced_out, training, opts.concrete_args)
-    graph = build_pc_graph(gm)
     if opts.level:
-        graph = level_graph(graph)
-    return compile_plan(gm, graph, training)
+        level_graph(gm)
+    else:
+        set_levels(gm)
+    return compile_plan(gm, training)
 
 
 def convert(

@@ -355,7 +355,7 @@ def _tree_mse(output: Any, target: Any) -> torch.Tensor:
 
 def graph_summary(pcm: pccompile.PCModule) -> dict[str, Any]:
     """Counts of the PC graph: vertices by kind, depth, inference steps per rule, per level."""
-    from .rules import fpa, zil
+    from .rules import RULES
 
     g, plan = pcm.graph, pcm.plan
     kinds = Counter(d["kind"] for _, d in g.nodes(data=True))
@@ -374,8 +374,8 @@ def graph_summary(pcm: pccompile.PCModule) -> dict[str, Any]:
         "depth": plan.depth,
         "leveled": plan.leveled,
         "steps": {
-            "zil": zil.steps_for(plan, pccompile.ZIL()),
-            "fpa": fpa.steps_for(plan, pccompile.FPA()),
+            "zil": RULES["zil"].steps(plan, pccompile.ZIL()),
+            "fpa": RULES["fpa"].steps(plan, pccompile.FPA()),
         },
         "parameters": len(params),
         "param_uses": sum(c["param_uses"] for c in per.values()),

@@ -18,12 +18,13 @@ import torch
 import torch.nn as nn
 from torch.utils._pytree import tree_map
 
-from .annotate import complete_inputs
-from .checks import check_inputs, check_target, scalar_loss
-from .config import BP, FPA, ZIL, RuleConfig, make_rule
-from .engine import FeedForward, Plan, feed_forward
+from .checks import check_inputs, check_target
+from .engine import Plan, feed_forward
 from .errors import ConfigError, ExactnessError, InputError, PCCompileError
-from .rules import LearnReport, Trace
+from .frontend.annotate import complete_inputs
+from .graph import pc_graph
+from .rules import LearnReport, RuleConfig, Trace, make_rule, rule_of
+from .rules.bp import detach
 
 __all__ = ["PCModule"]
 
@@ -82,8 +83,9 @@ class PCModule(nn.Module):
 
     @property
     def graph(self) -> nx.DiGraph:
-        """The PC graph for the current training mode (vertices with ``kind``, ``level``...)."""
-        return self._plan(self.training).graph
+        """The PC graph for the current training mode (vertices with ``kind``, ``level``...), a
+        networkx view of the levelled FX graph (``self.plan.gm``)."""
+        return pc_graph(self._plan(self.training).gm)
 
     @property
     def plan(self) -> Plan:
@@ -166,44 +168,38 @@ class PCModule(nn.Module):
         loss_fn = self._pc_loss_fn if loss_fn is None else loss_fn
         if loss_fn is None:
             raise ConfigError("learn() needs loss_fn=..., or convert(..., loss_fn=...).")
-        if require_exact:
-            _check_exact(self, cfg)
-        if isinstance(cfg, BP):
-            return self._learn_bp(inputs, target, loss_fn)
+        pc_rule = rule_of(cfg)
+        if require_exact and (problems := pc_rule.exactness_problems(self.plan, cfg)):
+            raise ExactnessError(
+                f"require_exact=True but this setting cannot equal BP: {'; '.join(problems)}."
+            )
+        if pc_rule.autograd:  # bp, the reference: the original module and loss.backward()
+            check_inputs(inputs, len(inputs), self._device(), clamped=False)
+            # the same arguments the graph was traced with (concrete_args fixed at conversion)
+            fixed = getattr(self._pc_options, "concrete_args", None) or {}
+            return pc_rule.backward(self._pc_model, inputs, target, _checked(loss_fn), fixed)
         plan = self._plan(self.training, inputs)
         inputs = complete_inputs(plan.gm, inputs)
         check_inputs(inputs, plan.n_inputs, self._device())
-        mode, steps = _mode_and_steps(plan, cfg, trace)
-        recompute_faithful = mode == "faithful" and not isinstance(cfg, FPA)
-        ff = feed_forward(plan, inputs, target, _checked(loss_fn), record_state=recompute_faithful)
+        schedule = pc_rule.schedule(plan, cfg, bool(trace))
+        ff = feed_forward(
+            plan, inputs, target, _checked(loss_fn), record_state=schedule.records_state
+        )
         tr = None
-        if trace or mode == "faithful":  # faithful schedules always report the energy per step
+        if trace or schedule.mode == "faithful":  # faithful schedules report the energy per step
             tr = Trace(keep_errors=trace == "errors", per_vertex=bool(trace))
-        grads = _run_rule(plan, ff, cfg, mode, steps, target, loss_fn, tr)
+        grads = pc_rule.run(plan, ff, cfg, schedule, target, loss_fn, tr)
         grads.finish(plan, ff)
         grads.write(plan)
         return LearnReport(
             cfg.name,
-            mode,
+            schedule.mode,
             float(ff.loss.detach()),
-            steps,
+            schedule.steps,
             None if tr is None else tr.energy,
             tr if trace else None,
-            tree_map(_detach, ff.output),
+            tree_map(detach, ff.output),
         )
-
-    def _learn_bp(self, inputs: tuple, target: Any, loss_fn: Callable) -> LearnReport:
-        check_inputs(inputs, len(inputs), self._device(), clamped=False)
-        # the same arguments the graph was traced with (concrete_args fixed at conversion)
-        out = self._pc_model(*inputs, **(getattr(self._pc_options, "concrete_args", None) or {}))
-        loss = scalar_loss(_checked(loss_fn)(out, target))
-        if loss.requires_grad:  # a model without trainable parameters has nothing to learn
-            loss.backward()
-        return LearnReport("bp", "autograd", float(loss.detach()), 0, output=tree_map(_detach, out))
-
-
-def _detach(x: Any) -> Any:
-    return x.detach() if isinstance(x, torch.Tensor) else x
 
 
 def _names(model: nn.Module) -> list[str]:
@@ -233,89 +229,3 @@ def _checked(loss_fn: Callable) -> Callable:
 
     wrapped.__wrapped__ = loss_fn
     return wrapped
-
-
-def _mode_and_steps(plan: Plan, cfg: RuleConfig, trace: bool) -> tuple[str, int]:
-    from .rules import fpa, zil
-
-    if isinstance(cfg, ZIL):
-        return zil.mode_for(plan, cfg, trace), zil.steps_for(plan, cfg)
-    if isinstance(cfg, FPA):
-        return fpa.mode_for(plan, cfg, trace), fpa.steps_for(plan, cfg)
-    from .rules.approx import default_steps
-
-    return "faithful", cfg.steps if cfg.steps is not None else default_steps(plan)
-
-
-def _run_rule(
-    plan: Plan,
-    ff: FeedForward,
-    cfg: RuleConfig,
-    mode: str,
-    steps: int,
-    target: Any,
-    loss_fn: Callable,
-    trace: Trace | None,
-):
-    from .rules import approx, fpa, zil  # noqa: F401  (rule modules are the schedules)
-    from .rules.sync import run_sync
-
-    if isinstance(cfg, ZIL):
-        if mode == "efficient":
-            return zil.propagate(plan, ff, gamma=cfg.gamma, last_level=steps - 1)
-        by_level = plan.by_level
-        return run_sync(
-            plan,
-            ff,
-            target,
-            loss_fn,
-            n_updates=max(steps - 1, 0),
-            gamma=cfg.gamma,
-            weights_at=lambda s: set(by_level[s]) if s < len(by_level) else None,
-            recompute=True,
-            trace=trace,
-        )
-    if isinstance(cfg, FPA):
-        if mode == "efficient":
-            return zil.propagate(plan, ff, gamma=1.0, last_level=plan.depth)
-        everyone = {v.vid for v in plan.hidden}
-        return run_sync(
-            plan,
-            ff,
-            target,
-            loss_fn,
-            n_updates=steps,
-            gamma=cfg.gamma,
-            weights_at=lambda s: everyone if s == steps else None,
-            recompute=False,
-            trace=trace,
-        )
-    return approx.run(plan, ff, cfg, steps, target, loss_fn, trace)
-
-
-def _check_exact(pcm: PCModule, cfg: RuleConfig) -> None:
-    plan = pcm.plan
-    if isinstance(cfg, BP):
-        return
-    if isinstance(cfg, ZIL):
-        problems = []
-        if cfg.gamma != 1.0:
-            problems.append(f"gamma={cfg.gamma} (must be 1)")
-        if cfg.steps is not None and cfg.steps < plan.depth + 1:
-            problems.append(f"steps={cfg.steps} < depth+1={plan.depth + 1}")
-        if not plan.leveled:
-            problems.append("the graph is not leveled (convert with level=True)")
-    elif isinstance(cfg, FPA):
-        problems = []
-        if cfg.gamma != 1.0 and cfg.steps is not None:
-            problems.append(f"gamma={cfg.gamma} with a finite number of steps")
-        if cfg.steps is not None and cfg.steps < plan.depth:
-            problems.append(f"steps={cfg.steps} < depth={plan.depth}")
-        if cfg.gamma != 1.0 and cfg.steps is None:
-            problems.append(f"gamma={cfg.gamma} (must be 1)")
-    else:
-        problems = [f"rule {cfg.name!r} approximates BP"]
-    if problems:
-        raise ExactnessError(
-            f"require_exact=True but this setting cannot equal BP: {'; '.join(problems)}."
-        )

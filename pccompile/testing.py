@@ -30,7 +30,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .engine import _memory
+from .api import convert
+from .engine.grads import memory_of
 from .preserve import python_state
 
 __all__ = ["Habits", "DiffRow", "DiffReport", "train_against_bp", "shared_grads"]
@@ -138,7 +139,7 @@ def shared_grads(model: nn.Module) -> list[tuple[str, str]]:
         g = p.grad
         if g is None or g.numel() == 0:
             continue
-        key = _memory(g)
+        key = memory_of(g)
         if key in seen:
             out.append((seen[key], name))
         else:
@@ -210,28 +211,13 @@ def train_against_bp(
         >>> rep = train_against_bp(net, data, torch.nn.functional.mse_loss, "zil")
         >>> assert rep.ok(1e-6), rep.problems(1e-6)
     """
-    from .api import convert
-
     bp_model, pc_model = copy.deepcopy(model), copy.deepcopy(model)
     bp_model.train(train)
     pc_model.train(train)
     example = example_inputs if example_inputs is not None else batches[0][0]
-
     torch.manual_seed(seed)
-    rng0 = torch.get_rng_state()
-    before = {k: v.clone() for k, v in pc_model.state_dict().items()}
-    attrs = python_state(pc_model, containers=True)
-    pcm = convert(pc_model, example, rule, **(convert_options or {}), **rule_options)
-    changed = [k for k, v in pc_model.state_dict().items() if not torch.equal(v, before[k])]
-    changed += [
-        k for k, v in python_state(pc_model, containers=True).items() if attrs.get(k, v) != v
-    ]
-    if not torch.equal(torch.get_rng_state(), rng0):
-        changed.append("the global RNG state")
-    torch.set_rng_state(rng0)
-
-    bp_params = dict(bp_model.named_parameters())
-    pc_params = dict(pc_model.named_parameters())
+    rng = torch.get_rng_state()
+    pcm, changed = _convert_untouched(pc_model, example, rule, convert_options, rule_options)
     opts = [
         torch.optim.SGD(
             m.parameters(), habits.lr, habits.momentum, weight_decay=habits.weight_decay
@@ -239,40 +225,67 @@ def train_against_bp(
         for m in (bp_model, pc_model)
     ]
     report = DiffReport(str(getattr(pcm.rule, "name", rule)), "", habits, convert_changed=changed)
-    rng = rng0
     k = 0
     for step in range(habits.steps):
         for _ in range(habits.accumulate):
             inputs, target = batches[k % len(batches)]
             k += 1
             torch.set_rng_state(rng)
-            loss = loss_fn(bp_model(*inputs), target)
-            loss.backward()
+            loss_fn(bp_model(*inputs), target).backward()
             rng_bp = torch.get_rng_state()
             torch.set_rng_state(rng)
             rep = pcm.learn(*inputs, target=target, loss_fn=loss_fn, **rule_options)
             report.mode = rep.mode
-            row = DiffRow(step, "grad", rng_equal=torch.equal(torch.get_rng_state(), rng_bp))
-            rng = rng_bp
-            row.grad_presence = [
-                n for n in bp_params if (bp_params[n].grad is None) != (pc_params[n].grad is None)
-            ]
-            both = [n for n in bp_params if n not in row.grad_presence]
-            both = [n for n in both if bp_params[n].grad is not None]
-            row.grad_diff, row.where = _worst(
-                {n: (pc_params[n].grad, bp_params[n].grad) for n in both}
-            )
-            row.shared = shared_grads(pc_model)
+            row = _grad_row(step, bp_model, pc_model)
+            row.rng_equal = torch.equal(torch.get_rng_state(), rng_bp)
             report.rows.append(row)
+            rng = rng_bp
         for m, opt in zip((bp_model, pc_model), opts):
             if habits.clip is not None:
                 torch.nn.utils.clip_grad_norm_(m.parameters(), habits.clip)
             opt.step()
             opt.zero_grad(set_to_none=habits.set_to_none)
-        row = DiffRow(step, "step")
-        row.param_diff, pw = _worst({n: (pc_params[n], bp_params[n]) for n in bp_params})
-        bufs_pc, bufs_bp = dict(pc_model.named_buffers()), dict(bp_model.named_buffers())
-        row.buffer_diff, bw = _worst({n: (bufs_pc[n], bufs_bp[n]) for n in bufs_bp})
-        row.where = pw if row.param_diff >= row.buffer_diff else bw
-        report.rows.append(row)
+        report.rows.append(_step_row(step, bp_model, pc_model))
     return report
+
+
+def _convert_untouched(
+    model: nn.Module, example: Any, rule: Any, convert_options: dict | None, rule_options: dict
+) -> tuple[Any, list[str]]:
+    """``convert`` the model, and list what converting changed on it (nothing, if correct):
+    its state dict, its plain Python attributes, the global RNG state (restored)."""
+    rng0 = torch.get_rng_state()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    attrs = python_state(model, containers=True)
+    pcm = convert(model, example, rule, **(convert_options or {}), **rule_options)
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    changed += [k for k, v in python_state(model, containers=True).items() if attrs.get(k, v) != v]
+    if not torch.equal(torch.get_rng_state(), rng0):
+        changed.append("the global RNG state")
+    torch.set_rng_state(rng0)
+    return pcm, changed
+
+
+def _grad_row(step: int, bp_model: nn.Module, pc_model: nn.Module) -> DiffRow:
+    """The comparison after one micro-batch: which .grad is None in one run only, the largest
+    .grad difference, and .grad tensors shared between parameters."""
+    bp_params, pc_params = dict(bp_model.named_parameters()), dict(pc_model.named_parameters())
+    row = DiffRow(step, "grad")
+    row.grad_presence = [
+        n for n in bp_params if (bp_params[n].grad is None) != (pc_params[n].grad is None)
+    ]
+    both = [n for n in bp_params if n not in row.grad_presence and bp_params[n].grad is not None]
+    row.grad_diff, row.where = _worst({n: (pc_params[n].grad, bp_params[n].grad) for n in both})
+    row.shared = shared_grads(pc_model)
+    return row
+
+
+def _step_row(step: int, bp_model: nn.Module, pc_model: nn.Module) -> DiffRow:
+    """The comparison after an optimizer step: parameters and buffers."""
+    bp_params, pc_params = dict(bp_model.named_parameters()), dict(pc_model.named_parameters())
+    row = DiffRow(step, "step")
+    row.param_diff, pw = _worst({n: (pc_params[n], bp_params[n]) for n in bp_params})
+    bufs_pc, bufs_bp = dict(pc_model.named_buffers()), dict(bp_model.named_buffers())
+    row.buffer_diff, bw = _worst({n: (bufs_pc[n], bufs_bp[n]) for n in bufs_bp})
+    row.where = pw if row.param_diff >= row.buffer_diff else bw
+    return row

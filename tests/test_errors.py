@@ -80,7 +80,7 @@ def test_op_without_rule_names_node_op_and_fix():
         x, y = torch.randn(2, 4, dtype=torch.float64), torch.randn(2, 3, dtype=torch.float64)
         assert_matches_bp(pccompile.convert(model, x), (x,), y, F.mse_loss)
     finally:
-        del ops._FUNCTIONS[mystery]
+        del ops.registry._FUNCTIONS[mystery]
 
 
 @pytest.fixture

@@ -109,7 +109,7 @@ def test_registered_user_leaf_class_gets_its_rule():
         rules = {n.target: n.meta["pc"].rule.kind for n in pcm.plan.nodes if n.op == "call_module"}
         assert rules["1"] == "pure"
     finally:
-        del ops._MODULES[MyAct]
+        del ops.registry._MODULES[MyAct]
     pcm = pccompile.convert(model, torch.randn(2, 4), leaf_modules=[MyAct])
     assert {n.target: n.meta["pc"].rule.kind for n in pcm.plan.nodes if n.op == "call_module"}[
         "1"

@@ -5,14 +5,14 @@ import torch
 import torchvision.models as tvm
 
 import pccompile
-from pccompile.graph import build_pc_graph
 
 
 def test_resnet18_identity_vertices_sit_exactly_on_the_skip_connections():
     model = tvm.resnet18(weights=None, num_classes=10).eval()
     pcm = pccompile.convert(model, torch.randn(1, 3, 32, 32))
     g = pcm.graph
-    raw = build_pc_graph(pcm.plan.gm)  # the same graph before levelling
+    # the same graph before levelling
+    raw = pccompile.convert(model, torch.randn(1, 3, 32, 32), level=False).graph
     skipping = {
         (u, c)
         for u, c in raw.edges

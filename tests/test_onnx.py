@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import pccompile
 import pccompile.export.onnx as onnx_export
 from pccompile.cli import main
-from pccompile.energy import EnergyModule, feedforward_values, value_node_names
+from pccompile.engine.energy import EnergyModule, feedforward_values, value_node_names
 from pccompile.modelspec import build_model, parse_spec
 
 # nn.LSTM kept as one leaf module: torch.export notes that LSTM reassigns its _flat_weights list

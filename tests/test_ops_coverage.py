@@ -976,11 +976,12 @@ _INPLACE_DUNDERS = {
 def catalogue() -> tuple[Entry, ...]:
     """Every rule in the registry with its case or reason (probing runs here, once)."""
     entries = []
-    for cls, rule in ops._MODULES.items():
+    modules, functions, methods = ops.registered_rules()
+    for cls, rule in modules.items():
         entries.append(_entry_for("module", f"nn.{cls.__name__}", cls, rule, None))
-    for fn, rule in ops._FUNCTIONS.items():
+    for fn, rule in functions.items():
         entries.append(_entry_for("function", op_name(fn), fn, rule, fn))
-    for name, rule in ops._METHODS.items():
+    for name, rule in methods.items():
         entries.append(_entry_for("method", f"Tensor.{name}", name, rule, _method_call(name)))
     return tuple(entries)
 
@@ -1291,7 +1292,7 @@ def test_an_op_misdeclared_as_pure_fails_its_check(name, monkeypatch):
     """Falsifying: dropout re-registered as pure draws a new mask at every re-evaluation, and
     the faithful schedule's check must catch it."""
     (entry,) = [e for e in _tested() if e.name == name]
-    table = ops._MODULES if entry.table == "module" else ops._FUNCTIONS
+    table = ops.registry._MODULES if entry.table == "module" else ops.registry._FUNCTIONS
     monkeypatch.setitem(table, entry.key, ops.OpRule("pure"))
     with pytest.raises(AssertionError, match="differs from bp"):
         check_case(entry)
@@ -1305,7 +1306,7 @@ def test_every_registered_op_has_a_case_or_a_reason():
     for e in entries:
         assert (e.case is None) != (not e.reason), e.name
     # Every torch.nn layer is a deliberate entry: a constructor, or a reason why not.
-    for cls in ops._MODULES:
+    for cls in ops.registry._MODULES:
         assert cls in MODULE_CASES or cls in MODULE_SKIPS, f"add nn.{cls.__name__} to MODULE_CASES"
     # A floor, not an exact count: the registry follows the installed torch's API.
     tested = {
@@ -1357,9 +1358,9 @@ def test_unregistered_function_method_or_module_raises_naming_node_and_fix(
     """There is no fallback: an op without a rule raises UnsupportedOpError at convert().
     Every public Tensor method and torch.nn layer has a rule, so the test takes one away."""
     if how == "method":
-        monkeypatch.delitem(ops._METHODS, "tanh")
+        monkeypatch.delitem(ops.registry._METHODS, "tanh")
     if how == "module":
-        monkeypatch.delitem(ops._MODULES, nn.Tanh)
+        monkeypatch.delitem(ops.registry._MODULES, nn.Tanh)
     with pytest.raises(UnsupportedOpError) as err:
         pccompile.convert(_Uses(how), torch.randn(2, 4))
     msg = str(err.value)

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pccompile
-from pccompile.energy import EnergyModule, feedforward_values
+from pccompile.engine.energy import EnergyModule, feedforward_values
 
 MAX_EXAMPLES = int(os.environ.get("PCCOMPILE_HYPOTHESIS_EXAMPLES", "30"))
 ACTS = {

@@ -218,7 +218,7 @@ def _fail_vjp_on(monkeypatch, n: int) -> None:
     """Make the n-th local VJP raise, wherever a rule imported ``vjp`` from the engine."""
     import pccompile.engine as engine
     import pccompile.rules.sync as sync
-    import pccompile.rules.zil as zil
+    import pccompile.rules.propagate as propagate
 
     real, calls = engine.vjp, [0]
 
@@ -228,7 +228,7 @@ def _fail_vjp_on(monkeypatch, n: int) -> None:
             raise Boom(f"vjp call {n}")
         return real(*args, **kwargs)
 
-    for mod in (engine, zil, sync):
+    for mod in (engine, propagate, sync):
         monkeypatch.setattr(mod, "vjp", vjp)
 
 

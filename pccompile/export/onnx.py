@@ -10,9 +10,10 @@ Graphs (shapes are static, fixed by the example inputs):
 
 * ``predict``: ``inputs -> outputs``, the model's forward in eval mode.
 * ``energy``: ``(inputs, target, value:<v> for every value node) -> (error:<v> for every error
-  node, energy)``, i.e. :class:`pccompile.energy.EnergyModule` on the eval-mode plan: evaluate a
-  PC network's error nodes and total energy ``F = sum_v 1/2 ||eps_v||^2 + L(mu_out, target)`` at
-  any state of its value nodes, in any ONNX runtime.
+  node, energy)``, i.e. :class:`pccompile.engine.energy.EnergyModule` on the eval-mode plan:
+  evaluate a PC network's error nodes and total energy
+  ``F = sum_v 1/2 ||eps_v||^2 + L(mu_out, target)`` at any state of its value nodes, in any ONNX
+  runtime.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch
 import torch.nn as nn
 from torch.utils._pytree import tree_flatten
 
-from ..energy import EnergyModule, feedforward_values, value_node_names
+from ..engine.energy import EnergyModule, feedforward_values, value_node_names
 from ..errors import PCCompileError
 from ..module import PCModule
 from . import atomic_output

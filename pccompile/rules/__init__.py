@@ -1,90 +1,82 @@
-"""Rules: schedules over the one engine in :mod:`pccompile.engine`.
+"""Rules: learning rules over the one engine in :mod:`pccompile.engine`, one file each.
 
-Each rule turns a feed-forward pass into parameter contributions (:class:`~pccompile.engine.Grads`)
-by running PC inference: ``zil`` and ``fpa`` (exact), ``il`` and ``ipc`` (approximate). ``bp``
-is plain autograd and lives in :mod:`pccompile.module` as the reference.
+=========  ======================================================  =========================
+name       file                                                    exact?
+=========  ======================================================  =========================
+``bp``     :mod:`.bp` (autograd backward: the reference)           by definition
+``zil``    :mod:`.zil` (schedules: :mod:`.propagate`, :mod:`.sync`)  gamma=1, leveled graph
+``fpa``    :mod:`.fpa` (schedules: :mod:`.propagate`, :mod:`.sync`)  gamma=1, steps >= depth
+``il``     :mod:`.il` (:mod:`.sync`)                               approximates BP
+``ipc``    :mod:`.ipc` (:mod:`.sync`)                              approximates BP
+=========  ======================================================  =========================
+
+Every rule implements :class:`~pccompile.rules.base.Rule`; :func:`make_rule` builds a validated
+config from a name or config object, and :func:`rule_of` returns the rule object for a config.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import fields, replace
 
-import torch
+from ..errors import ConfigError
+from .base import Rule, Schedule
+from .bp import BP, BPRule
+from .fpa import FPA, FPARule
+from .il import IL, ILRule
+from .ipc import IPC, IPCRule
+from .report import LearnReport, Trace
+from .zil import ZIL, ZILRule
 
-__all__ = ["LearnReport", "Trace"]
+__all__ = [
+    "BP",
+    "FPA",
+    "IL",
+    "IPC",
+    "ZIL",
+    "RULES",
+    "LearnReport",
+    "Rule",
+    "RuleConfig",
+    "Schedule",
+    "Trace",
+    "make_rule",
+    "rule_of",
+]
+
+RuleConfig = BP | ZIL | FPA | IL | IPC
+RULES: dict[str, Rule] = {r.name: r for r in (BPRule(), ZILRule(), FPARule(), ILRule(), IPCRule())}
+_CONFIGS = tuple(r.config for r in RULES.values())
 
 
-@dataclass
-class Trace:
-    """Per-step record of the inference dynamics, ready to plot.
+def rule_of(cfg: RuleConfig) -> Rule:
+    """The rule object that runs ``cfg``."""
+    return RULES[cfg.name]
 
-    ``energy[s]`` is the total energy at step ``s``; ``vertex_energy[name][s]`` is
-    ``1/2 ||eps_v||^2`` (the output's entry is its loss term); ``error_norm[name][s]`` is
-    ``||eps_v||``; ``levels[name]`` is the vertex's level. With ``keep_errors=True``,
-    ``errors[name][s]`` holds the error-node tensors themselves (a list per vertex).
+
+def make_rule(rule: str | RuleConfig, **options) -> RuleConfig:
+    """Return a validated rule config from a name or a config, with ``options`` overriding fields.
+
+    Raises:
+        ConfigError: unknown rule name or option.
     """
-
-    energy: list[float] = field(default_factory=list)
-    vertex_energy: dict[str, list[float]] = field(default_factory=dict)
-    error_norm: dict[str, list[float]] = field(default_factory=dict)
-    levels: dict[str, int] = field(default_factory=dict)
-    errors: dict[str, list[list]] = field(default_factory=dict)
-    keep_errors: bool = False
-    per_vertex: bool = True  # False: only the total energy per step (what LearnReport.energy shows)
-
-    @property
-    def steps(self) -> int:
-        return len(self.energy)
-
-    def level_error_norms(self) -> dict[int, list[float]]:
-        """Error norm summed (in quadrature) over the vertices of each level, per step."""
-        out: dict[int, list[float]] = {}
-        for name, norms in self.error_norm.items():
-            if name == "output":
-                continue
-            acc = out.setdefault(self.levels[name], [0.0] * len(norms))
-            for s, n in enumerate(norms):
-                acc[s] = (acc[s] ** 2 + n**2) ** 0.5
-        return dict(sorted(out.items()))
-
-    def record(self, names_levels: list[tuple[str, int]], eps: list, loss_term: float) -> None:
-        total = loss_term
-        for (name, level), e in zip(names_levels, eps):
-            # vector_norm reduces in place (no float64 copy of every error node per step)
-            sq = sum(float(torch.linalg.vector_norm(t)) ** 2 for t in e) if e else 0.0
-            total += 0.5 * sq
-            if not self.per_vertex:
-                continue
-            self.vertex_energy.setdefault(name, []).append(0.5 * sq)
-            self.error_norm.setdefault(name, []).append(sq**0.5)
-            self.levels[name] = level
-            if self.keep_errors:
-                self.errors.setdefault(name, []).append([t.detach().clone() for t in e])
-        if self.per_vertex:
-            self.vertex_energy.setdefault("output", []).append(loss_term)
-            self.error_norm.setdefault("output", []).append(float("nan"))
-            self.levels["output"] = 0
-        self.energy.append(total)
-
-
-@dataclass
-class LearnReport:
-    """What :meth:`PCModule.learn` returns.
-
-    Attributes:
-        rule: the rule's name; mode: ``efficient`` / ``faithful`` / ``autograd``.
-        loss: the loss at the feed-forward pass (what BP's loss would be).
-        steps: inference steps run (0 for bp).
-        energy: total energy per step, where the schedule tracks it (faithful modes).
-        trace: the full per-vertex :class:`Trace` when ``trace=True`` was asked.
-        output: the model's output on the batch (detached).
-    """
-
-    rule: str
-    mode: str
-    loss: float
-    steps: int
-    energy: list[float] | None = None
-    trace: Trace | None = None
-    output: Any = None
+    if isinstance(rule, str):
+        found = RULES.get(rule.lower())
+        if found is None:
+            raise ConfigError(f"Unknown rule {rule!r}; choose one of {sorted(RULES)}.")
+        base = found.config()
+    elif isinstance(rule, _CONFIGS):
+        base = rule
+    else:
+        raise ConfigError(
+            f"rule must be a name {sorted(RULES)} or a config object (pccompile.ZIL(...)), "
+            f"got {type(rule).__name__}."
+        )
+    if not options:
+        return base
+    known = {f.name for f in fields(base)} - {"name"}
+    bad = sorted(set(options) - known)
+    if bad:
+        raise ConfigError(
+            f"Option(s) {bad} do not apply to rule {base.name!r}; its options are {sorted(known)}."
+        )
+    return replace(base, **options)

@@ -14,13 +14,26 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.utils._pytree import tree_flatten
 
-from ..annotate import is_float_tensor
-from ..engine import FeedForward, Grads, Plan, add_to, call_vertex, output_feedback, rebuild, vjp
-from . import Trace
+from ..engine import (
+    FeedForward,
+    Grads,
+    Plan,
+    Vertex,
+    add_to,
+    call_vertex,
+    output_feedback,
+    rebuild,
+    vjp,
+)
+from ..frontend.annotate import is_float_tensor
+from .report import Trace
+
+__all__ = ["run_sync", "activation_steps"]
 
 
 def run_sync(
@@ -43,78 +56,45 @@ def run_sync(
 
     Args:
         weights_at: step -> ids of vertices whose parameter use is read at that step.
+        recompute: re-evaluate predictions from the current value nodes (False: FPA).
         output_weight: weight of the loss term in the energy (IL's output precision).
         param_scale: factor on ``(dg/dtheta)^T eps`` when written as a gradient.
         on_step: called after each step's parameter contributions (iPC applies them there).
         event_driven: skip vertices the error front has not reached yet (exactly zero work);
             must be False when parameters move during inference (iPC with ``lr > 0``).
     """
-    hidden = plan.hidden
-    n = len(plan.vertices)
-    # Visit vertices in the efficient schedule's order (by level, latest consumer first), so a
-    # vertex's feedback is summed in the same order there and here.
-    order = [plan.vertices[i] for lvl in plan.by_level for i in lvl if i != plan.output.vid]
-    # Value nodes are carried as x = x0 + d (x0 the feed-forward value, d the displacement), and
-    # errors formed as eps = d - (mu - x0): where a prediction has not moved (mu == x0 bitwise)
-    # the error *is* d, with no rounding from adding and subtracting x0. Same mathematics as
-    # eps = x - mu, and the faithful schedule's updates equal the efficient one's bit for bit.
-    x0 = {v.vid: [t.detach() for t in ff.flat[v.vid]] for v in hidden}
-    d: dict[int, list] = {v.vid: [None] * len(x0[v.vid]) for v in hidden}
+    state = _ValueNodes(plan, ff)
     grads = Grads()
-    names = [(v.name, v.level) for v in hidden]
-    first = activation_steps(plan) if event_driven else {v.vid: 0 for v in hidden}
+    names = [(v.name, v.level) for v in plan.hidden]
+    first = activation_steps(plan) if event_driven else {v.vid: 0 for v in plan.hidden}
     for s in range(n_updates + 1):
-        wset = weights_at(s) or set()
         # Vertices the error front has not reached have x = mu = their feed-forward values, so
         # eps = 0 and their VJP is zero: skipping them changes no number.
-        active = [v for v in order if first[v.vid] <= s]
+        active = [v for v in state.order if first[v.vid] <= s]
         if recompute:
-            leaves = list(ff.leaves)
-            flat: list = [None] * n
-            for v in hidden:
-                flat[v.vid] = [
-                    (a.detach() if di is None else a + di).requires_grad_()
-                    for a, di in zip(x0[v.vid], d[v.vid])
-                ]
-                leaves[v.vid] = rebuild(ff.leaves[v.vid], flat[v.vid])
-            mus: list = [None] * n
-            for v in active:
-                if v.kind == "identity":
-                    mus[v.vid] = flat[v.source]
-                    continue
-                with torch.enable_grad():
-                    out = call_vertex(
-                        plan,
-                        v,
-                        ff.env,
-                        leaves,
-                        recompute=True,
-                        state=ff.state.get(v.vid),
-                        devices=ff.devices,
-                    )
-                mus[v.vid] = [t for t in tree_flatten(out)[0] if is_float_tensor(t)]
-            output = plan.output.load(ff.env, leaves)[0][0]
-            with torch.enable_grad():
-                loss = loss_fn(output, target).reshape(())
+            flat, mus, loss = state.predict(active, target, loss_fn)
         else:
             flat, mus, loss = ff.flat, ff.mu, ff.loss
-        eps = {v.vid: _errors(x0[v.vid], d[v.vid], mus[v.vid], recompute) for v in active}
+        eps = {v.vid: state.errors(v, mus[v.vid], recompute) for v in active}
         if trace is not None:
-            errors = [eps.get(v.vid, []) for v in hidden]
+            errors = [eps.get(v.vid, []) for v in plan.hidden]
             trace.record(names, errors, output_weight * float(loss.detach()))
-        acc: list = [None] * n
+        acc: list = [None] * len(plan.vertices)
         output_feedback(plan, loss, flat, acc, weight=output_weight, retain=not recompute)
+        wset = weights_at(s) or set()
         for v in active:
             if v.kind == "identity":
                 add_to(acc, v.source, eps[v.vid])
                 continue
+            parents = [flat[r] for r in v.parents]
+            used = grads if v.vid in wset else None
             vjp(
                 v,
                 mus[v.vid],
                 eps[v.vid],
-                [flat[r] for r in v.parents],
+                parents,
                 ff.env,
-                grads if v.vid in wset else None,
+                used,
                 acc,
                 retain=not recompute,
                 param_scale=param_scale,
@@ -122,22 +102,85 @@ def run_sync(
         if on_step is not None:
             on_step(s, grads)
         if s < n_updates:
-            for v in hidden:
-                fb, e = acc[v.vid], eps.get(v.vid)
-                if fb is None and e is None:
-                    continue
-                fb = fb or [None] * len(d[v.vid])
-                e = e or [None] * len(d[v.vid])
-                d[v.vid] = [_step(di, ei, fi, gamma) for di, ei, fi in zip(d[v.vid], e, fb)]
-    if trace is not None and not all(math.isfinite(e) for e in trace.energy):
+            state.move(acc, eps, gamma)
+    if trace is not None:
+        _warn_if_diverged(trace)
+    return grads
+
+
+def _warn_if_diverged(trace: Trace) -> None:
+    if not all(math.isfinite(e) for e in trace.energy):
         warnings.warn(
             "The energy became non-finite during inference (the value nodes diverged). Under "
             "Z-IL this happens only behind the error front, after those vertices' weights were "
             "read, so the parameter updates are unaffected; under IL/iPC, lower gamma.",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=5,  # the caller of PCModule.learn
         )
-    return grads
+
+
+class _ValueNodes:
+    """The value nodes of the hidden vertices during inference, carried as ``x = x0 + d``.
+
+    ``x0`` is the feed-forward value and ``d`` the displacement; errors are formed as
+    ``eps = d - (mu - x0)``: where a prediction has not moved (``mu == x0`` bitwise) the error
+    *is* ``d``, with no rounding from adding and subtracting ``x0``. Same mathematics as
+    ``eps = x - mu``, and the synchronous loop's updates equal the event-driven schedule's bit
+    for bit. Vertices are visited in that schedule's order (by level, latest consumer first), so
+    a vertex's feedback is summed in the same order there and here.
+    """
+
+    def __init__(self, plan: Plan, ff: FeedForward):
+        self.plan, self.ff = plan, ff
+        self.order = [plan.vertices[i] for lvl in plan.by_level for i in lvl]
+        self.order = [v for v in self.order if v.kind != "output"]
+        self.x0 = {v.vid: [t.detach() for t in ff.flat[v.vid]] for v in plan.hidden}
+        self.d: dict[int, list] = {vid: [None] * len(x) for vid, x in self.x0.items()}
+
+    def predict(self, active: list[Vertex], target, loss_fn: Callable) -> tuple[list, list, Any]:
+        """Fresh value-node leaves ``x0 + d``, each active vertex's prediction re-evaluated from
+        them (from its recorded feed-forward state), and the loss at the output."""
+        plan, ff = self.plan, self.ff
+        n = len(plan.vertices)
+        leaves, flat, mus = list(ff.leaves), [None] * n, [None] * n
+        for v in plan.hidden:
+            flat[v.vid] = [
+                (a.detach() if di is None else a + di).requires_grad_()
+                for a, di in zip(self.x0[v.vid], self.d[v.vid])
+            ]
+            leaves[v.vid] = rebuild(ff.leaves[v.vid], flat[v.vid])
+        for v in active:
+            if v.kind == "identity":
+                mus[v.vid] = flat[v.source]
+                continue
+            with torch.enable_grad():
+                out = call_vertex(
+                    plan,
+                    v,
+                    ff.env,
+                    leaves,
+                    recompute=True,
+                    state=ff.state.get(v.vid),
+                    devices=ff.devices,
+                )
+            mus[v.vid] = [t for t in tree_flatten(out)[0] if is_float_tensor(t)]
+        output = plan.output.load(ff.env, leaves)[0][0]
+        with torch.enable_grad():
+            loss = loss_fn(output, target).reshape(())
+        return flat, mus, loss
+
+    def errors(self, v: Vertex, mus: list, recomputed: bool) -> list:
+        return _errors(self.x0[v.vid], self.d[v.vid], mus, recomputed)
+
+    def move(self, acc: list, eps: dict, gamma: float) -> None:
+        """One inference update of every displacement that has an error or feedback."""
+        for vid, d in self.d.items():
+            fb, e = acc[vid], eps.get(vid)
+            if fb is None and e is None:
+                continue
+            fb = fb or [None] * len(d)
+            e = e or [None] * len(d)
+            self.d[vid] = [_step(di, ei, fi, gamma) for di, ei, fi in zip(d, e, fb)]
 
 
 def _errors(x0: list, d: list, mus: list, recomputed: bool) -> list:

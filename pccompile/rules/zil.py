@@ -4,74 +4,93 @@ Value nodes start at the feed-forward pass, gamma = 1, and the parameter use of 
 ``l`` is read once, at inference step ``t = l``; contributions are summed and applied after
 inference. On a leveled graph this is exactly BP.
 
-Two schedules, identical parameter updates (tested):
+Two schedules, identical parameter updates (tested, bitwise):
 
-* ``efficient`` (event-driven): before the error front reaches a vertex its error is zero and its
-  parents have not moved, so at step ``t`` only the level-``t`` frontier changes anything still
-  needed. Each frontier vertex's error node is updated once,
-  ``eps_v <- eps_v + gamma * (-eps_v + sum_c J_{c,v}^T eps_c)`` with ``eps_v = 0`` before, and
-  one local VJP gives both its parents' feedback and its own parameter update: BP's cost.
-* ``faithful``: the synchronous loop of :mod:`pccompile.rules.sync`, every value node every step.
+* ``efficient``: the event-driven schedule of :mod:`pccompile.rules.propagate`.
+* ``faithful``: the synchronous loop of :mod:`pccompile.rules.sync`, every value node every step,
+  predictions re-evaluated from the current value nodes.
 """
 
 from __future__ import annotations
 
-from ..config import ZIL
-from ..engine import FeedForward, Grads, Plan, add_to, output_feedback, vjp
+from dataclasses import dataclass
+
+from ..engine import Plan
 from ..errors import ConfigError
+from .base import Mode, Rule, Schedule, check_gamma, check_mode, check_steps
+from .propagate import propagate
+from .sync import run_sync
+
+__all__ = ["ZIL", "ZILRule"]
 
 
-def steps_for(plan: Plan, cfg: ZIL) -> int:
-    return plan.depth + 1 if cfg.steps is None else cfg.steps
+@dataclass(frozen=True)
+class ZIL:
+    """Zero-divergence inference learning (Song et al. 2020): exactly BP on a leveled graph.
 
-
-def mode_for(plan: Plan, cfg: ZIL, trace: bool) -> str:
-    if cfg.mode == "efficient" and not plan.leveled:
-        raise ConfigError(
-            "ZIL(mode='efficient') needs a leveled graph (its schedule is only BP-equal when every "
-            "edge spans one level); convert with level=True, or use mode='faithful' to simulate "
-            "Z-IL on the unleveled graph."
-        )
-    if cfg.mode == "auto":
-        return "efficient" if plan.leveled and not trace else "faithful"
-    return cfg.mode
-
-
-def propagate(plan: Plan, ff: FeedForward, *, gamma: float, last_level: int) -> Grads:
-    """The event-driven schedule: levels ``1 .. last_level`` in order, one VJP per vertex.
-
-    Valid for Z-IL on a leveled graph, and for FPA with gamma = 1 on any graph (increasing level
-    is a reverse topological order, and FPA's fixed point is reached there).
-
-    Error nodes are carried sign-flipped here (``acc`` and ``neg_eps`` hold ``-eps``): the VJP of
-    ``-eps`` gives a parameter's contribution with ``p.grad``'s sign directly, so parameter-sized
-    gradients are kept as autograd returns them, never negated or copied.
+    Args:
+        gamma: inference step size. Only ``1.0`` is exact; other values scale the update of a
+            vertex at level ``l`` by ``gamma**l`` (useful to see the machinery at work).
+        steps: inference steps ``t = 0 .. steps-1``; the weights of a vertex at level ``l`` are
+            read at step ``t = l``. ``None`` means ``depth + 1`` (every level gets its update).
+        mode: ``"efficient"`` runs the event-driven schedule (only the level-``t`` frontier at
+            step ``t``, one local VJP per vertex); ``"faithful"`` updates every value node at
+            every step as the papers write it (same parameter updates, per-step energies);
+            ``"auto"`` picks efficient whenever it is provably identical.
     """
-    acc: list = [None] * len(plan.vertices)
-    grads = Grads()
-    output_feedback(plan, ff.loss, ff.flat, acc, weight=-1.0)
-    for t in range(1, min(last_level, len(plan.by_level) - 1) + 1):
-        for vid in plan.by_level[t]:
-            fb, acc[vid] = acc[vid], None
-            v = plan.vertices[vid]
-            if fb is None:  # no error reached it (e.g. steps ran out before its level)
-                ff.release(v)
-                continue
-            # eps_v was 0 until the front arrived: eps_v <- 0 + gamma * (-0 + feedback).
-            neg_eps = fb if gamma == 1.0 else [None if f is None else gamma * f for f in fb]
-            if v.kind == "identity":
-                add_to(acc, v.source, neg_eps)
-            else:
-                vjp(
-                    v,
-                    ff.mu[vid],
-                    neg_eps,
-                    [ff.flat[r] for r in v.parents],
-                    ff.env,
-                    grads,
-                    acc,
-                    param_scale=1.0,
-                    prune=True,
-                )
-            ff.release(v)  # its children are done and its own graph is consumed
-    return grads
+
+    gamma: float = 1.0
+    steps: int | None = None
+    mode: Mode = "auto"
+    name: str = "zil"
+
+    def __post_init__(self) -> None:
+        check_gamma(self.gamma, "ZIL")
+        check_steps(self.steps, "ZIL")
+        check_mode(self.mode, "ZIL")
+
+
+class ZILRule(Rule):
+    name = "zil"
+    config = ZIL
+
+    def steps(self, plan: Plan, cfg: ZIL) -> int:
+        return plan.depth + 1 if cfg.steps is None else cfg.steps
+
+    def schedule(self, plan: Plan, cfg: ZIL, trace: bool) -> Schedule:
+        if cfg.mode == "efficient" and not plan.leveled:
+            raise ConfigError(
+                "ZIL(mode='efficient') needs a leveled graph (its schedule is only BP-equal when "
+                "every edge spans one level); convert with level=True, or use mode='faithful' to "
+                "simulate Z-IL on the unleveled graph."
+            )
+        mode = cfg.mode
+        if mode == "auto":
+            mode = "efficient" if plan.leveled and not trace else "faithful"
+        return Schedule(mode, self.steps(plan, cfg), records_state=mode == "faithful")
+
+    def exactness_problems(self, plan: Plan, cfg: ZIL) -> list[str]:
+        problems = []
+        if cfg.gamma != 1.0:
+            problems.append(f"gamma={cfg.gamma} (must be 1)")
+        if cfg.steps is not None and cfg.steps < plan.depth + 1:
+            problems.append(f"steps={cfg.steps} < depth+1={plan.depth + 1}")
+        if not plan.leveled:
+            problems.append("the graph is not leveled (convert with level=True)")
+        return problems
+
+    def run(self, plan, ff, cfg: ZIL, schedule: Schedule, target, loss_fn, trace):
+        if schedule.mode == "efficient":
+            return propagate(plan, ff, gamma=cfg.gamma, last_level=schedule.steps - 1)
+        by_level = plan.by_level
+        return run_sync(
+            plan,
+            ff,
+            target,
+            loss_fn,
+            n_updates=max(schedule.steps - 1, 0),
+            gamma=cfg.gamma,
+            weights_at=lambda s: set(by_level[s]) if s < len(by_level) else None,
+            recompute=True,
+            trace=trace,
+        )

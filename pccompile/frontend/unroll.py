@@ -22,8 +22,8 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from ..errors import InputError, UnsupportedOpError
 from .annotate import complete_inputs, record_values
-from .errors import InputError, UnsupportedOpError
 
 __all__ = ["unroll_recurrent", "check_sequence_length", "check_no_state"]
 
@@ -113,112 +113,110 @@ def unroll_recurrent(gm: fx.GraphModule, inputs: tuple, user_leaves: set[str]) -
 
 
 def _unroll(g: fx.Graph, node: fx.Node, mod: nn.RNNBase, shape: tuple[int, ...]) -> None:
-    kind = mod.mode if isinstance(mod, nn.RNN) else type(mod).__name__
-    cell = _CELLS[kind]
-    lstm = kind == "LSTM"
-    tdim = 1 if mod.batch_first else 0
-    T, D, L = shape[tdim], 2 if mod.bidirectional else 1, mod.num_layers
-    inp = node.args[0]
-    hx = node.args[1] if len(node.args) > 1 else node.kwargs.get("hx")
-    created: list[fx.Node] = []
-
-    def make(op: str, target: Any, *args: Any, **kwargs: Any) -> fx.Node:
-        n = g.create_node(op, target, args, kwargs)
-        created.append(n)
-        return n
-
-    def weight(name: str) -> fx.Node | None:
-        return make("get_attr", f"{node.target}.{name}") if hasattr(mod, name) else None
-
-    zeros: list[fx.Node] = []
-
-    def initial(which: int, layer: int, d: int) -> fx.Node:
-        if hx is None:  # zeros, as the module uses: a constant of the pass, not a vertex
-            if not zeros:
-                batch = make("call_method", "size", inp, 1 - tdim)
-                dtype = make("call_function", getattr, inp, "dtype")
-                device = make("call_function", getattr, inp, "device")
-                zeros.append(
-                    make(
-                        "call_function",
-                        torch.zeros,
-                        batch,
-                        mod.hidden_size,
-                        dtype=dtype,
-                        device=device,
-                    )
-                )
-            return zeros[0]
-        state = hx
-        if lstm:
-            state = (
-                hx[which]
-                if isinstance(hx, (tuple, list))
-                else make("call_function", operator.getitem, hx, which)
-            )
-        return make("call_function", operator.getitem, state, layer * D + d)
-
+    """Replace the recurrent call ``node`` by its per-step cell calls (see the module docs)."""
+    u = _Unroller(g, node, mod, shape)
     with g.inserting_before(node):
-        make("call_function", check_sequence_length, inp, tdim, T, node.target)
-        layer_in = [make("call_method", "select", inp, tdim, t) for t in range(T)]
+        u.make("call_function", check_sequence_length, u.inp, u.tdim, u.T, node.target)
+        layer_in = [u.make("call_method", "select", u.inp, u.tdim, t) for t in range(u.T)]
         finals: list[list[fx.Node]] = [[], []]
-        for layer in range(L):
-            per_dir = []
-            for d in range(D):
-                sfx = f"_l{layer}" + ("_reverse" if d else "")
-                w = [
-                    weight(f"weight_ih{sfx}"),
-                    weight(f"weight_hh{sfx}"),
-                    weight(f"bias_ih{sfx}"),
-                    weight(f"bias_hh{sfx}"),
-                ]
-                order = range(T) if d == 0 else range(T - 1, -1, -1)
-                h = initial(0, layer, d)
-                c = initial(1, layer, d) if lstm else None
-                hs: list[Any] = [None] * T
-                for t in order:
-                    if lstm:
-                        state = make("call_function", cell, layer_in[t], (h, c), *w)
-                        h = make("call_function", operator.getitem, state, 0)
-                        c = make("call_function", operator.getitem, state, 1)
-                    else:
-                        h = make("call_function", cell, layer_in[t], h, *w)
-                    hs[t] = h
-                finals[0].append(h)
-                if lstm:
-                    finals[1].append(c)
-                per_dir.append(hs)
-            layer_in = (
-                per_dir[0]
-                if D == 1
-                else [
-                    make("call_function", torch.cat, [per_dir[0][t], per_dir[1][t]], -1)
-                    for t in range(T)
-                ]
-            )
-        output = make("call_function", torch.stack, layer_in, tdim)
-        h_n = make("call_function", torch.stack, finals[0], 0)
+        for layer in range(mod.num_layers):
+            per_dir = [u.direction(layer, d, layer_in, finals) for d in range(u.D)]
+            layer_in = per_dir[0] if u.D == 1 else u.concat(per_dir)
+        output = u.make("call_function", torch.stack, layer_in, u.tdim)
+        h_n = u.make("call_function", torch.stack, finals[0], 0)
         state = h_n
-        if lstm:
-            c_n = make("call_function", torch.stack, finals[1], 0)
-            state = make("call_function", tuple, [h_n, c_n])
-        result = make("call_function", tuple, [output, state])
+        if u.lstm:
+            c_n = u.make("call_function", torch.stack, finals[1], 0)
+            state = u.make("call_function", tuple, [h_n, c_n])
+        result = u.make("call_function", tuple, [output, state])
     node.replace_all_uses_with(result)
     g.erase_node(node)
     # Reads of one element of the result or one time step of a stack go straight to that node,
     # so a many-to-one readout does not depend on (and pad) every step through a stack.
     _fold(result, [output, state])
-    if lstm:
+    if u.lstm:
         _fold(state, [h_n, c_n])
-    _fold_stack(output, layer_in, tdim)
+    _fold_stack(output, layer_in, u.tdim)
     _fold_stack(h_n, finals[0], 0)
-    if lstm:
+    if u.lstm:
         _fold_stack(c_n, finals[1], 0)
     erased = set()
-    for n in reversed(created):  # drop what no reader needs (e.g. c_n, unused stacks)
+    for n in reversed(u.created):  # drop what no reader needs (e.g. c_n, unused stacks)
         if n.target is not check_sequence_length and not n.users and n not in erased:
             g.erase_node(n)
             erased.add(n)
+
+
+class _Unroller:
+    """Builds the cell calls of one recurrent module call, recording every node it creates."""
+
+    def __init__(self, g: fx.Graph, node: fx.Node, mod: nn.RNNBase, shape: tuple[int, ...]):
+        kind = mod.mode if isinstance(mod, nn.RNN) else type(mod).__name__
+        self.g, self.node, self.mod, self.cell = g, node, mod, _CELLS[kind]
+        self.lstm = kind == "LSTM"
+        self.tdim = 1 if mod.batch_first else 0
+        self.T, self.D = shape[self.tdim], 2 if mod.bidirectional else 1
+        self.inp = node.args[0]
+        self.hx = node.args[1] if len(node.args) > 1 else node.kwargs.get("hx")
+        self.created: list[fx.Node] = []
+        self._zeros: fx.Node | None = None
+
+    def make(self, op: str, target: Any, *args: Any, **kwargs: Any) -> fx.Node:
+        n = self.g.create_node(op, target, args, kwargs)
+        self.created.append(n)
+        return n
+
+    def weight(self, name: str) -> fx.Node | None:
+        has = hasattr(self.mod, name)
+        return self.make("get_attr", f"{self.node.target}.{name}") if has else None
+
+    def initial(self, which: int, layer: int, d: int) -> fx.Node:
+        """The initial hidden (``which=0``) or cell (``1``) state of one layer and direction."""
+        if self.hx is None:  # zeros, as the module uses: a constant of the pass, not a vertex
+            if self._zeros is None:
+                batch = self.make("call_method", "size", self.inp, 1 - self.tdim)
+                dtype = self.make("call_function", getattr, self.inp, "dtype")
+                device = self.make("call_function", getattr, self.inp, "device")
+                size = self.mod.hidden_size
+                self._zeros = self.make(
+                    "call_function", torch.zeros, batch, size, dtype=dtype, device=device
+                )
+            return self._zeros
+        state = self.hx
+        if self.lstm:
+            state = (
+                self.hx[which]
+                if isinstance(self.hx, (tuple, list))
+                else self.make("call_function", operator.getitem, self.hx, which)
+            )
+        return self.make("call_function", operator.getitem, state, layer * self.D + d)
+
+    def direction(self, layer: int, d: int, layer_in: list, finals: list) -> list[fx.Node]:
+        """The cell calls of one layer in one direction; the hidden state per time step."""
+        sfx = f"_l{layer}" + ("_reverse" if d else "")
+        w = [self.weight(f"{n}{sfx}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        h = self.initial(0, layer, d)
+        c = self.initial(1, layer, d) if self.lstm else None
+        hs: list[Any] = [None] * self.T
+        for t in range(self.T) if d == 0 else range(self.T - 1, -1, -1):
+            if self.lstm:
+                state = self.make("call_function", self.cell, layer_in[t], (h, c), *w)
+                h = self.make("call_function", operator.getitem, state, 0)
+                c = self.make("call_function", operator.getitem, state, 1)
+            else:
+                h = self.make("call_function", self.cell, layer_in[t], h, *w)
+            hs[t] = h
+        finals[0].append(h)
+        if self.lstm:
+            finals[1].append(c)
+        return hs
+
+    def concat(self, per_dir: list[list[fx.Node]]) -> list[fx.Node]:
+        """Both directions' hidden states joined per time step (the next layer's input)."""
+        return [
+            self.make("call_function", torch.cat, [per_dir[0][t], per_dir[1][t]], -1)
+            for t in range(self.T)
+        ]
 
 
 def _fold(pack: fx.Node, elements: list[fx.Node]) -> None:

@@ -5,11 +5,11 @@ Reads: a compiled plan and a loss. Writes nothing.
 ``mu_v = g_v(x_parents)`` from the *given* value nodes, and returns
 ``(eps_1, ..., eps_n, F)`` with ``eps_v = x_v - mu_v`` and
 ``F = sum_v 1/2 ||eps_v||^2 + L(mu_out, target)``. The value nodes are the plan's hidden vertices
-in order (op vertices, then identity vertices), one tensor per float output. This is the graph the
-ONNX ``energy`` export writes, and a way to evaluate a PCN's energy anywhere. Modules run as they
-do in the feed-forward pass (a train-mode BatchNorm updates its running statistics, as a forward
-would); random ops draw in the forward's order, so with the same seed as the feed-forward pass
-they draw the same masks.
+in the graph's order (identity vertices where levelling put them), one tensor per float output.
+This is the graph the ONNX ``energy`` export writes, and a way to evaluate a PCN's energy
+anywhere. Modules run as they do in the feed-forward pass (a train-mode BatchNorm updates its
+running statistics, as a forward would); random ops draw in the forward's order, so with the same
+seed as the feed-forward pass they draw the same masks.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .engine import Plan, call_vertex, feed_forward, rebuild, walk
+from ..frontend.annotate import float_leaves
+from .evaluate import call_vertex, feed_forward, rebuild, walk
+from .plan import Plan
 
 __all__ = ["EnergyModule", "value_node_names", "feedforward_values"]
 
@@ -29,15 +31,9 @@ def value_node_names(plan: Plan) -> list[str]:
     """Names of the value-node tensors, in the order EnergyModule takes them."""
     names = []
     for v in plan.hidden:
-        n = len(v.node.meta["pc"].shapes) if v.node is not None else _n_flat(plan, v)
+        n = len(v.node.meta["pc"].shapes)
         names += [v.name] if n == 1 else [f"{v.name}.{k}" for k in range(n)]
     return names
-
-
-def _n_flat(plan: Plan, v) -> int:
-    while v.kind == "identity":
-        v = plan.vertices[v.source]
-    return len(v.node.meta["pc"].shapes)
 
 
 def feedforward_values(
@@ -71,7 +67,7 @@ class EnergyModule(nn.Module):
         leaves: list = [None] * len(plan.vertices)
         k = 0
         for v in hidden:
-            n = _n_flat(plan, v)
+            n = len(v.node.meta["pc"].shapes)
             flat[v.vid] = list(values[k : k + n])
             k += n
         if k != len(values):
@@ -81,11 +77,12 @@ class EnergyModule(nn.Module):
         # One pass in the traced order: each prediction is evaluated once from the given value
         # nodes of its parents (so random draws happen once, in the forward's order).
         def vertex(v, env: list) -> Any:
+            if v.kind == "identity":  # its prediction is its source's value node
+                leaves[v.vid] = rebuild(leaves[v.source], flat[v.vid])
+                return leaves[v.vid]
             mu = call_vertex(plan, v, env, leaves, recompute=False)
-            mus[v.vid] = _float_leaves(mu)
+            mus[v.vid] = float_leaves(mu)
             leaves[v.vid] = rebuild(mu, flat[v.vid])
-            for c in plan.chains.get(v.vid, ()):
-                leaves[c] = rebuild(mu, flat[c])
             return leaves[v.vid]
 
         env = walk(plan, inputs, vertex)
@@ -99,9 +96,3 @@ class EnergyModule(nn.Module):
         output = plan.output.load(env, leaves)[0][0]
         energy = energy + self.loss_fn(output, target)
         return (*errors, energy)
-
-
-def _float_leaves(out: Any) -> list[torch.Tensor]:
-    from .annotate import float_leaves
-
-    return float_leaves(out)

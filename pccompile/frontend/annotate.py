@@ -18,6 +18,7 @@ Roles:
                 in BP (code under ``torch.no_grad()``, random draws, ``new_zeros``-like factories).
   ``effect``    a buffer update the traced code made in place (``self.count += 1``): replayed
                 once per forward, as BP's forward makes it.
+  ``identity``  an identity vertex the levelling pass inserted (:mod:`pccompile.frontend.level`).
   ``output``    the graph output.
 """
 
@@ -31,10 +32,10 @@ import torch
 import torch.fx as fx
 from torch.utils._pytree import tree_flatten
 
-from .capture import assign_buffer
-from .errors import InputError, TraceError, UnsupportedOpError
-from .ops import OpRule, rule_for, source_line
-from .preserve import preserved
+from ..errors import InputError, TraceError, UnsupportedOpError
+from ..ops import OpRule, rule_for, source_line
+from ..preserve import preserved
+from .functionalize import assign_buffer
 
 __all__ = [
     "NodeInfo",
@@ -55,6 +56,10 @@ class NodeInfo:
     dtype: torch.dtype | None = None
     depends_on_params: bool = False
     sources: tuple[fx.Node, ...] = ()  # for role "struct": the vertices/inputs it moves
+    # written by pccompile.frontend.level:
+    level: int = -1  # longest path to the output over the PC graph's edges (output = 0)
+    live: bool = False  # a vertex/input that reaches the output (dead ones run feed-forward only)
+    pads: tuple[fx.Node, fx.Node] | None = None  # identity vertices: the edge (u, c) they pad
 
 
 def is_float_tensor(x: Any) -> bool:

@@ -9,7 +9,6 @@ the graph computes exactly what the module computes in the traced training mode.
 
 from __future__ import annotations
 
-import copy
 import linecache
 import os
 import re
@@ -22,11 +21,12 @@ import torch.fx as fx
 import torch.nn as nn
 from torch.utils._pytree import tree_flatten
 
-from .errors import TraceError, UnsupportedOpError
-from .ops import OPERATOR_INPLACE, check_method, inplace_twin, source_line
-from .preserve import preserved, python_state
+from ..errors import TraceError
+from ..ops import OPERATOR_INPLACE
+from ..preserve import preserved, python_state
+from .functionalize import assign_buffer, functionalize
 
-__all__ = ["PCTracer", "capture", "functionalize"]
+__all__ = ["PCTracer", "capture"]
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 
@@ -248,43 +248,8 @@ def capture(
             tracer.proxied_buffers = mutated
             gm, changed, _ = _trace(tracer, model, training, concrete_args, scalars)
     except Exception as exc:  # FX raises TraceError, TypeError, RuntimeError, ... all user-caused
-        where = tracer.failed_path or ""
-        hint = (
-            f"mark submodule {where!r} as a leaf (convert(..., leaf_modules=[{where!r}]))"
-            if where
-            else "mark the offending submodule as a leaf (convert(..., leaf_modules=[...]))"
-        )
-        if "does not support item assignment" in str(exc):
-            raise TraceError(
-                f"Cannot trace {type(model).__name__}: it assigns into a tensor in place "
-                f"(x[...] = v)\n  at {_user_frame(exc.__traceback__)}\n"
-                f"PC value nodes must not be mutated. Rewrite it out of place (torch.where, "
-                f"torch.cat, index_put), or {hint} so it stays one opaque vertex."
-            ) from exc
-        if _passes_through(exc.__traceback__, os.path.join("nn", "utils", "rnn.py")):
-            raise TraceError(
-                f"Cannot trace {type(model).__name__}: it packs variable-length sequences\n"
-                f"  at {_user_frame(exc.__traceback__)}\n"
-                f"The PC graph has one vertex per time step, so the sequence length is fixed at "
-                f"conversion. Pad the batch to a fixed length (and mask the loss), or convert one "
-                f"PCModule per sequence length; or {hint} so that code stays one opaque vertex."
-            ) from exc
-        raise TraceError(
-            f"Cannot trace {type(model).__name__} with torch.fx: {type(exc).__name__}: {exc}\n"
-            f"  at {_user_frame(exc.__traceback__)}\n"
-            f"Data-dependent Python control flow (if/for on tensor values, .item() in a condition) "
-            f"cannot be captured as a static graph. Remedies: {hint}; or pass the argument that "
-            f"drives the control flow as a constant (convert(..., concrete_args={{...}})); or "
-            f"hide the function from tracing with torch.fx.wrap."
-        ) from exc
-    graph = gm.graph
-    for node in graph.nodes:  # a concretised argument defaults to its concrete value
-        if node.op == "placeholder" and concrete_args:
-            name = (
-                node.target if node.target in concrete_args else re.sub(r"_\d+$", "", node.target)
-            )
-            if name in concrete_args:  # FX renames it flip -> flip_1 and asserts its value
-                node.args = (concrete_args[name],)
+        raise _trace_error(exc, model, tracer.failed_path) from exc
+    _default_to_concrete(gm.graph, concrete_args)
     if changed:
         raise TraceError(
             f"The forward of {type(model).__name__} changes Python attributes "
@@ -292,7 +257,7 @@ def capture(
             f"converted model would not see the change. Keep such state in a buffer "
             f"(register_buffer), or make the submodule a leaf (convert(..., leaf_modules=[...]))."
         )
-    mark_no_grad_regions(graph)
+    mark_no_grad_regions(gm.graph)
     user_leaves = {
         n.target
         for n in gm.graph.nodes
@@ -300,6 +265,51 @@ def capture(
     }
     functionalize(gm, training)
     return gm, user_leaves
+
+
+def _trace_error(exc: Exception, model: nn.Module, failed_path: str | None) -> TraceError:
+    """The TraceError for a failed trace: the user's line, the submodule, the remedies."""
+    where = failed_path or ""
+    hint = (
+        f"mark submodule {where!r} as a leaf (convert(..., leaf_modules=[{where!r}]))"
+        if where
+        else "mark the offending submodule as a leaf (convert(..., leaf_modules=[...]))"
+    )
+    if "does not support item assignment" in str(exc):
+        return TraceError(
+            f"Cannot trace {type(model).__name__}: it assigns into a tensor in place "
+            f"(x[...] = v)\n  at {_user_frame(exc.__traceback__)}\n"
+            f"PC value nodes must not be mutated. Rewrite it out of place (torch.where, "
+            f"torch.cat, index_put), or {hint} so it stays one opaque vertex."
+        )
+    if _passes_through(exc.__traceback__, os.path.join("nn", "utils", "rnn.py")):
+        return TraceError(
+            f"Cannot trace {type(model).__name__}: it packs variable-length sequences\n"
+            f"  at {_user_frame(exc.__traceback__)}\n"
+            f"The PC graph has one vertex per time step, so the sequence length is fixed at "
+            f"conversion. Pad the batch to a fixed length (and mask the loss), or convert one "
+            f"PCModule per sequence length; or {hint} so that code stays one opaque vertex."
+        )
+    return TraceError(
+        f"Cannot trace {type(model).__name__} with torch.fx: {type(exc).__name__}: {exc}\n"
+        f"  at {_user_frame(exc.__traceback__)}\n"
+        f"Data-dependent Python control flow (if/for on tensor values, .item() in a condition) "
+        f"cannot be captured as a static graph. Remedies: {hint}; or pass the argument that "
+        f"drives the control flow as a constant (convert(..., concrete_args={{...}})); or "
+        f"hide the function from tracing with torch.fx.wrap."
+    )
+
+
+def _default_to_concrete(graph: fx.Graph, concrete_args: dict[str, Any] | None) -> None:
+    """A concretised argument's placeholder defaults to its concrete value (FX renames it, e.g.
+    ``flip`` -> ``flip_1``, and asserts the value in the graph)."""
+    for node in graph.nodes:
+        if node.op == "placeholder" and concrete_args:
+            name = (
+                node.target if node.target in concrete_args else re.sub(r"_\d+$", "", node.target)
+            )
+            if name in concrete_args:
+                node.args = (concrete_args[name],)
 
 
 def _trace(
@@ -316,86 +326,3 @@ def _trace(
         after = dict(model.named_buffers(remove_duplicate=False))
         mutated = {n for n, (b, v) in before.items() if after.get(n) is not b or b._version != v}
     return gm, changed, mutated
-
-
-def assign_buffer(buffer: torch.Tensor, value: torch.Tensor) -> None:
-    """Where traced code updated a buffer in place (``self.count += 1``, ``mu.lerp_(m)``):
-    write the new value into the module's buffer. Running the graph makes the update once, as
-    the module's forward does; PC inference replays it once per batch (the feed-forward pass)."""
-    with torch.no_grad():
-        buffer.copy_(value)
-
-
-def functionalize(gm: fx.GraphModule, training: bool) -> None:
-    """Rewrite in-place ops out of place, in ``gm`` (a fresh GraphModule owned by pccompile).
-
-    ``x.relu_()``, ``x += y``, ``F.relu(x, inplace=True)`` and modules built with
-    ``inplace=True`` would overwrite tensors that PC keeps as value nodes. Each becomes its
-    out-of-place twin, and later readers of the mutated tensor read the new node instead: the
-    graph then says explicitly what the in-place code meant. A mutated buffer also gets an
-    :func:`assign_buffer` node, so the module's state changes exactly as in its forward.
-    ``node.meta["pc_inplace_of"]`` keeps the mutated node: :func:`pccompile.annotate.annotate`
-    refuses a mutation that other tensors would see through shared memory (a view).
-
-    Raises:
-        TraceError: the forward updates a parameter in place.
-        UnsupportedOpError: an in-place module that cannot be copied, an op without a twin.
-    """
-    graph = gm.graph
-    order = {n: i for i, n in enumerate(graph.nodes)}
-    buffer_of: dict[fx.Node, fx.Node] = {}  # value node -> the get_attr of the buffer it updates
-    for node in list(graph.nodes):
-        check_method(node)
-        if node.op == "call_module":
-            mod = gm.get_submodule(node.target)
-            if getattr(mod, "inplace", False) is not True:
-                continue
-            if any(True for _ in mod.children()) or any(True for _ in mod.parameters()):
-                raise UnsupportedOpError(
-                    f"Node {node.name!r} calls module {node.target!r} with inplace=True; it "
-                    f"has submodules or parameters, so pccompile cannot make a functional "
-                    f"copy. Build it with inplace=False."
-                )
-            # A private out-of-place copy; the user's module keeps inplace=True.
-            twin = copy.copy(mod)
-            twin.inplace = False
-            twin.training = training
-            new_target = node.target.replace(".", "_") + "_functional"
-            gm.add_submodule(new_target, twin)
-            node.target = new_target
-        elif node.kwargs.get("inplace") is True:
-            node.kwargs = {**node.kwargs, "inplace": False}
-        else:
-            twin = inplace_twin(node)
-            if twin is None:
-                continue
-            node.op, node.target = twin
-        mutated = node.args[0] if node.args else None
-        if not isinstance(mutated, fx.Node):
-            continue
-        node.meta["pc_inplace_of"] = mutated
-        # Readers after the in-place op saw the mutated tensor: point them at the result.
-        for user in list(mutated.users):
-            if user is not node and order.get(user, -1) > order[node]:
-                user.replace_input_with(mutated, node)
-        buffer = mutated if mutated.op == "get_attr" else buffer_of.get(mutated)
-        if buffer is None:
-            continue
-        if isinstance(_attr(gm, buffer.target), nn.Parameter):
-            raise TraceError(
-                f"The forward updates parameter {buffer.target!r} in place\n  at "
-                f"{source_line(node)}\nBP would differentiate through a changing weight; "
-                f"compute the new value out of place, or keep it in a buffer."
-            )
-        buffer_of[node] = buffer
-        with graph.inserting_after(node):
-            graph.call_function(assign_buffer, (buffer, node))
-    graph.lint()
-    gm.recompile()
-
-
-def _attr(gm: fx.GraphModule, target: str) -> Any:
-    obj: Any = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj

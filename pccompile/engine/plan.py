@@ -1,0 +1,270 @@
+"""Plan: the schedule of one annotated, levelled GraphModule, compiled once.
+
+Reads: a GraphModule after :mod:`pccompile.frontend` (roles, rules and levels in
+``node.meta["pc"]``, identity vertices present as FX nodes).
+Writes: a :class:`Plan`: one :class:`Vertex` per live vertex (op, identity or the output) with
+its argument loader, parents, parameter uses and level; the vertices grouped by level in the
+order the rules visit them; the parameter lists. A learn step then does no graph walks.
+
+Each argument of a vertex is resolved once, at compile time, to an :class:`ArgSource`: the value
+node of a parent vertex (``value``), a slot of the feed-forward environment (``env``: inputs,
+constants, parameters and parameter transforms), or data movement (``moved``: tuple packing,
+``getitem``) re-applied to the reader's own view of the values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+import torch.fx as fx
+from torch.fx.node import map_arg
+
+from ..errors import UnsupportedOpError
+
+__all__ = ["ArgSource", "Plan", "Vertex", "compile_plan", "fetch"]
+
+
+class ArgSource(NamedTuple):
+    """Where one argument of a vertex comes from (see the module docstring)."""
+
+    kind: str  # "value" | "env" | "moved"
+    index: int = -1  # vertex id ("value") or env slot ("env")
+
+
+MOVED = ArgSource("moved")
+
+
+@dataclass(eq=False)
+class Vertex:
+    """One PC vertex of a compiled plan (op, identity or the output)."""
+
+    vid: int
+    name: str
+    kind: str  # "op" | "identity" | "output"
+    level: int
+    node: fx.Node
+    slot: int  # position of its FX node in Plan.nodes (its env slot)
+    rule: Any = None
+    module: torch.nn.Module | None = None
+    parents: tuple[int, ...] = ()  # parent vertices it reads (inputs excluded)
+    params: tuple[torch.nn.Parameter, ...] = ()  # trainable parameters used directly
+    param_leaves: tuple[int, ...] = ()  # env slots of parameter transforms it reads
+    source: int = -1  # identity vertices: the vertex they copy
+    load: Callable[[list, list], tuple[tuple, dict]] | None = None
+    feeds: tuple[bool, ...] = ()  # per parent: can feedback to it reach a parameter?
+
+
+@dataclass(eq=False)
+class Plan:
+    """Everything a rule needs about one traced graph, precomputed."""
+
+    gm: fx.GraphModule
+    training: bool
+    nodes: list[fx.Node]
+    roles: list[str]
+    vertices: list[Vertex]
+    vid_of_node: dict[fx.Node, int]
+    by_level: list[list[int]]  # per level: vertex ids, latest consumer first
+    output: Vertex
+    boundary: list[int]  # env slots of parameter transforms read by vertices
+    prologue_params: tuple[torch.nn.Parameter, ...]  # parameters behind those transforms
+    live_params: tuple[torch.nn.Parameter, ...]  # every parameter a learn step writes
+    n_inputs: int  # placeholders, including optional ones (see annotate.complete_inputs)
+    modules: dict[int, torch.nn.Module]  # env slot -> the module a call_module node calls
+    depth: int  # largest level of a non-input vertex
+    leveled: bool  # every edge out of a non-input spans exactly one level
+    written: frozenset[str]  # buffers the forward updates (effect nodes)
+
+    @property
+    def hidden(self) -> list[Vertex]:
+        return [v for v in self.vertices if v.kind != "output"]
+
+
+def compile_plan(gm: fx.GraphModule, training: bool) -> Plan:
+    """Compile the schedule of an annotated, levelled ``gm`` into a :class:`Plan`."""
+    nodes = list(gm.graph.nodes)
+    slot = {n: i for i, n in enumerate(nodes)}
+    roles = [n.meta["pc"].role for n in nodes]
+    modules = {i: gm.get_submodule(n.target) for i, n in enumerate(nodes) if n.op == "call_module"}
+    scheduled = [n for n in nodes if _scheduled(n)]
+    vid = {n: i for i, n in enumerate(scheduled)}
+    vertices: list[Vertex] = []
+    boundary: set[int] = set()
+    for node in scheduled:
+        info = node.meta["pc"]
+        common = dict(vid=vid[node], name=node.name, level=info.level, node=node, slot=slot[node])
+        if info.role == "identity":
+            (src,) = node.all_input_nodes
+            vertices.append(Vertex(kind="identity", parents=(vid[src],), source=vid[src], **common))
+            continue
+        reads = _resolve_args(gm, node, slot, vid)
+        boundary.update(reads.param_leaves)
+        module = modules.get(slot[node])
+        vertices.append(
+            Vertex(
+                kind="output" if node.op == "output" else "op",
+                rule=info.rule,
+                module=module,
+                parents=tuple(reads.parents),
+                params=_with_module_params(reads.params, module),
+                param_leaves=tuple(reads.param_leaves),
+                load=_make_loader(node, reads.sources),
+                **common,
+            )
+        )
+    _set_feeds(vertices)
+    prologue = _unique(p for i in sorted(boundary) for p in _param_ancestors(gm, nodes[i]))
+    return Plan(
+        gm=gm,
+        training=training,
+        nodes=nodes,
+        roles=roles,
+        vertices=vertices,
+        vid_of_node=vid,
+        by_level=_by_level(vertices),
+        output=next(v for v in vertices if v.kind == "output"),
+        boundary=sorted(boundary),
+        prologue_params=prologue,
+        live_params=_unique([p for v in vertices for p in v.params] + list(prologue)),
+        n_inputs=roles.count("input"),
+        modules=modules,
+        depth=gm.meta["pc_depth"],
+        leveled=gm.meta["pc_leveled"],
+        written=frozenset(n.args[0].target for n, r in zip(nodes, roles) if r == "effect"),
+    )
+
+
+def _scheduled(node: fx.Node) -> bool:
+    info = node.meta["pc"]
+    return info.live and info.role in ("vertex", "identity", "output")
+
+
+@dataclass
+class _Reads:
+    """What one vertex reads, resolved (the result of :func:`_resolve_args`)."""
+
+    sources: dict[fx.Node, ArgSource]
+    parents: list[int]
+    params: list[torch.nn.Parameter]
+    param_leaves: list[int]
+
+
+def _resolve_args(gm: fx.GraphModule, node: fx.Node, slot: dict, vid: dict) -> _Reads:
+    """Resolve every argument of ``node`` (through data movement) to an :class:`ArgSource`."""
+    reads = _Reads({}, [], [], [])
+    stack = list(node.all_input_nodes)
+    while stack:
+        a = stack.pop()
+        if a in reads.sources:
+            continue
+        role = a.meta["pc"].role
+        if role == "struct":  # data movement: resolved per reader
+            reads.sources[a] = MOVED
+            stack.extend(a.all_input_nodes)
+        elif role in ("vertex", "identity"):
+            if a not in vid:  # a live vertex never reads a dead one; guard anyway
+                raise UnsupportedOpError(f"Node {node.name!r} reads dead vertex {a.name!r}.")
+            reads.sources[a] = ArgSource("value", vid[a])
+            if vid[a] not in reads.parents:
+                reads.parents.append(vid[a])
+        else:
+            reads.sources[a] = ArgSource("env", slot[a])
+            if role == "param":
+                reads.params = list(_unique(reads.params + [fetch(gm, a.target)]))
+            elif role == "param_op":
+                reads.param_leaves.append(slot[a])
+    if node.op == "output" and (reads.params or reads.param_leaves):
+        raise UnsupportedOpError(
+            "The model returns a parameter (or a function of parameters only) directly; "
+            "pccompile needs every output to be computed from the inputs."
+        )
+    return reads
+
+
+def _with_module_params(params: list, module: torch.nn.Module | None) -> tuple:
+    own = [p for p in module.parameters() if p.requires_grad] if module is not None else []
+    return _unique(params + own)
+
+
+def _unique(params) -> tuple[torch.nn.Parameter, ...]:
+    """Parameters in first-seen order, each once (by identity: tensors do not hash by value)."""
+    seen: dict[int, torch.nn.Parameter] = {}
+    for p in params:
+        seen.setdefault(id(p), p)
+    return tuple(seen.values())
+
+
+def _by_level(vertices: list[Vertex]) -> list[list[int]]:
+    """Vertex ids per level. Within a level, latest consumer first: a vertex with several children
+    then sums their feedback in the order autograd's engine does (reverse execution order), so
+    float32 results are not just equal up to rounding but bitwise equal to BP's. (An identity
+    vertex sits just before the vertex it feeds, so it ranks with its reader.)"""
+    by_level: list[list[int]] = [[] for _ in range(1 + max(v.level for v in vertices))]
+    for v in sorted(vertices, key=lambda v: v.slot, reverse=True):
+        by_level[v.level].append(v.vid)
+    return by_level
+
+
+def _set_feeds(vertices: list[Vertex]) -> None:
+    """A vertex "needs feedback" if a parameter sits at or above it; feedback to the others
+    (e.g. a slice of a clamped input) changes nothing the efficient schedules return."""
+    needs = [False] * len(vertices)
+    for v in sorted(vertices, key=lambda v: -v.level):  # parents before children
+        needs[v.vid] = bool(v.params or v.param_leaves) or any(needs[r] for r in v.parents)
+    for v in vertices:
+        v.feeds = tuple(needs[r] for r in v.parents)
+
+
+def fetch(gm: fx.GraphModule, target: str) -> Any:
+    """The attribute ``target`` (a dotted path) of ``gm``."""
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _param_ancestors(gm: fx.GraphModule, node: fx.Node) -> list[torch.nn.Parameter]:
+    """The trainable parameters a parameter transform is computed from: parameters read
+    directly (get_attr) and the weights of leaf modules on the way (``self.pos(arange(T))``)."""
+    seen, stack, out = set(), [node], []
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n.meta["pc"].role == "param":
+            out.append(fetch(gm, n.target))
+        elif n.op == "call_module":
+            out.extend(p for p in gm.get_submodule(n.target).parameters() if p.requires_grad)
+        stack.extend(n.all_input_nodes)
+    return out
+
+
+def _make_loader(node: fx.Node, sources: dict[fx.Node, ArgSource]) -> Callable:
+    """A function ``(env, values) -> (args, kwargs)`` for ``node``: each argument is the value
+    node of its parent vertex, a slot of the environment, or (data movement) the same movement
+    applied to the reader's own view of the values."""
+    args, kwargs = node.args, node.kwargs
+    frame: list = [None, None]  # (env, values) of the current call
+
+    def get(n: fx.Node) -> Any:
+        kind, index = sources[n]
+        if kind == "value":
+            return frame[1][index]
+        if kind == "env":
+            return frame[0][index]
+        if n.op == "call_module":  # nn.Identity: its input, unchanged
+            return get(n.args[0])
+        return n.target(*map_arg(n.args, get), **map_arg(n.kwargs, get))
+
+    def load(env: list, values: list) -> tuple[tuple, dict]:
+        frame[0], frame[1] = env, values
+        try:
+            return map_arg(args, get), map_arg(kwargs, get)
+        finally:
+            frame[0] = frame[1] = None
+
+    return load

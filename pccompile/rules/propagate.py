@@ -1,0 +1,57 @@
+"""The event-driven schedule: the error front moves one level per step, one local VJP per vertex.
+
+Reads: a compiled plan and its feed-forward pass. Writes: parameter contributions (``Grads``).
+
+Before the error front reaches a vertex its error is zero and its parents have not moved, so at
+step ``t`` only the level-``t`` frontier changes anything still needed. Each frontier vertex's
+error node is updated once, ``eps_v <- eps_v + gamma * (-eps_v + sum_c J_{c,v}^T eps_c)`` with
+``eps_v = 0`` before, and one local VJP gives both its parents' feedback and its own parameter
+update: BP's cost. This is Z-IL's efficient mode on a leveled graph, and FPA's fixed point (gamma
+= 1) on any graph; the synchronous loop (:mod:`pccompile.rules.sync`) gives the same updates.
+"""
+
+from __future__ import annotations
+
+from ..engine import FeedForward, Grads, Plan, add_to, output_feedback, vjp
+
+__all__ = ["propagate"]
+
+
+def propagate(plan: Plan, ff: FeedForward, *, gamma: float, last_level: int) -> Grads:
+    """The event-driven schedule: levels ``1 .. last_level`` in order, one VJP per vertex.
+
+    Valid for Z-IL on a leveled graph, and for FPA with gamma = 1 on any graph (increasing level
+    is a reverse topological order, and FPA's fixed point is reached there).
+
+    Error nodes are carried sign-flipped here (``acc`` and ``neg_eps`` hold ``-eps``): the VJP of
+    ``-eps`` gives a parameter's contribution with ``p.grad``'s sign directly, so parameter-sized
+    gradients are kept as autograd returns them, never negated or copied.
+    """
+    acc: list = [None] * len(plan.vertices)
+    grads = Grads()
+    output_feedback(plan, ff.loss, ff.flat, acc, weight=-1.0)
+    for t in range(1, min(last_level, len(plan.by_level) - 1) + 1):
+        for vid in plan.by_level[t]:
+            fb, acc[vid] = acc[vid], None
+            v = plan.vertices[vid]
+            if fb is None:  # no error reached it (e.g. steps ran out before its level)
+                ff.release(v)
+                continue
+            # eps_v was 0 until the front arrived: eps_v <- 0 + gamma * (-0 + feedback).
+            neg_eps = fb if gamma == 1.0 else [None if f is None else gamma * f for f in fb]
+            if v.kind == "identity":
+                add_to(acc, v.source, neg_eps)
+            else:
+                vjp(
+                    v,
+                    ff.mu[vid],
+                    neg_eps,
+                    [ff.flat[r] for r in v.parents],
+                    ff.env,
+                    grads,
+                    acc,
+                    param_scale=1.0,
+                    prune=True,
+                )
+            ff.release(v)  # its children are done and its own graph is consumed
+    return grads
