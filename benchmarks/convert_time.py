@@ -38,6 +38,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 import torchvision
+from report import table  # sibling module: benchmarks/ is on sys.path
 
 import pccompile
 import pccompile.api as pc_api
@@ -148,16 +149,6 @@ def run(
         "results": res,
         "resnet50_target": target,
     }
-
-
-def table(rows: list[list[str]], header: list[str]) -> str:
-    """A markdown table with aligned columns (readable as plain text too)."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    line = lambda cells: (
-        "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
-    )
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(header), sep, *map(line, rows)])
 
 
 def report(out: dict[str, Any]) -> str:
