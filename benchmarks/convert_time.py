@@ -10,7 +10,7 @@ Methodology: one untimed warm-up of each call, then ``--repeats`` rounds; each r
 median of each and the ratio convert / symbolic_trace. For context it also times one eager
 forward of the example input (``convert`` runs the model once on it to type every value), and
 a breakdown of one convert call into its pipeline stages (``capture``, ``annotate``,
-``build_pc_graph``, ``level_graph``, ``compile_plan``, measured by wrapping those names in
+``level_graph``, ``compile_plan``, measured by wrapping those names in
 ``pccompile.api`` for that one untimed-by-the-median call; "n/a" if the pipeline's names change).
 Threads: ``--threads`` (default 1, as in ``learn_step.py``).
 
@@ -38,6 +38,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 import torchvision
+from report import table  # sibling module: benchmarks/ is on sys.path
 
 import pccompile
 import pccompile.api as pc_api
@@ -48,7 +49,7 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
     "resnet50": lambda: torchvision.models.resnet50(weights=None),
     "vit_b_16": lambda: torchvision.models.vit_b_16(weights=None, image_size=224),
 }
-STAGES = ("capture", "annotate", "build_pc_graph", "level_graph", "compile_plan")
+STAGES = ("capture", "annotate", "level_graph", "compile_plan")
 TARGET_RATIO, TARGET_SECONDS = 3.0, 2.0  # resnet50
 
 
@@ -148,16 +149,6 @@ def run(
         "results": res,
         "resnet50_target": target,
     }
-
-
-def table(rows: list[list[str]], header: list[str]) -> str:
-    """A markdown table with aligned columns (readable as plain text too)."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    line = lambda cells: (
-        "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
-    )
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(header), sep, *map(line, rows)])
 
 
 def report(out: dict[str, Any]) -> str:

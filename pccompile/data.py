@@ -1,5 +1,8 @@
 """Data sets that need no download: scikit-learn's embedded digits, and loaders for MNIST and
-CIFAR-10 files already on disk (IDX and CIFAR binary formats; nothing is unpickled)."""
+CIFAR-10 files already on disk (IDX and CIFAR binary formats; nothing is unpickled).
+
+scikit-learn is optional (the ``data`` extra: ``pip install 'pccompile[data]'``); only
+:func:`digits` needs it, and imports it when called."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import InputError
+from .errors import ConfigError, InputError
 
 __all__ = ["digits", "load_mnist", "load_cifar10"]
 
@@ -23,8 +26,17 @@ def digits(
     Returns:
         ``x_train, y_train, x_test, y_test``; images shaped ``(N, 1, 8, 8)`` scaled to [0, 1] and
         standardised with the training set's mean and std; labels ``torch.long``.
+
+    Raises:
+        ConfigError: scikit-learn is not installed (it is the ``data`` extra).
     """
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as exc:
+        raise ConfigError(
+            "digits() needs scikit-learn, whose wheel ships the data set: "
+            "pip install 'pccompile[data]' (or pip install scikit-learn)."
+        ) from exc
 
     bunch = load_digits()
     x = torch.tensor(bunch.images, dtype=torch.float64) / 16.0

@@ -4,6 +4,9 @@
    step gives autograd's gradients.
 2. Train a small residual CNN on scikit-learn's embedded digits with Z-IL and with BP side by
    side: same accuracy, same parameters.
+
+Needs the ``data`` extra (scikit-learn) besides the core dependencies:
+``pip install 'pccompile[data]'``; ``make demo`` installs it (``.[dev]``).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 def main() -> int:
     import torchvision
 
+    xtr, ytr, xte, yte = digits()  # first, so a missing scikit-learn stops the demo at once
     torch.manual_seed(0)
     print("== 1. Z-IL vs autograd on torchvision resnet18 (weights=None), one learn step ==")
     net = torchvision.models.resnet18(weights=None, num_classes=10)
@@ -73,7 +77,6 @@ def main() -> int:
     )
 
     print("== 2. Training on the embedded digits data: Z-IL and BP side by side ==")
-    xtr, ytr, xte, yte = digits()
     torch.manual_seed(0)
     base = DigitsNet()
     runs = {rule: copy.deepcopy(base) for rule in ("bp", "zil")}

@@ -1,11 +1,12 @@
 import gzip
 import struct
+import sys
 
 import numpy as np
 import pytest
 import torch
 
-from pccompile import InputError
+from pccompile import ConfigError, InputError
 from pccompile.data import digits, load_cifar10, load_mnist
 
 
@@ -15,6 +16,27 @@ def test_digits_split_is_deterministic_and_standardised():
     assert set(ytr.tolist()) == set(range(10))
     assert abs(xtr.mean().item()) < 1e-5 and abs(xtr.std().item() - 1) < 1e-3
     assert torch.equal(digits()[1], ytr)
+
+
+def _without_sklearn(monkeypatch):
+    """Simulate an install without the ``data`` extra: importing sklearn fails."""
+    for name in ("sklearn", "sklearn.datasets"):
+        monkeypatch.setitem(sys.modules, name, None)
+
+
+def test_digits_without_scikit_learn_names_the_extra(monkeypatch):
+    _without_sklearn(monkeypatch)
+    with pytest.raises(ConfigError, match=r"scikit-learn.*pip install 'pccompile\[data\]'"):
+        digits()
+
+
+def test_demo_without_scikit_learn_stops_before_the_slow_part(monkeypatch):
+    from pccompile import demo
+
+    _without_sklearn(monkeypatch)
+    monkeypatch.setattr(demo.pccompile, "convert", None)  # reaching convert() would TypeError
+    with pytest.raises(ConfigError, match=r"pccompile\[data\]"):
+        demo.main()
 
 
 def _idx(path, arr, gz=False):

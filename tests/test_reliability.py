@@ -217,8 +217,8 @@ class Boom(Exception):
 def _fail_vjp_on(monkeypatch, n: int) -> None:
     """Make the n-th local VJP raise, wherever a rule imported ``vjp`` from the engine."""
     import pccompile.engine as engine
-    import pccompile.rules.sync as sync
     import pccompile.rules.propagate as propagate
+    import pccompile.rules.sync as sync
 
     real, calls = engine.vjp, [0]
 

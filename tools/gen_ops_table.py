@@ -1,9 +1,9 @@
 """Write docs/ops.md: every rule in the op registry, whether it is tested, and how or why not.
 
-The catalogue is the one tests/test_ops_coverage.py parametrises over (hand-written cases, the
-torch.nn constructor table and the argument-pattern probe); this script runs the same check on
-every case (forward equals the plain call, one zil step equals bp in float64), so a "yes" row is
-one that passed here. It exits 1 if any check fails.
+The catalogue is pccompile.ops_catalogue, the one tests/test_ops_coverage.py parametrises over
+(hand-written cases, the torch.nn constructor table and the argument-pattern probe); this script
+runs the same check on every case (forward equals the plain call, one zil step equals bp in
+float64), so a "yes" row is one that passed here. It exits 1 if any check fails.
 
     .venv/bin/python tools/gen_ops_table.py            # writes docs/ops.md
     .venv/bin/python tools/gen_ops_table.py -o -       # prints it instead
@@ -17,13 +17,12 @@ import sys
 import warnings
 from pathlib import Path
 
+import torch
+
+import pccompile
+from pccompile import ops_catalogue
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-import test_ops_coverage as cov  # noqa: E402
-import torch  # noqa: E402
-
-import pccompile  # noqa: E402
 
 TABLES = ("module", "function", "method")
 
@@ -132,13 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("error")  # as in pyproject's pytest filterwarnings
     warnings.simplefilter("ignore", DeprecationWarning)
     warnings.simplefilter("ignore", FutureWarning)
-    entries = list(cov.catalogue())
+    entries = list(ops_catalogue.catalogue())
     failures: dict[str, str] = {}
     for e in entries:
         if e.case is None:
             continue
         try:
-            cov.check_case(e)
+            ops_catalogue.check_case(e)
         except Exception as exc:  # report every failure, not just the first
             first = (str(exc).strip().splitlines() or [""])[0]
             failures[e.name] = f"{type(exc).__name__}: {first[:200]}"
