@@ -48,3 +48,70 @@ def test_graph_attributes_and_parameter_uses():
     params = {d["op"]: d["params"] for _, d in g.nodes(data=True) if d["kind"] == "op"}
     assert params["module:0"] == ("0.bias", "0.weight") and params["module:1"] == ()
     assert g.nodes["_0"]["shape"] == (5, 3)
+
+
+class _Residual(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp, self.fc1 = torch.nn.Linear(3, 4), torch.nn.Linear(4, 4)
+        self.fc2, self.out = torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = self.inp(x)
+        return self.out(self.fc2(torch.tanh(self.fc1(h))) + h)
+
+
+def test_identity_vertices_are_nodes_of_the_levelled_fx_graph():
+    from pccompile.frontend.level import pc_identity
+
+    net = _Residual().double()
+    x = torch.randn(5, 3, dtype=torch.float64)
+    pcm = pccompile.convert(net, x)
+    gm = pcm.plan.gm
+    ids = [n for n in gm.graph.nodes if n.op == "call_function" and n.target is pc_identity]
+    assert [n.meta["pc"].role for n in ids] == ["identity"] * 3
+    assert [n.meta["pc"].level for n in ids] == [5, 4, 3]  # inp (6) -> add (2) padded
+    assert [n.args[0].name for n in ids] == ["inp", "pc_identity", "pc_identity_1"]
+    add = next(n for n in gm.graph.nodes if n.name == "add")
+    assert add.args[1] is ids[-1]
+    assert "pc_identity" in pcm.code  # the generated forward shows them too
+    assert torch.equal(gm(x), net(x))
+    # the networkx view is built from those nodes
+    view = {v for v, d in pcm.graph.nodes(data=True) if d["kind"] == "identity"}
+    assert view == {n.name for n in ids}
+    # without levelling, no identity node and the skip edge spans 4 levels
+    raw = pccompile.convert(net, x, level=False)
+    assert not any(n.target is pc_identity for n in raw.plan.gm.graph.nodes)
+    assert not raw.plan.leveled and pcm.plan.leveled
+
+
+class _TupleSkip(torch.nn.Module):
+    """A vertex with a tuple output read through getitem by two readers at different levels."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.a, self.b = (
+            torch.nn.Linear(3, 6),
+            torch.nn.Linear(3, 3),
+            torch.nn.Linear(3, 3),
+        )
+
+    def forward(self, x):
+        left, right = torch.chunk(self.inp(x), 2, dim=-1)  # one vertex, a tuple of two
+        deep = self.b(torch.tanh(self.a(left)))
+        return deep * right + torch.sin(torch.cos(right))  # right: read at levels 2 and 3
+
+
+def test_levelling_copies_data_movement_for_each_padded_reader():
+    from pccompile.testing import train_against_bp
+
+    net = _TupleSkip().double()
+    batches = [((torch.randn(4, 3, dtype=torch.float64),), torch.randn(4, 3, dtype=torch.float64))]
+    pcm = pccompile.convert(net, batches[0][0][0])
+    getitems = [n for n in pcm.plan.gm.graph.nodes if n.meta["pc"].role == "struct"]
+    padded = [n for n in getitems if n.args[0].meta["pc"].role == "identity"]
+    readers = sorted(u.name for n in padded for u in n.users)
+    assert readers == ["cos", "mul"]  # one copied getitem per reader, each after its identities
+    for mode in ("efficient", "faithful"):
+        rep = train_against_bp(net, batches, torch.nn.functional.mse_loss, "zil", mode=mode)
+        assert rep.ok(1e-12), rep.problems(1e-12)
