@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..engine import Grads, Plan
+from ..engine import Grads
 from ..errors import ConfigError
-from .base import Rule, Schedule, check_gamma, check_steps
-from .il import default_steps
+from .base import Schedule, check_gamma, check_steps
+from .il import ILRule
 from .sync import run_sync
 
 __all__ = ["IPC", "IPCRule"]
@@ -41,15 +41,11 @@ class IPC:
             raise ConfigError(f"IPC: lr must be >= 0, got {self.lr!r}.")
 
 
-class IPCRule(Rule):
+class IPCRule(ILRule):
+    """IL's schedule (synchronous, ``steps`` defaulting alike), parameters read at every step."""
+
     name = "ipc"
     config = IPC
-
-    def steps(self, plan: Plan, cfg: IPC) -> int:
-        return default_steps(plan) if cfg.steps is None else cfg.steps
-
-    def schedule(self, plan: Plan, cfg: IPC, trace: bool) -> Schedule:
-        return Schedule("faithful", self.steps(plan, cfg), records_state=True)
 
     def run(self, plan, ff, cfg: IPC, schedule: Schedule, target, loss_fn, trace) -> Grads:
         steps = schedule.steps
