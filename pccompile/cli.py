@@ -33,7 +33,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 import pccompile
 
 from .errors import PCCompileError, TraceError
-from .export import atomic_output
+from .io.atomic import atomic_output
 from .modelspec import (
     FORMS,
     MANIFEST,
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     except (PCCompileError, OSError) as exc:
         if args.debug:
             raise
-        from .export.onnx import OnnxMismatchError
+        from .io.onnx import OnnxMismatchError
 
         code = EXIT_FAIL if isinstance(exc, OnnxMismatchError) else EXIT_USAGE
         return _fail(args, _message(exc), code)
@@ -752,7 +752,7 @@ def _draw_png(g: nx.DiGraph, path: Path, title: str, force: bool) -> None:
 # ------------------------------------------------------------------------------------ export
 def cmd_export(args: argparse.Namespace) -> int:
     """``pccompile export``: ONNX of the prediction or of the PC energy, checked by onnxruntime."""
-    from .export.onnx import export_onnx
+    from .io.onnx import export_onnx
 
     stages = ["build model", "convert", "export + check" if not args.no_verify else "export"]
     with _progress(args, *stages) as bar:

@@ -2,9 +2,12 @@
 
 Reads: a :class:`PCModule` (its eval-mode plan and current weights) and example inputs.
 Writes: one ``.onnx`` file through ``torch.onnx.export(..., dynamo=True)`` (never the TorchScript
-exporter), published atomically (see :func:`pccompile.export.atomic_output`) and only after it
-passes ``onnx.checker.check_model`` and an onnxruntime run that matches PyTorch on fresh random
+exporter), published atomically (see :func:`pccompile.io.atomic.atomic_output`) and only after
+it passes ``onnx.checker.check_model`` and an onnxruntime run that matches PyTorch on fresh random
 inputs (unless ``verify=False``).
+Invariants: nothing appears under the requested path unless those checks pass (a mismatch or an
+interrupted export leaves the old file, or none); the module's training flag is restored. onnx and
+onnxruntime are optional (the ``onnx`` extra) and imported only when a file is checked.
 
 Graphs (shapes are static, fixed by the example inputs):
 
@@ -31,7 +34,7 @@ from torch.utils._pytree import tree_flatten
 from ..energy import EnergyModule, feedforward_values, value_node_names
 from ..errors import PCCompileError
 from ..module import PCModule
-from . import atomic_output
+from .atomic import atomic_output
 
 __all__ = ["ExportError", "OnnxMismatchError", "OnnxExport", "export_onnx", "GraphKind"]
 
