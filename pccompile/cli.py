@@ -17,23 +17,29 @@ import importlib.util
 import json
 import logging
 import sys
-from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import networkx as nx
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from torch.utils._pytree import tree_flatten, tree_map
 
 import pccompile
 
 from .errors import PCCompileError, TraceError
 from .io.atomic import atomic_output
+from .io.render import (
+    draw_png,
+    headline,
+    mode_text,
+    render_graph,
+    shape_text,
+    write_graph,
+    write_graphml,
+)
+from .losses import default_loss
 from .modelspec import (
     FORMS,
     MANIFEST,
@@ -42,22 +48,21 @@ from .modelspec import (
     Shape,
     build_model,
     check_forward,
-    load_converted,
     load_weights,
     one_line,
     parse_shapes,
     parse_spec,
     random_inputs,
 )
+from .summary import graph_summary
 
-__all__ = ["build_parser", "main", "load_converted", "CLIError", "graph_summary", "default_loss"]
+__all__ = ["build_parser", "main", "CLIError"]
 
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 GRAPH_FILE, CODE_FILE = "graph.graphml", "forward.py"
-KIND_COLORS = {"input": "#4c72b0", "op": "#dd8452", "identity": "#8c8c8c", "output": "#55a868"}
 
 
 class CLIError(PCCompileError):
@@ -317,112 +322,6 @@ def _rule(args: argparse.Namespace) -> pccompile.RuleConfig:
     return pccompile.make_rule(args.rule, **opts)
 
 
-def default_loss(output: Any, seed: int = 0) -> tuple[Any, Callable, str]:
-    """The target and loss ``verify`` and the energy export use on random data.
-
-    A 2-D floating output is read as class logits: random class indices and cross-entropy.
-    Any other tensor: a standard-normal target of the same shape and MSE. Several outputs: a
-    target per floating output and the sum of their MSEs.
-
-    Returns:
-        ``(target, loss_fn, description)``.
-    """
-    gen = torch.Generator().manual_seed(seed + 2)
-    if isinstance(output, torch.Tensor):
-        if output.dim() == 2 and output.is_floating_point():
-            n, c = output.shape
-            target = torch.randint(0, c, (n,), generator=gen)
-            return target, F.cross_entropy, "cross-entropy against random class indices"
-        return _randn_like(output, gen), F.mse_loss, "MSE against a random normal target"
-    target = tree_map(lambda t: _randn_like(t, gen) if _is_float(t) else t, output)
-    return target, _tree_mse, "sum of MSEs against random normal targets, one per output"
-
-
-def _is_float(t: Any) -> bool:
-    return isinstance(t, torch.Tensor) and t.is_floating_point()
-
-
-def _randn_like(t: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    return torch.randn(t.shape, generator=gen, dtype=t.dtype)
-
-
-def _tree_mse(output: Any, target: Any) -> torch.Tensor:
-    outs, _ = tree_flatten(output)
-    tgts, _ = tree_flatten(target)
-    terms = [F.mse_loss(o, t) for o, t in zip(outs, tgts, strict=True) if _is_float(o)]
-    return torch.stack(terms).sum()
-
-
-def graph_summary(pcm: pccompile.PCModule) -> dict[str, Any]:
-    """Counts of the PC graph: vertices by kind, depth, inference steps per rule, per level."""
-    from .rules import fpa, zil
-
-    g, plan = pcm.graph, pcm.plan
-    kinds = Counter(d["kind"] for _, d in g.nodes(data=True))
-    per: dict[int, Counter] = {}
-    for _, d in g.nodes(data=True):
-        c = per.setdefault(d["level"], Counter())
-        c["vertices"] += 1
-        c[d["kind"]] += 1
-        c["param_uses"] += len(d.get("params", ()))
-    params = {p for _, d in g.nodes(data=True) for p in d.get("params", ())}
-    return {
-        "vertices": g.number_of_nodes(),
-        "edges": g.number_of_edges(),
-        "kinds": {k: kinds.get(k, 0) for k in KIND_COLORS},
-        "identity_vertices": kinds.get("identity", 0),
-        "depth": plan.depth,
-        "leveled": plan.leveled,
-        "steps": {
-            "zil": zil.steps_for(plan, pccompile.ZIL()),
-            "fpa": fpa.steps_for(plan, pccompile.FPA()),
-        },
-        "parameters": len(params),
-        "param_uses": sum(c["param_uses"] for c in per.values()),
-        "per_level": [
-            {
-                "level": lvl,
-                "vertices": c["vertices"],
-                "op": c["op"],
-                "identity": c["identity"],
-                "input": c["input"],
-                "output": c["output"],
-                "param_uses": c["param_uses"],
-            }
-            for lvl, c in sorted(per.items(), reverse=True)
-        ],
-    }
-
-
-def _shape_text(shapes: Sequence[Shape]) -> str:
-    return ", ".join("x".join(map(str, s)) for s in shapes)
-
-
-def _mode_text(args: argparse.Namespace) -> str:
-    return "train mode" if args.train_mode else "eval mode"
-
-
-def _plain_graph(g: nx.DiGraph, *, dot: bool = False) -> nx.DiGraph:
-    """A copy whose attributes are GraphML/DOT-safe scalars (tuples as JSON text, None as "")."""
-    h = nx.DiGraph()
-    for v, d in g.nodes(data=True):
-        attrs: dict[str, Any] = {}
-        for k, val in d.items():
-            if val is None:
-                val = ""
-            elif isinstance(val, (tuple, list)):
-                val = json.dumps(val)
-            elif not isinstance(val, (str, int, float, bool)):
-                val = str(val)
-            attrs["tensor_shape" if dot and k == "shape" else k] = val
-        if dot:  # "shape" is a Graphviz attribute; add a label and a colour instead
-            attrs["label"] = f"{v}\\n{d.get('op', '')}"
-            attrs["color"] = KIND_COLORS.get(d.get("kind"), "black")
-        h.add_node(v, **attrs)
-    h.add_edges_from(g.edges)
-    return h
-
-
 def _emit(args: argparse.Namespace, text: str) -> None:
     if not (args.quiet or args.json):
         print(text)
@@ -470,17 +369,17 @@ def cmd_convert(args: argparse.Namespace) -> int:
             atomic_output(args.output, overwrite=args.force, directory=True) as tmp,
         ):
             torch.save(pcm.state_dict(), tmp / WEIGHTS)
-            nx.write_graphml(_plain_graph(pcm.graph), tmp / GRAPH_FILE)
+            write_graphml(pcm.graph, tmp / GRAPH_FILE)
             (tmp / CODE_FILE).write_text(
-                f"# Traced forward of {loaded.spec} ({_mode_text(args)}), generated by pccompile "
-                f"{pccompile.__version__}.\n# For reading: reload the model with "
+                f"# Traced forward of {loaded.spec} ({mode_text(args.train_mode)}), generated by "
+                f"pccompile {pccompile.__version__}.\n# For reading: reload the model with "
                 f"pccompile.modelspec.load_converted({str(args.output)!r}).\n{pcm.code}"
             )
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     k = summary["kinds"]
     line = (
-        f"converted {loaded.spec} ({rule.name}, {args.dtype}, {_mode_text(args)}, input "
-        f"{_shape_text(loaded.shapes)}): {summary['vertices']} vertices ({k['op']} op, "
+        f"converted {loaded.spec} ({rule.name}, {args.dtype}, {mode_text(args.train_mode)}, input "
+        f"{shape_text(loaded.shapes)}): {summary['vertices']} vertices ({k['op']} op, "
         f"{k['identity']} identity), depth {summary['depth']}; wrote {args.output}"
     )
     if args.json:
@@ -577,7 +476,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         opts = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(rule).items() if k != "name")
         print(
             f"verify {loaded.spec}: rule {res.rule} ({opts}; {res.mode} schedule) vs bp, "
-            f"{args.dtype}, {_mode_text(args)}, input {_shape_text(loaded.shapes)}"
+            f"{args.dtype}, {mode_text(args.train_mode)}, input {shape_text(loaded.shapes)}"
         )
         print(
             f"loss: {loss_text} = {res.loss:.6g}; tolerance: relative L1 difference <= {res.tol:g}"
@@ -617,15 +516,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                 **graph_summary(pcm),
             }
         with bar.stage("write"):
-            text = _render(args.format, pcm.graph, summary, args)
+            text = render_graph(args.format, pcm.graph, summary)
             written = []
             if args.output:
-                _write_graph(args.format, pcm.graph, text, Path(args.output), args.force)
+                write_graph(args.format, pcm.graph, text, args.output, overwrite=args.force)
                 written.append(str(args.output))
             if args.png:
-                _draw_png(
-                    pcm.graph, Path(args.png), f"{loaded.spec} ({_mode_text(args)})", args.force
-                )
+                title = f"{loaded.spec} ({mode_text(args.train_mode)})"
+                draw_png(pcm.graph, args.png, title, overwrite=args.force)
                 written.append(str(args.png))
     if args.json:
         print(json.dumps({"command": "inspect", "ok": True, **summary, "written": written}))
@@ -635,118 +533,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         if written:
             _emit(args, "wrote " + ", ".join(written))
     elif args.quiet:
-        print(_headline(summary))
+        print(headline(summary))
     else:
         print(text)
         if written:
             print("wrote " + ", ".join(written))
     return EXIT_OK
-
-
-def _headline(s: dict[str, Any]) -> str:
-    k = s["kinds"]
-    return (
-        f"{s['model']}: {s['vertices']} vertices ({k['input']} input, {k['op']} op, "
-        f"{k['identity']} identity, {k['output']} output), depth {s['depth']}, inference "
-        f"steps zil {s['steps']['zil']} / fpa {s['steps']['fpa']}"
-    )
-
-
-def _render(fmt: str, g: nx.DiGraph, s: dict[str, Any], args: argparse.Namespace) -> str:
-    from .verify import format_table
-
-    if fmt == "json":
-        data = nx.node_link_data(g, edges="edges")
-        return json.dumps({**s, "graph": data}, default=str, indent=1)
-    if fmt == "graphml":
-        return "\n".join(nx.generate_graphml(_plain_graph(g)))
-    if fmt == "dot":
-        from networkx.drawing.nx_pydot import to_pydot
-
-        return to_pydot(_plain_graph(g, dot=True)).to_string()
-    k = s["kinds"]
-    shapes = _shape_text([tuple(x) for x in s["input_shapes"]])
-    head = [
-        f"PC graph of {s['model']} ({_mode_text(args)}, input {shapes})",
-        f"  vertices         {s['vertices']} ({k['input']} input, {k['op']} op, "
-        f"{k['identity']} identity, {k['output']} output), {s['edges']} edges",
-        f"  levels           0..{s['depth']} (depth {s['depth']}, "
-        f"{'leveled' if s['leveled'] else 'NOT leveled'}); inputs above level {s['depth']}",
-        f"  inference steps  zil {s['steps']['zil']} (depth+1), fpa {s['steps']['fpa']} (depth)",
-        f"  parameters       {s['parameters']} tensors, {s['param_uses']} uses",
-        "",
-    ]
-    rows = [
-        (
-            r["level"],
-            r["vertices"],
-            r["op"],
-            r["identity"],
-            r["param_uses"],
-            "input" if r["input"] else ("output" if r["output"] else ""),
-        )
-        for r in s["per_level"]
-    ]
-    return (
-        "\n".join(head)
-        + "\n"
-        + format_table(["level", "vertices", "op", "identity", "param uses", "note"], rows)
-    )
-
-
-def _write_graph(fmt: str, g: nx.DiGraph, text: str, path: Path, force: bool) -> None:
-    with atomic_output(path, overwrite=force) as tmp:
-        if fmt == "graphml":
-            nx.write_graphml(_plain_graph(g), tmp)
-        else:
-            tmp.write_text(text if text.endswith("\n") else text + "\n")
-
-
-def _draw_png(g: nx.DiGraph, path: Path, title: str, force: bool) -> None:
-    """Leveled layout: x = level (inputs left, output right), nodes coloured by kind."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.collections import LineCollection
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-
-    by_level: dict[int, list[str]] = {}
-    for v in nx.topological_sort(g):
-        by_level.setdefault(g.nodes[v]["level"], []).append(v)
-    pos = {}
-    for lvl, vs in by_level.items():
-        for i, v in enumerate(vs):
-            pos[v] = (lvl, i - (len(vs) - 1) / 2)
-    width = max(6.0, min(40.0, 0.35 * len(by_level)))
-    height = max(3.0, min(20.0, 0.6 * max(len(vs) for vs in by_level.values())))
-    fig = Figure(figsize=(width, height))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.add_collection(
-        LineCollection(
-            [(pos[u], pos[v]) for u, v in g.edges], colors="#bbbbbb", linewidths=0.6, zorder=1
-        )
-    )
-    for kind, color in KIND_COLORS.items():
-        vs = [v for v in g if g.nodes[v]["kind"] == kind]
-        if vs:
-            ax.scatter([pos[v][0] for v in vs], [pos[v][1] for v in vs], s=18, c=color, zorder=2)
-    if g.number_of_nodes() <= 60:
-        for v, (x, y) in pos.items():
-            ax.annotate(v, (x, y), fontsize=5, xytext=(2, 3), textcoords="offset points")
-    ax.invert_xaxis()  # level = distance to the output: data flows left to right
-    ax.set_xlabel("level (distance to the output)")
-    ax.set_yticks([])
-    ax.set_title(title)
-    ax.legend(
-        handles=[
-            Line2D([], [], marker="o", ls="", color=c, label=k) for k, c in KIND_COLORS.items()
-        ],
-        loc="best",
-        fontsize=7,
-    )
-    fig.tight_layout()
-    with atomic_output(path, overwrite=force) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
 
 
 # ------------------------------------------------------------------------------------ export
@@ -809,7 +601,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(
         f"wrote {res.path}: {res.graph} graph of {loaded.spec} ({args.dtype}, input "
-        f"{_shape_text(loaded.shapes)}); {check}"
+        f"{shape_text(loaded.shapes)}); {check}"
     )
     if not args.quiet:
         print(f"  inputs  ({len(res.input_names)}): {_names(res.input_names)}")
