@@ -15,7 +15,7 @@ from .errors import (
     TraceError,
     UnsupportedOpError,
 )
-from .modelspec import load_converted
+from .io.artifact import load_converted, save_converted
 from .module import PCModule
 from .rules import LearnReport, Trace
 
@@ -23,6 +23,7 @@ __all__ = [
     "convert",
     "unconvert",
     "load_converted",
+    "save_converted",
     "PCModule",
     "CaptureOptions",
     "LearnReport",

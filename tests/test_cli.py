@@ -18,7 +18,8 @@ import torch
 
 import pccompile
 from pccompile.cli import build_parser, main
-from pccompile.modelspec import ModelSpecError, load_converted
+from pccompile.io.artifact import load_converted
+from pccompile.modelspec import ModelSpecError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FACTORY = FIXTURES / "lstm_factory.py"

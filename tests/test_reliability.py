@@ -33,7 +33,8 @@ from helpers import F64_TOL, assert_matches_bp, compare_to_bp
 import pccompile
 from pccompile import InputError
 from pccompile.cli import main as cli_main
-from pccompile.modelspec import ModelSpecError, load_converted
+from pccompile.io.artifact import load_converted
+from pccompile.modelspec import ModelSpecError
 
 D = torch.float64
 FIXTURES = Path(__file__).parent / "fixtures"
