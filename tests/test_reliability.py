@@ -484,7 +484,7 @@ LSTM_SPEC = f"{FIXTURES / 'lstm_factory.py'}:make_model"
 SAVED = ["forward.py", "graph.graphml", "manifest.json", "weights.pt"]
 
 
-def _mlp(rule: object = "zil") -> pccompile.PCModule:
+def _converted_mlp(rule: object = "zil") -> pccompile.PCModule:
     """The fixture MLP in float64, converted, with weights moved away from the factory's init."""
     torch.manual_seed(3)
     pcm = pccompile.convert(build_model(parse_spec(MLP_SPEC)).model.double(), _mlp_x(), rule)
@@ -506,7 +506,7 @@ def _entries(folder: Path) -> list[str]:
     "rule", [pccompile.ZIL(mode="faithful"), pccompile.FPA(gamma=0.5, steps=2)]
 )
 def test_save_converted_then_load_converted_gives_the_same_forward_and_rule(tmp_path, rule):
-    pcm = _mlp(rule)
+    pcm = _converted_mlp(rule)
     out = tmp_path / "mlp"
     man = save_converted(pcm, out, extra={"model": MLP_SPEC, "seed": 5, "note": "mine"})
     assert _entries(out) == SAVED and _entries(tmp_path) == ["mlp"]
@@ -536,7 +536,7 @@ def test_a_leaf_module_class_is_saved_as_its_submodule_names(tmp_path):
 
 
 def test_a_manifest_from_before_input_dtypes_still_loads(tmp_path):
-    pcm = _mlp()
+    pcm = _converted_mlp()
     save_converted(pcm, tmp_path / "old", extra={"model": MLP_SPEC})
     man = json.loads((tmp_path / "old" / "manifest.json").read_text())
     del man["input_dtypes"]  # what pccompile convert wrote before save_converted existed
@@ -560,7 +560,7 @@ def test_load_converted_refuses_an_unknown_or_newer_format_before_running_anythi
     tmp_path, fmt, needles
 ):
     out = tmp_path / "mlp"
-    save_converted(_mlp(), out, extra={"model": MLP_SPEC})
+    save_converted(_converted_mlp(), out, extra={"model": MLP_SPEC})
     man = json.loads((out / "manifest.json").read_text())
     man.pop("format")
     if fmt is not None:
@@ -594,7 +594,7 @@ def test_load_converted_without_a_manifest_names_the_cause_and_the_fix(tmp_path)
 
 @pytest.mark.parametrize("exc", [OSError, KeyboardInterrupt])
 def test_a_failed_save_leaves_no_half_written_directory(tmp_path, monkeypatch, exc):
-    pcm, extra = _mlp(), {"model": MLP_SPEC}
+    pcm, extra = _converted_mlp(), {"model": MLP_SPEC}
     save_converted(pcm, tmp_path / "kept", extra=extra)
     before = {p.name: p.read_bytes() for p in (tmp_path / "kept").iterdir()}
 
@@ -612,7 +612,7 @@ def test_a_failed_save_leaves_no_half_written_directory(tmp_path, monkeypatch, e
 
 
 def test_save_converted_refuses_what_load_converted_could_not_rebuild(tmp_path):
-    pcm = _mlp()
+    pcm = _converted_mlp()
     with pytest.raises(ArtifactError, match=r"needs the MODEL spec .*extra=\{'model'"):
         save_converted(pcm, tmp_path / "a")
     with pytest.raises(ConfigError, match=r"writes \['format'\] itself"):
