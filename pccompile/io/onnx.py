@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils._pytree import tree_flatten
@@ -139,17 +140,21 @@ def export_onnx(
                 fresh = _fresh_args(pcm, graph, args, len(example_inputs), target, loss_fn, seed)
                 result.per_output = _check(module, tmp, fresh, in_names)
                 result.max_abs_diff = max(result.per_output.values(), default=0.0)
-                if not result.max_abs_diff <= tol:
-                    worst = max(result.per_output, key=result.per_output.get)
-                    raise OnnxMismatchError(
-                        f"onnxruntime differs from PyTorch by {result.max_abs_diff:.3e} > {tol:g} "
-                        f"(worst output {worst!r}); nothing was written to {os.fspath(path)!r}. "
-                        f"Raise --tol if the outputs are large, or pass --no-verify to write "
-                        f"the file anyway."
-                    )
+                _require_match(result, path)
         return result
     finally:
         pcm.train(was_training)
+
+
+def _require_match(result: OnnxExport, path: str | os.PathLike) -> None:
+    if not result.max_abs_diff <= result.tol:
+        worst = max(result.per_output, key=result.per_output.get)
+        raise OnnxMismatchError(
+            f"onnxruntime differs from PyTorch by {result.max_abs_diff:.3e} > {result.tol:g} "
+            f"(worst output {worst!r}); nothing was written to {os.fspath(path)!r}. "
+            f"Raise --tol if the outputs are large, or pass --no-verify to write "
+            f"the file anyway."
+        )
 
 
 # ------------------------------------------------------------------------------------- graphs
@@ -247,7 +252,6 @@ def _write(
 
 
 def _check(module: nn.Module, path: Path, args: tuple, in_names: list[str]) -> dict[str, float]:
-    import numpy as np
     import onnx
     import onnxruntime as ort
 
