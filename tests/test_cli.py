@@ -19,6 +19,7 @@ import torch
 import pccompile
 from pccompile.cli import build_parser, main
 from pccompile.io.artifact import load_converted
+from pccompile.io.render import draw_png, render_graph
 from pccompile.modelspec import ModelSpecError
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -287,6 +288,17 @@ def test_inspect_does_not_overwrite_without_force(tmp_path, capsys):
 def test_inspect_dot_without_pydot_names_the_install(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "pydot", None)  # as if pydot were not installed
     assert_usage_error(run(capsys, "inspect", *MLP, "--format", "dot"), "pip install pydot")
+
+
+def test_library_views_without_pydot_or_matplotlib_name_the_extra(tmp_path, monkeypatch):
+    pcm = pccompile.convert(torch.nn.Sequential(torch.nn.Linear(4, 3)), torch.randn(2, 4))
+    for name in ["pydot", "matplotlib.backends.backend_agg", "matplotlib.figure"]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed
+    with pytest.raises(pccompile.ConfigError, match=r"pip install 'pccompile\[dot\]'"):
+        render_graph("dot", pcm.graph, {})
+    with pytest.raises(pccompile.ConfigError, match=r"pip install 'pccompile\[plot\]'"):
+        draw_png(pcm.graph, tmp_path / "g.png")
+    assert only_entries(tmp_path) == []
 
 
 def test_inspect_dot_with_pydot(tmp_path, capsys):
