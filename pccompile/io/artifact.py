@@ -123,7 +123,7 @@ def save_converted(
 
     Example:
         >>> pcm = pccompile.convert(mypkg.nets.make_mlp(), torch.randn(3, 4), "fpa")
-        >>> save_converted(pcm, "out/mlp", extra={"model": "mypkg.nets:make_mlp"})
+        >>> manifest = save_converted(pcm, "out/mlp", extra={"model": "mypkg.nets:make_mlp"})
         >>> pccompile.load_converted("out/mlp").rule
         FPA(...)
     """
