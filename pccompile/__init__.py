@@ -14,7 +14,7 @@ from .errors import (
     TraceError,
     UnsupportedOpError,
 )
-from .modelspec import load_converted
+from .io.artifact import load_converted, save_converted
 from .module import PCModule
 from .rules import BP, FPA, IL, IPC, ZIL, LearnReport, RuleConfig, Trace, make_rule
 
@@ -22,6 +22,7 @@ __all__ = [
     "convert",
     "unconvert",
     "load_converted",
+    "save_converted",
     "PCModule",
     "CaptureOptions",
     "LearnReport",

@@ -1,10 +1,12 @@
-"""MODEL specs for the command line: parse ``torchvision:NAME``, ``package.module:factory`` and
-``path/to/file.py:factory``, build the model, load weights safely, and reload a converted model.
+"""MODEL specs: parse ``torchvision:NAME``, ``package.module:factory`` and
+``path/to/file.py:factory``, build the model, load weights safely, make random example inputs.
 
-Reads: a spec string, optional weights files (``torch.load(weights_only=True)`` only: a file that
-needs arbitrary unpickling is refused), and the manifest that ``pccompile convert`` writes.
-Writes nothing. Every failure is a :class:`ModelSpecError` whose message is one line saying what
-happened and how to fix it.
+Reads: a spec string, the module or file it names (its code runs), optional weights files
+(``torch.load(weights_only=True)`` only: a file that needs arbitrary unpickling is refused).
+Writes nothing (a converted model's directory is :mod:`pccompile.io.artifact`'s).
+Invariants: torchvision models are always built with ``weights=None`` (nothing is downloaded);
+weights load with ``strict=True``. Every failure is a :class:`ModelSpecError` whose message is
+one line saying what happened and how to fix it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.util
-import json
 import logging
 import os
 import pickle
@@ -38,15 +39,10 @@ __all__ = [
     "load_weights",
     "random_inputs",
     "check_forward",
-    "load_converted",
-    "MANIFEST",
-    "WEIGHTS",
 ]
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-WEIGHTS = "weights.pt"
 Shape = tuple[int, ...]
 SpecKind = Literal["torchvision", "module", "file"]
 FORMS = "torchvision:NAME, package.module:factory or path/to/file.py:factory"
@@ -388,60 +384,6 @@ def check_forward(
             f"{_one_line(exc)}; pass the shape it expects with --input-shape (batch first, "
             f"comma-separated, one flag per input)."
         ) from exc
-
-
-def load_converted(outdir: str | os.PathLike, *, device: str | torch.device = "cpu") -> Any:
-    """Rebuild a model written by ``pccompile convert`` and return its :class:`PCModule`.
-
-    The model is rebuilt from the manifest's MODEL spec (its factory code runs: only load
-    directories you trust the model source of), the weights are loaded from ``weights.pt`` with
-    ``torch.load(weights_only=True)`` and ``strict=True``, and the model is converted again with
-    the manifest's rule, dtype, training mode, leaf modules and input shapes.
-
-    Args:
-        outdir: the directory ``pccompile convert ... -o OUTDIR`` wrote.
-        device: where to put the model.
-
-    Returns:
-        The converted ``PCModule``, in the training mode it was converted in.
-
-    Raises:
-        ModelSpecError: no manifest, an unreadable one, or weights that do not fit.
-
-    Example:
-        >>> from pccompile.modelspec import load_converted
-        >>> pcm = load_converted("out/resnet18")
-        >>> logits = pcm.eval()(torch.randn(2, 3, 32, 32))
-    """
-    import pccompile
-
-    outdir = Path(outdir)
-    man_path = outdir / MANIFEST
-    if not man_path.is_file():
-        raise ModelSpecError(
-            f"{str(outdir)!r} has no {MANIFEST}; give a directory written by pccompile convert."
-        )
-    try:
-        man = json.loads(man_path.read_text())
-        spec = parse_spec(man["model"])
-        dtype = getattr(torch, man["dtype"])
-        shapes = [tuple(s) for s in man["input_shapes"]]
-        rule = pccompile.make_rule(man["rule"]["name"], **man["rule"]["options"])
-    except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
-        raise ModelSpecError(
-            f"{str(man_path)!r} is not a pccompile manifest ({type(exc).__name__}: {exc}); "
-            f"convert the model again."
-        ) from exc
-    model = build_model(spec, man.get("num_classes")).model.to(dtype)
-    load_weights(model, outdir / man.get("files", {}).get("weights", WEIGHTS))
-    model.to(device).train(bool(man.get("training", False)))
-    inputs = tuple(x.to(device) for x in random_inputs(shapes, dtype, int(man.get("seed", 0))))
-    return pccompile.convert(
-        model,
-        inputs if len(inputs) > 1 else inputs[0],
-        rule,
-        leaf_modules=man.get("leaf_modules", []),
-    )
 
 
 def _few(items: list[str], n: int = 3) -> str:

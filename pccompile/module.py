@@ -82,6 +82,16 @@ class PCModule(nn.Module):
         return self._pc_rule
 
     @property
+    def capture_options(self) -> Any:
+        """How the model was captured (:class:`pccompile.CaptureOptions`)."""
+        return self._pc_options
+
+    @property
+    def example_inputs(self) -> tuple:
+        """The (detached) example inputs given to ``convert``."""
+        return self._pc_example
+
+    @property
     def graph(self) -> nx.DiGraph:
         """The PC graph for the current training mode (vertices with ``kind``, ``level``...), a
         networkx view of the levelled FX graph (``self.plan.gm``)."""

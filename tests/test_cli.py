@@ -18,7 +18,9 @@ import torch
 
 import pccompile
 from pccompile.cli import build_parser, main
-from pccompile.modelspec import ModelSpecError, load_converted
+from pccompile.io.artifact import load_converted
+from pccompile.io.render import draw_png, render_graph
+from pccompile.modelspec import ModelSpecError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FACTORY = FIXTURES / "lstm_factory.py"
@@ -288,6 +290,17 @@ def test_inspect_dot_without_pydot_names_the_install(monkeypatch, capsys):
     assert_usage_error(run(capsys, "inspect", *MLP, "--format", "dot"), "pip install pydot")
 
 
+def test_library_views_without_pydot_or_matplotlib_name_the_extra(tmp_path, monkeypatch):
+    pcm = pccompile.convert(torch.nn.Sequential(torch.nn.Linear(4, 3)), torch.randn(2, 4))
+    for name in ["pydot", "matplotlib.backends.backend_agg", "matplotlib.figure"]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed
+    with pytest.raises(pccompile.ConfigError, match=r"pip install 'pccompile\[dot\]'"):
+        render_graph("dot", pcm.graph, {})
+    with pytest.raises(pccompile.ConfigError, match=r"pip install 'pccompile\[plot\]'"):
+        draw_png(pcm.graph, tmp_path / "g.png")
+    assert only_entries(tmp_path) == []
+
+
 def test_inspect_dot_with_pydot(tmp_path, capsys):
     pydot = pytest.importorskip("pydot")  # optional dependency: DOT output needs it
     target = tmp_path / "g.dot"
@@ -434,3 +447,13 @@ def test_debug_shows_the_exception_and_json_reports_errors(capsys):
     assert code == 2 and len(err.strip().splitlines()) == 1
     report = json.loads(out)
     assert report["ok"] is False and report["exit_code"] == 2 and "resnet1800" in report["error"]
+
+
+def test_cli_runs_without_tqdm(monkeypatch, capsys):
+    """tqdm is an optional extra (the progress bar); the commands work without it."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    assert main(["inspect", "torchvision:resnet18", "--input-shape", "1,3,32,32", "--json"]) == 0
+    assert '"depth"' in capsys.readouterr().out

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import pccompile
-import pccompile.export.onnx as onnx_export
+import pccompile.io.onnx as onnx_export
 from pccompile.cli import main
 from pccompile.engine.energy import EnergyModule, feedforward_values, value_node_names
 from pccompile.modelspec import build_model, parse_spec

@@ -10,6 +10,9 @@
   shared parameters, models without parameters).
 * Safe loading: every ``torch.load`` in the library passes ``weights_only=True``; a weights file
   that pickles code is refused by ``load_converted``.
+* Saved models (``pccompile-converted/1``): ``save_converted`` -> ``load_converted`` gives the
+  same forward, rule and graph; a missing manifest or an unknown/newer format is refused before
+  anything runs; a failed save leaves no half-written directory.
 
 Covered elsewhere (not repeated here): converting a PCModule again and most bad targets/inputs
 (test_errors.py), ``require_exact=True`` (test_falsify.py), the CLI's ``--weights`` refusing a
@@ -21,6 +24,7 @@ from __future__ import annotations
 import ast
 import copy
 import functools
+import json
 import pickle
 from pathlib import Path
 
@@ -31,9 +35,12 @@ import torch.nn.functional as F
 from helpers import F64_TOL, assert_matches_bp, compare_to_bp
 
 import pccompile
-from pccompile import InputError
+from pccompile import ConfigError, InputError
 from pccompile.cli import main as cli_main
-from pccompile.modelspec import ModelSpecError, load_converted
+from pccompile.io import artifact
+from pccompile.io.artifact import FORMAT, ArtifactError, load_converted, save_converted
+from pccompile.modelspec import ModelSpecError, build_model, parse_spec
+from pccompile.summary import graph_summary
 
 D = torch.float64
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -469,3 +476,152 @@ def test_load_converted_refuses_a_weights_file_that_pickles_code(tmp_path, capsy
     assert "refused by torch.load(weights_only=True)" in msg and "pickles io.open" in msg
     assert "torch.save(model.state_dict(), path)" in msg
     assert not marker.exists()
+
+
+# ------------------------------------------------------------------------------ saved models
+MLP_SPEC = f"{FIXTURES / 'other_factories.py'}:make_mlp"
+LSTM_SPEC = f"{FIXTURES / 'lstm_factory.py'}:make_model"
+SAVED = ["forward.py", "graph.graphml", "manifest.json", "weights.pt"]
+
+
+def _converted_mlp(rule: object = "zil") -> pccompile.PCModule:
+    """The fixture MLP in float64, converted, with weights moved away from the factory's init."""
+    torch.manual_seed(3)
+    pcm = pccompile.convert(build_model(parse_spec(MLP_SPEC)).model.double(), _mlp_x(), rule)
+    with torch.no_grad():
+        for p in pcm.parameters():
+            p.add_(torch.randn_like(p))
+    return pcm
+
+
+def _mlp_x() -> torch.Tensor:
+    return torch.randn(3, 4, generator=torch.Generator().manual_seed(4), dtype=D)
+
+
+def _entries(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.mark.parametrize(
+    "rule", [pccompile.ZIL(mode="faithful"), pccompile.FPA(gamma=0.5, steps=2)]
+)
+def test_save_converted_then_load_converted_gives_the_same_forward_and_rule(tmp_path, rule):
+    pcm = _converted_mlp(rule)
+    out = tmp_path / "mlp"
+    man = save_converted(pcm, out, extra={"model": MLP_SPEC, "seed": 5, "note": "mine"})
+    assert _entries(out) == SAVED and _entries(tmp_path) == ["mlp"]
+    assert json.loads((out / "manifest.json").read_text()) == man
+    assert man["format"] == FORMAT == "pccompile-converted/1" and man["note"] == "mine"
+    assert man["dtype"] == "float64" and man["input_shapes"] == [[3, 4]]
+    torch.manual_seed(99)  # the reload's factory init differs: the weights must come from the file
+    back = load_converted(out)
+    assert back.rule == pcm.rule == rule and back.training == pcm.training
+    assert graph_summary(back) == graph_summary(pcm)
+    x = torch.randn(3, 4, dtype=D)
+    with torch.no_grad():
+        assert torch.equal(back(x), pcm(x))
+
+
+def test_a_leaf_module_class_is_saved_as_its_submodule_names(tmp_path):
+    model = build_model(parse_spec(LSTM_SPEC)).model.train()
+    pcm = pccompile.convert(model, torch.randn(2, 5, 8), "fpa", leaf_modules=[nn.LSTM])
+    man = save_converted(pcm, tmp_path / "lstm", extra={"model": LSTM_SPEC})
+    assert man["leaf_modules"] == ["lstm"] and man["training"] is True
+    back = load_converted(tmp_path / "lstm")
+    assert back.training and back.rule == pcm.rule
+    assert graph_summary(back) == graph_summary(pcm)
+    x = torch.randn(2, 5, 8)
+    with torch.no_grad():
+        assert torch.equal(back.eval()(x), pcm.eval()(x))
+
+
+def test_a_manifest_from_before_input_dtypes_still_loads(tmp_path):
+    pcm = _converted_mlp()
+    save_converted(pcm, tmp_path / "old", extra={"model": MLP_SPEC})
+    man = json.loads((tmp_path / "old" / "manifest.json").read_text())
+    del man["input_dtypes"]  # what pccompile convert wrote before save_converted existed
+    (tmp_path / "old" / "manifest.json").write_text(json.dumps(man))
+    x = _mlp_x()
+    with torch.no_grad():
+        assert torch.equal(load_converted(tmp_path / "old")(x), pcm(x))
+
+
+@pytest.mark.parametrize(
+    ("fmt", "needles"),
+    [
+        ("pccompile-converted/2", ["format 'pccompile-converted/2', newer", "upgrade pccompile"]),
+        ("pccompile-converted/one", ["format 'pccompile-converted/one', not", "convert the"]),
+        ("pccompile-converted/0", ["format 'pccompile-converted/0', not", "convert the"]),
+        ("onnx/1", ["format 'onnx/1', not 'pccompile-converted/1'", "not written by pccompile"]),
+        (None, ["has no 'format' entry", "convert the model again"]),
+    ],
+)
+def test_load_converted_refuses_an_unknown_or_newer_format_before_running_anything(
+    tmp_path, fmt, needles
+):
+    out = tmp_path / "mlp"
+    save_converted(_converted_mlp(), out, extra={"model": MLP_SPEC})
+    man = json.loads((out / "manifest.json").read_text())
+    man.pop("format")
+    if fmt is not None:
+        man["format"] = fmt
+    man["model"] = f"{FIXTURES / 'other_factories.py'}:make_broken"  # must never be called
+    (out / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(ArtifactError) as err:
+        load_converted(out)
+    msg = str(err.value)
+    assert str(out / "manifest.json") in msg and "factory exploded" not in msg
+    for needle in needles:
+        assert needle in msg, (needle, msg)
+    assert isinstance(err.value, ModelSpecError)  # what load_converted has always raised
+
+
+def test_load_converted_without_a_manifest_names_the_cause_and_the_fix(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "weights_only").mkdir()
+    torch.save({}, tmp_path / "weights_only" / "weights.pt")
+    for name in ("missing", "empty", "weights_only"):
+        with pytest.raises(ArtifactError) as err:
+            load_converted(tmp_path / name)
+        msg = str(err.value)
+        assert f"{str(tmp_path / name)!r} has no manifest.json" in msg, msg
+        assert "written by pccompile convert or pccompile.save_converted" in msg
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "manifest.json").write_text("{not json")
+    with pytest.raises(ArtifactError, match="is not a pccompile manifest .JSONDecodeError"):
+        load_converted(tmp_path / "junk")
+
+
+@pytest.mark.parametrize("exc", [OSError, KeyboardInterrupt])
+def test_a_failed_save_leaves_no_half_written_directory(tmp_path, monkeypatch, exc):
+    pcm, extra = _converted_mlp(), {"model": MLP_SPEC}
+    save_converted(pcm, tmp_path / "kept", extra=extra)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "kept").iterdir()}
+
+    def half_write(graph, path):
+        Path(path).write_text("<graphml half-written")
+        raise exc("simulated failure while writing")
+
+    monkeypatch.setattr(artifact, "write_graphml", half_write)
+    with pytest.raises(exc):
+        save_converted(pcm, tmp_path / "new", extra=extra)
+    with pytest.raises(exc):
+        save_converted(pcm, tmp_path / "kept", overwrite=True, extra=extra)
+    assert _entries(tmp_path) == ["kept"]  # no "new", no temporary folder
+    assert {p.name: p.read_bytes() for p in (tmp_path / "kept").iterdir()} == before
+
+
+def test_save_converted_refuses_what_load_converted_could_not_rebuild(tmp_path):
+    pcm = _converted_mlp()
+    with pytest.raises(ArtifactError, match=r"needs the MODEL spec .*extra=\{'model'"):
+        save_converted(pcm, tmp_path / "a")
+    with pytest.raises(ConfigError, match=r"writes \['format'\] itself"):
+        save_converted(pcm, tmp_path / "b", extra={"model": MLP_SPEC, "format": "mine/9"})
+    with pytest.raises(ConfigError, match="JSON values"):
+        save_converted(pcm, tmp_path / "c", extra={"model": MLP_SPEC, "when": object()})
+    unleveled = pccompile.convert(
+        build_model(parse_spec(MLP_SPEC)).model, torch.randn(3, 4), level=False
+    )
+    with pytest.raises(ArtifactError, match="level=False"):
+        save_converted(unleveled, tmp_path / "d", extra={"model": MLP_SPEC})
+    assert _entries(tmp_path) == []

@@ -2,9 +2,12 @@
 
 Reads: a :class:`PCModule` (its eval-mode plan and current weights) and example inputs.
 Writes: one ``.onnx`` file through ``torch.onnx.export(..., dynamo=True)`` (never the TorchScript
-exporter), published atomically (see :func:`pccompile.export.atomic_output`) and only after it
-passes ``onnx.checker.check_model`` and an onnxruntime run that matches PyTorch on fresh random
+exporter), published atomically (see :func:`pccompile.io.atomic.atomic_output`) and only after
+it passes ``onnx.checker.check_model`` and an onnxruntime run that matches PyTorch on fresh random
 inputs (unless ``verify=False``).
+Invariants: nothing appears under the requested path unless those checks pass (a mismatch or an
+interrupted export leaves the old file, or none); the module's training flag is restored. onnx and
+onnxruntime are optional (the ``onnx`` extra) and imported only when a file is checked.
 
 Graphs (shapes are static, fixed by the example inputs):
 
@@ -25,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils._pytree import tree_flatten
@@ -32,7 +36,7 @@ from torch.utils._pytree import tree_flatten
 from ..engine.energy import EnergyModule, feedforward_values, value_node_names
 from ..errors import PCCompileError
 from ..module import PCModule
-from . import atomic_output
+from .atomic import atomic_output
 
 __all__ = ["ExportError", "OnnxMismatchError", "OnnxExport", "export_onnx", "GraphKind"]
 
@@ -137,17 +141,21 @@ def export_onnx(
                 fresh = _fresh_args(pcm, graph, args, len(example_inputs), target, loss_fn, seed)
                 result.per_output = _check(module, tmp, fresh, in_names)
                 result.max_abs_diff = max(result.per_output.values(), default=0.0)
-                if not result.max_abs_diff <= tol:
-                    worst = max(result.per_output, key=result.per_output.get)
-                    raise OnnxMismatchError(
-                        f"onnxruntime differs from PyTorch by {result.max_abs_diff:.3e} > {tol:g} "
-                        f"(worst output {worst!r}); nothing was written to {os.fspath(path)!r}. "
-                        f"Raise --tol if the outputs are large, or pass --no-verify to write "
-                        f"the file anyway."
-                    )
+                _require_match(result, path)
         return result
     finally:
         pcm.train(was_training)
+
+
+def _require_match(result: OnnxExport, path: str | os.PathLike) -> None:
+    if not result.max_abs_diff <= result.tol:
+        worst = max(result.per_output, key=result.per_output.get)
+        raise OnnxMismatchError(
+            f"onnxruntime differs from PyTorch by {result.max_abs_diff:.3e} > {result.tol:g} "
+            f"(worst output {worst!r}); nothing was written to {os.fspath(path)!r}. "
+            f"Raise --tol if the outputs are large, or pass --no-verify to write "
+            f"the file anyway."
+        )
 
 
 # ------------------------------------------------------------------------------------- graphs
@@ -245,7 +253,6 @@ def _write(
 
 
 def _check(module: nn.Module, path: Path, args: tuple, in_names: list[str]) -> dict[str, float]:
-    import numpy as np
     import onnx
     import onnxruntime as ort
 

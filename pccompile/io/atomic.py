@@ -1,9 +1,12 @@
-"""Writing converted models out: ONNX graphs (:mod:`pccompile.export.onnx`) and safe output paths.
+"""Atomic output paths: a file or a directory appears whole under its name, or not at all.
 
-Every writer goes through :func:`atomic_output`: it writes into a temporary folder next to the
-requested path and renames into place only when everything is written, so an interrupted or failed
-write never leaves a half-written file under the requested name, and an existing output is only
-replaced when ``overwrite=True``.
+Reads: the requested output path (does it exist, is it a pccompile output directory).
+Writes: whatever the caller writes into the temporary path :func:`atomic_output` yields, in a
+temporary folder next to the requested path, then renamed into place with ``os.replace``.
+Invariants: an interrupted or failed write (``KeyboardInterrupt`` included) never leaves a
+half-written file or directory under the requested name, nor a temporary folder; an existing
+output is only replaced when ``overwrite=True``, and a directory only when it is empty or holds a
+pccompile ``manifest.json`` (a user's folder named by mistake is never deleted).
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ __all__ = ["OutputExistsError", "atomic_output"]
 log = logging.getLogger(__name__)
 
 # A directory that --force may replace must look like one pccompile wrote (or be empty): never
-# delete a user's folder because it was named by mistake.
-_DIR_MARKER = "manifest.json"
+# delete a user's folder because it was named by mistake. The same name as io.artifact.MANIFEST.
+DIR_MARKER = "manifest.json"
 
 
 class OutputExistsError(PCCompileError, FileExistsError):
@@ -94,9 +97,9 @@ def _check_target(final: Path, overwrite: bool, directory: bool) -> None:
                 f"{str(final)!r} exists and is not a directory; remove it or choose another "
                 f"output directory."
             )
-        if any(final.iterdir()) and not (final / _DIR_MARKER).is_file():
+        if any(final.iterdir()) and not (final / DIR_MARKER).is_file():
             raise OutputExistsError(
-                f"{str(final)!r} exists and was not written by pccompile (no {_DIR_MARKER}); "
+                f"{str(final)!r} exists and was not written by pccompile (no {DIR_MARKER}); "
                 f"--force only replaces pccompile output directories: choose another -o."
             )
     elif final.is_dir():

@@ -1,0 +1,311 @@
+"""The ``pccompile`` subcommands: each parses its arguments, calls the library, prints.
+
+Reads: the parsed arguments; the model through :mod:`pccompile.cli.common`.
+Writes: stdout (a summary, a table, or one JSON object with ``--json``) and the files the library
+writes for the command (:func:`pccompile.io.artifact.save_converted`,
+:func:`pccompile.io.render.write_graph` / ``draw_png``, :func:`pccompile.io.onnx.export_onnx`).
+Invariants: a command returns its exit code (0 ok, 1 a check failed) and raises on bad input;
+:func:`pccompile.cli.main` turns exceptions into one line on stderr and codes 2, 3 or 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..io.artifact import save_converted
+from ..io.onnx import OnnxExport, export_onnx
+from ..io.render import draw_png, headline, mode_text, render_graph, shape_text, write_graph
+from ..losses import default_loss
+from ..summary import graph_summary
+from ..testing import DiffReport, Habits, train_against_bp
+from ..verify import VerifyResult, verify
+from .common import (
+    EXIT_FAIL,
+    EXIT_OK,
+    CLIError,
+    Loaded,
+    convert_loaded,
+    emit,
+    load_model,
+    progress,
+    rule_from_args,
+)
+
+__all__ = ["cmd_convert", "cmd_verify", "cmd_inspect", "cmd_export"]
+
+
+# ------------------------------------------------------------------------------------ convert
+def cmd_convert(args: argparse.Namespace) -> int:
+    """``pccompile convert``: write weights, PC graph, code and manifest to OUTDIR."""
+    rule = rule_from_args(args)
+    with progress(args, "build model", "convert", "write") as bar:
+        with bar.stage("build model"):
+            loaded = load_model(args)
+        with bar.stage("convert"):
+            pcm = convert_loaded(args, loaded, rule)
+        extra = {
+            "model": str(loaded.spec),
+            "num_classes": args.num_classes,
+            "weights_source": str(Path(args.weights).resolve()) if args.weights else None,
+            "seed": args.seed,
+        }
+        with bar.stage("write"):
+            manifest = save_converted(pcm, args.output, overwrite=args.force, extra=extra)
+    v = manifest["vertices"]
+    line = (
+        f"converted {loaded.spec} ({rule.name}, {args.dtype}, {mode_text(args.train_mode)}, input "
+        f"{shape_text(loaded.shapes)}): {v['total']} vertices ({v['op']} op, "
+        f"{v['identity']} identity), depth {manifest['depth']}; wrote {args.output}"
+    )
+    if args.json:
+        print(
+            json.dumps({"command": "convert", "ok": True, "outdir": str(args.output), **manifest})
+        )
+    elif args.quiet:
+        print(line)
+    else:
+        print(line)
+        for key in ("weights", "graph", "code", "manifest"):
+            print(f"  {Path(args.output) / manifest['files'][key]}")
+        print(f"reload: pccompile.load_converted({str(args.output)!r})")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------ verify
+def cmd_verify(args: argparse.Namespace) -> int:
+    """``pccompile verify``: one learn step with the rule vs bp; exit 0 iff all parameters pass."""
+    rule = rule_from_args(args)
+    with progress(args, "build model", "convert", "verify") as bar:
+        with bar.stage("build model"):
+            loaded = load_model(args)
+        with bar.stage("convert"):
+            pcm = convert_loaded(args, loaded)
+        target, loss_fn, loss_text = default_loss(loaded.output, args.seed)
+        with bar.stage("verify"):
+            res = verify(pcm, loaded.inputs, target, loss_fn, rule, tol=args.tol, seed=args.seed)
+            run = None
+            if args.train_steps > 0:
+                run = train_against_bp(
+                    loaded.model,
+                    [(tuple(loaded.inputs), target)],
+                    loss_fn,
+                    rule,
+                    habits=Habits(steps=args.train_steps),
+                    train=bool(args.train_mode),
+                    seed=args.seed,
+                    convert_options={"leaf_modules": args.leaf_module},
+                )
+    run_problems = [] if run is None else run.problems(res.tol)
+    passed = res.passed and not run_problems
+    failed = [r.name for r in res.rows if not r.ok]
+    verdict = ("PASS" if passed else "FAIL") + (
+        f": all {len(res.rows)} parameters within {res.tol:g}"
+        if res.passed
+        else f": {len(failed)} of {len(res.rows)} parameters beyond {res.tol:g}"
+    )
+    if args.json:
+        training_run = _training_run_report(args, run, run_problems)
+        print(json.dumps(_verify_report(args, loaded, rule, res, loss_text, passed, training_run)))
+    elif args.quiet and not run_problems:
+        print(verdict)
+    elif not args.quiet:
+        opts = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(rule).items() if k != "name")
+        print(
+            f"verify {loaded.spec}: rule {res.rule} ({opts}; {res.mode} schedule) vs bp, "
+            f"{args.dtype}, {mode_text(args.train_mode)}, input {shape_text(loaded.shapes)}"
+        )
+        print(
+            f"loss: {loss_text} = {res.loss:.6g}; tolerance: relative L1 difference <= {res.tol:g}"
+        )
+        print(res.table())
+        if run is not None:
+            print(f"training run: {run.summary()}")
+            for line in run_problems:
+                print(f"  {line}")
+        print(verdict)
+    elif run_problems:
+        print(verdict + f"; training run: {run_problems[0]}")
+    return EXIT_OK if passed else EXIT_FAIL
+
+
+def _verify_report(
+    args: argparse.Namespace,
+    loaded: Loaded,
+    rule: Any,
+    res: VerifyResult,
+    loss_text: str,
+    passed: bool,
+    training_run: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """``verify --json``'s object."""
+    return {
+        "command": "verify",
+        "ok": True,
+        "passed": passed,
+        "training_run": training_run,
+        "model": str(loaded.spec),
+        "rule": res.rule,
+        "mode": res.mode,
+        "options": dataclasses.asdict(rule),
+        "dtype": args.dtype,
+        "training": bool(args.train_mode),
+        "input_shapes": [list(s) for s in loaded.shapes],
+        "loss_fn": loss_text,
+        "loss": res.loss,
+        "tol": res.tol,
+        "failed": [r.name for r in res.rows if not r.ok],
+        "params": [
+            {
+                "name": r.name,
+                "shape": list(r.shape),
+                "max_abs_diff": r.max_abs,
+                "rel_diff": r.rel,
+                "ok": r.ok,
+            }
+            for r in res.rows
+        ],
+    }
+
+
+def _training_run_report(
+    args: argparse.Namespace, run: DiffReport | None, problems: list[str]
+) -> dict[str, Any] | None:
+    if run is None:
+        return None
+    return {
+        "steps": args.train_steps,
+        "worst_rel_diff": run.worst,
+        "bitwise": run.bitwise,
+        "problems": problems,
+    }
+
+
+# ------------------------------------------------------------------------------------ inspect
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """``pccompile inspect``: the PC graph as text, JSON, GraphML or DOT, and optionally a PNG."""
+    if args.format == "dot" and importlib.util.find_spec("pydot") is None:
+        raise CLIError(
+            "--format dot needs pydot, which is not installed: pip install pydot "
+            "(or use --format graphml)."
+        )
+    if args.png and importlib.util.find_spec("matplotlib") is None:
+        raise CLIError("--png needs matplotlib, which is not installed: pip install matplotlib.")
+    if args.json and args.format in ("graphml", "dot") and not args.output:
+        raise CLIError(f"--json prints JSON to stdout, so --format {args.format} needs -o FILE.")
+    with progress(args, "build model", "convert", "write") as bar:
+        with bar.stage("build model"):
+            loaded = load_model(args)
+        with bar.stage("convert"):
+            pcm = convert_loaded(args, loaded)
+            summary = {
+                "model": str(loaded.spec),
+                "training": bool(args.train_mode),
+                "input_shapes": [list(s) for s in loaded.shapes],
+                **graph_summary(pcm),
+            }
+        with bar.stage("write"):
+            text = render_graph(args.format, pcm.graph, summary)
+            written = []
+            if args.output:
+                write_graph(args.format, pcm.graph, text, args.output, overwrite=args.force)
+                written.append(str(args.output))
+            if args.png:
+                title = f"{loaded.spec} ({mode_text(args.train_mode)})"
+                draw_png(pcm.graph, args.png, title, overwrite=args.force)
+                written.append(str(args.png))
+    if args.json:
+        print(json.dumps({"command": "inspect", "ok": True, **summary, "written": written}))
+    elif args.output or args.format in ("json", "graphml", "dot"):
+        if not args.output:
+            sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        if written:
+            emit(args, "wrote " + ", ".join(written))
+    elif args.quiet:
+        print(headline(summary))
+    else:
+        print(text)
+        if written:
+            print("wrote " + ", ".join(written))
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------ export
+def cmd_export(args: argparse.Namespace) -> int:
+    """``pccompile export``: ONNX of the prediction or of the PC energy, checked by onnxruntime."""
+    stages = ["build model", "convert", "export + check" if not args.no_verify else "export"]
+    with progress(args, *stages) as bar:
+        with bar.stage(stages[0]):
+            loaded = load_model(args)
+        with bar.stage(stages[1]):
+            pcm = convert_loaded(args, loaded)
+        target, loss_fn, loss_text = default_loss(loaded.output, args.seed)
+        if args.graph == "energy" and not isinstance(loaded.output, torch.Tensor):
+            raise CLIError(
+                f"--graph energy needs a model with one tensor output; {loaded.spec} returns a "
+                f"{type(loaded.output).__name__}. Wrap it in a module that returns one tensor."
+            )
+        with bar.stage(stages[2]):
+            res = export_onnx(
+                pcm,
+                args.output,
+                loaded.inputs,
+                args.graph,
+                target=target,
+                loss_fn=loss_fn,
+                verify=not args.no_verify,
+                tol=args.tol,
+                overwrite=args.force,
+                seed=args.seed,
+            )
+    check = (
+        "not verified (--no-verify)"
+        if res.max_abs_diff is None
+        else f"onnx.checker ok; onnxruntime vs PyTorch max abs diff {res.max_abs_diff:.3e} "
+        f"(<= {res.tol:g})"
+    )
+    if args.json:
+        print(json.dumps(_export_report(args, loaded, res, loss_text)))
+        return EXIT_OK
+    print(
+        f"wrote {res.path}: {res.graph} graph of {loaded.spec} ({args.dtype}, input "
+        f"{shape_text(loaded.shapes)}); {check}"
+    )
+    if not args.quiet:
+        print(f"  inputs  ({len(res.input_names)}): {_names(res.input_names)}")
+        print(f"  outputs ({len(res.output_names)}): {_names(res.output_names)}")
+        if res.graph == "energy":
+            print(f"  energy = sum 1/2 ||error||^2 + loss; loss: {loss_text}")
+    return EXIT_OK
+
+
+def _export_report(
+    args: argparse.Namespace, loaded: Loaded, res: OnnxExport, loss_text: str
+) -> dict[str, Any]:
+    return {
+        "command": "export",
+        "ok": True,
+        "model": str(loaded.spec),
+        "output": res.path,
+        "graph": res.graph,
+        "dtype": args.dtype,
+        "input_shapes": [list(s) for s in loaded.shapes],
+        "loss_fn": loss_text if res.graph == "energy" else None,
+        "inputs": res.input_names,
+        "outputs": res.output_names,
+        "verified": res.max_abs_diff is not None,
+        "max_abs_diff": res.max_abs_diff,
+        "per_output": res.per_output,
+        "tol": res.tol,
+    }
+
+
+def _names(names: list[str], n: int = 6) -> str:
+    return ", ".join(names[:n]) + (f", ... ({len(names) - n} more)" if len(names) > n else "")
