@@ -15,15 +15,17 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
 
 from .engine import Plan, compile_plan
-from .errors import ConfigError, InputError
+from .errors import ConfigError, InputError, TraceError, UnsupportedOpError
 from .frontend.annotate import annotate, check_trace
 from .frontend.capture import capture
+from .frontend.export import capture_export
+from .frontend.export import unflatten_output as _unflatten
 from .frontend.level import level_graph, set_levels
 from .frontend.unroll import unroll_recurrent
 from .module import PCModule
@@ -40,26 +42,66 @@ class CaptureOptions:
         leaf_modules: module classes or qualified names kept as single opaque vertices.
         concrete_args: arguments fixed at trace time (``torch.fx`` ``concrete_args``).
         level: insert identity vertices on edges that skip levels (needed for exact Z-IL).
+        capture: the front end. ``"fx"``: ``torch.fx`` symbolic tracing (module-level vertices,
+            leaf modules, unrolled RNNs). ``"export"``: ``torch.export`` (ATen vertices; follows
+            data-dependent sizes and any Python the model runs on tensors' metadata).
+            ``"auto"``: fx, and export when fx cannot capture or annotate the model.
     """
 
     leaf_modules: tuple[type | str, ...] = ()
     concrete_args: dict[str, Any] | None = None
     level: bool = True
+    capture: Literal["auto", "fx", "export"] = "auto"
+
+    def __post_init__(self) -> None:
+        if self.capture not in ("auto", "fx", "export"):
+            raise ConfigError(f"capture must be 'auto', 'fx' or 'export', got {self.capture!r}.")
+        if self.capture == "export" and (self.leaf_modules or self.concrete_args):
+            raise ConfigError(
+                "leaf_modules and concrete_args are torch.fx options; torch.export captures "
+                "every op as an ATen vertex. Use capture='fx' with them, or drop them."
+            )
 
 
 def build_plan(model: nn.Module, inputs: tuple, training: bool, *, opts: CaptureOptions) -> Plan:
     """capture -> unroll -> annotate -> levelling -> compiled plan, for one training mode."""
+    if opts.capture == "export":
+        gm = _annotated_export(model, inputs, training)
+    else:
+        try:
+            gm = _annotated_fx(model, inputs, training, opts)
+        except (TraceError, UnsupportedOpError) as fx_error:
+            if opts.capture == "fx" or opts.leaf_modules or opts.concrete_args:
+                raise
+            try:
+                gm = _annotated_export(model, inputs, training)
+            except (TraceError, UnsupportedOpError) as export_error:
+                raise TraceError(
+                    f"Neither front end can convert {type(model).__name__}.\n"
+                    f"1. torch.fx: {fx_error}\n2. torch.export: {export_error}"
+                ) from export_error
+    if opts.level:
+        level_graph(gm)
+    else:
+        set_levels(gm)
+    return compile_plan(gm, training)
+
+
+def _annotated_fx(model: nn.Module, inputs: tuple, training: bool, opts: CaptureOptions):
     gm, user_leaves = capture(
         model, training=training, leaf_modules=opts.leaf_modules, concrete_args=opts.concrete_args
     )
     unroll_recurrent(gm, inputs, user_leaves)
     traced_out = annotate(gm, inputs, user_leaves)
     check_trace(model, inputs, traced_out, training, opts.concrete_args)
-    if opts.level:
-        level_graph(gm)
-    else:
-        set_levels(gm)
-    return compile_plan(gm, training)
+    return gm
+
+
+def _annotated_export(model: nn.Module, inputs: tuple, training: bool):
+    gm, _ = capture_export(model, inputs, training=training)
+    traced_out = annotate(gm, inputs, set())
+    check_trace(model, inputs, _unflatten(gm, traced_out), training, None)
+    return gm
 
 
 def convert(
@@ -71,12 +113,13 @@ def convert(
     leaf_modules: Iterable[type | str] = (),
     concrete_args: dict[str, Any] | None = None,
     level: bool = True,
+    capture: Literal["auto", "fx", "export"] = "auto",
     **rule_options: Any,
 ) -> PCModule:
     """Convert ``model`` into a PC-trainable :class:`PCModule`.
 
     Args:
-        model: any ``nn.Module`` that ``torch.fx`` can trace (see ``leaf_modules``).
+        model: any ``nn.Module`` that ``torch.fx`` or ``torch.export`` can capture.
         example_inputs: one input tensor or a tuple of inputs, used to type the graph's values.
         rule: ``"zil"`` (default), ``"fpa"``, ``"il"``, ``"ipc"``, ``"bp"``, or a config
             object such as ``pccompile.ZIL(gamma=1.0)``.
@@ -84,6 +127,8 @@ def convert(
         leaf_modules: module classes or qualified names to keep as one opaque vertex each.
         concrete_args: arguments fixed at trace time.
         level: run the levelling pass (identity vertices on skip edges). Required for exact Z-IL.
+        capture: the front end: ``"auto"`` (torch.fx, then torch.export if fx cannot capture
+            the model), ``"fx"`` or ``"export"`` (see :class:`CaptureOptions`).
         **rule_options: fields of the rule's config (``gamma=``, ``steps=``, ``mode=`` ...).
 
     Returns:
@@ -113,7 +158,7 @@ def convert(
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     if isinstance(example_inputs, list):
         raise InputError("Pass several example inputs as a tuple, not a list.")
-    opts = CaptureOptions(tuple(leaf_modules), concrete_args, level)
+    opts = CaptureOptions(tuple(leaf_modules), concrete_args, level, capture)
     return PCModule(model, inputs, cfg, loss_fn, functools.partial(build_plan, opts=opts), opts)
 
 

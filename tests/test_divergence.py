@@ -221,7 +221,9 @@ class TinyDrift(nn.Module):
 
 def test_trace_check_tolerance_is_dtype_tight():
     with pytest.raises(pccompile.TraceError, match="differs"):
-        pccompile.convert(TinyDrift().double(), torch.randn(4, 6, dtype=torch.float64))
+        pccompile.convert(
+            TinyDrift().double(), torch.randn(4, 6, dtype=torch.float64), capture="fx"
+        )
 
 
 # 5. Stateful parametrizations (spectral norm's power iteration).

@@ -68,7 +68,7 @@ class UsesMystery(nn.Module):
 
 def test_op_without_rule_names_node_op_and_fix():
     with pytest.raises(UnsupportedOpError) as err:
-        pccompile.convert(UsesMystery(), torch.randn(2, 4))
+        pccompile.convert(UsesMystery(), torch.randn(2, 4), capture="fx")
     msg = str(err.value)
     assert "'mystery'" in msg and "mystery" in msg.split(":")[0] + msg
     assert "leaf_modules" in msg and "register_function" in msg
@@ -78,7 +78,7 @@ def test_op_without_rule_names_node_op_and_fix():
             ops.register_function(mystery)
         model = UsesMystery().double()
         x, y = torch.randn(2, 4, dtype=torch.float64), torch.randn(2, 3, dtype=torch.float64)
-        assert_matches_bp(pccompile.convert(model, x), (x,), y, F.mse_loss)
+        assert_matches_bp(pccompile.convert(model, x, capture="fx"), (x,), y, F.mse_loss)
     finally:
         del ops.registry._FUNCTIONS[mystery]
 

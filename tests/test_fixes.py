@@ -45,7 +45,7 @@ class ExplicitSetItem(nn.Module):
 
 def test_explicit_setitem_is_refused():
     with pytest.raises(UnsupportedOpError, match=r"assigns into a tensor in place.*torch\.where"):
-        pccompile.convert(ExplicitSetItem(), torch.randn(2, 4))
+        pccompile.convert(ExplicitSetItem(), torch.randn(2, 4), capture="fx")
 
 
 class Flip(nn.Module):
@@ -93,7 +93,7 @@ class DataPtr(nn.Module):
 
 def test_refused_methods_are_named_before_anything_runs():
     with pytest.raises(UnsupportedOpError, match=r"Tensor\.retain_grad.*touches autograd state"):
-        pccompile.convert(DataPtr(), torch.randn(2, 4))
+        pccompile.convert(DataPtr(), torch.randn(2, 4), capture="fx")
 
 
 class MyAct(nn.Module):
@@ -145,7 +145,7 @@ class UsesMystery(nn.Module):
 
 def test_function_names_are_not_quoted_in_messages():
     with pytest.raises(UnsupportedOpError) as err:
-        pccompile.convert(UsesMystery(), torch.randn(2, 3))
+        pccompile.convert(UsesMystery(), torch.randn(2, 3), capture="fx")
     assert (
         "test_fixes.mystery2)" in str(err.value)
         and "'mystery2'" not in str(err.value).split("(")[1]
@@ -172,4 +172,4 @@ class IsInstance(nn.Module):
 
 def test_a_trace_that_differs_from_eager_is_refused_at_convert():
     with pytest.raises(TraceError, match=r"differs from the module's own output.*isinstance"):
-        pccompile.convert(IsInstance(), torch.randn(2, 4))
+        pccompile.convert(IsInstance(), torch.randn(2, 4), capture="fx")

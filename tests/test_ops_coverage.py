@@ -111,7 +111,7 @@ def test_unregistered_function_method_or_module_raises_naming_node_and_fix(
     if how == "module":
         monkeypatch.delitem(ops.registry._MODULES, nn.Tanh)
     with pytest.raises(UnsupportedOpError) as err:
-        pccompile.convert(_Uses(how), torch.randn(2, 4))
+        pccompile.convert(_Uses(how), torch.randn(2, 4), capture="fx")
     msg = str(err.value)
     assert msg.startswith(f"Node '{node}' ") and needle in msg
     assert "leaf_modules=" in msg and "register_function" in msg and "register_module" in msg

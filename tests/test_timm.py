@@ -159,6 +159,13 @@ def test_untraceable_timm_model_raises_trace_error_naming_the_remedy():
         sweep.check(sweep.by_name("tf_efficientnetv2_b0"), "train", "zil/efficient", SCHEDULE)
 
 
+def test_auto_capture_converts_it_through_torch_export_bitwise():
+    """No remedy needed: torch.export follows the TF-"same" padding computed from x.shape."""
+    entry = sweep.by_name("tf_efficientnetv2_b0")
+    rep = sweep.check(entry, "train", "zil/efficient", SCHEDULE, capture="auto")
+    assert rep.bitwise, "\n".join(rep.problems(0.0)[:10])
+
+
 def test_the_named_remedy_makes_it_bitwise():
     rep = _check("tf_efficientnetv2_b0", "train", "zil/efficient", remedy=True)
     assert not rep.convert_changed

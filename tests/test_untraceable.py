@@ -135,19 +135,19 @@ def _marked_line(cls: type) -> str:
 @pytest.mark.parametrize("cls, cause", UNTRACEABLE, ids=[c.__name__ for c, _ in UNTRACEABLE])
 def test_untraceable_construct_raises_trace_error_naming_line_and_remedies(cls, cause):
     with pytest.raises(TraceError) as err:
-        pccompile.convert(cls(), torch.randn(3, 4))
+        pccompile.convert(cls(), torch.randn(3, 4), capture="fx")
     msg = str(err.value)
     assert msg.startswith(f"Cannot trace {cls.__name__} with torch.fx")
     assert cause in msg
     assert "test_untraceable.py:" in msg and _marked_line(cls) in msg, msg
-    for remedy in ("leaf_modules=", "concrete_args=", "torch.fx.wrap"):
+    for remedy in ("leaf_modules=", "capture='export'"):  # each cause names its own remedies
         assert remedy in msg
     assert isinstance(err.value.__cause__, Exception)  # the original FX error is chained
 
 
 def test_item_assignment_gets_the_in_place_message():
     with pytest.raises(TraceError) as err:
-        pccompile.convert(SetItem(), torch.randn(3, 4))
+        pccompile.convert(SetItem(), torch.randn(3, 4), capture="fx")
     msg = str(err.value)
     assert msg.startswith("Cannot trace SetItem: it assigns into a tensor in place")
     assert "test_untraceable.py:" in msg and _marked_line(SetItem) in msg
@@ -184,7 +184,7 @@ UNSUPPORTED = [
 def test_traceable_but_unsupported_op_raises_unsupported_op_error(cls, node, cause):
     """These trace, but mutate value nodes or autograd state: no rule, so convert() refuses."""
     with pytest.raises(UnsupportedOpError) as err:
-        pccompile.convert(cls(), torch.randn(3, 4))
+        pccompile.convert(cls(), torch.randn(3, 4), capture="fx")
     msg = str(err.value)
     assert msg.startswith(f"Node '{node}' (Tensor.{node})") and cause in msg
     assert "leaf_modules=" in msg and "register_method" in msg
@@ -203,7 +203,7 @@ def test_concrete_args_remedy_fixes_an_argument_driven_branch():
     model = Flag().double()
     x, y = torch.randn(3, 4, dtype=D), torch.randn(3, 2, dtype=D)
     with pytest.raises(TraceError, match="if flip:"):
-        pccompile.convert(model, x)
+        pccompile.convert(model, x, capture="fx")
     pcm = pccompile.convert(model, x, concrete_args={"flip": False})
     assert torch.equal(pcm(x), model(x))
     assert_matches_bp(pcm, (x,), y, F.mse_loss)
@@ -290,7 +290,7 @@ def test_isinstance_on_a_proxy_is_caught_by_the_eager_comparison():
     own on the example inputs and refuses the graph."""
     torch.manual_seed(0)
     with pytest.raises(TraceError, match="differs from the module's own output"):
-        pccompile.convert(IsInstance(), torch.randn(3, 4))
+        pccompile.convert(IsInstance(), torch.randn(3, 4), capture="fx")
 
 
 def _seed_with_same_branch_twice() -> int:

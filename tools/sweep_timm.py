@@ -261,17 +261,20 @@ def check(
     seed: int = 0,
     dtype: torch.dtype | None = None,
     remedy: bool = False,
+    capture: str = "fx",
 ):
     """Run one case through the checker; returns the :class:`DiffReport` (or raises).
 
     ``remedy``: convert with the entry's ``leaves`` and ``concrete_args`` (its TraceError remedy).
+    ``capture``: the front end (``"fx"``: the tables below are symbolic tracing's; ``"auto"``
+    falls back to torch.export where fx cannot trace).
     """
     rule_name, rule_mode = rule.split("/")
     habits = SCHEDULES[schedule]
     dtype = dtype or torch.float32
     model = build(entry, seed).to(dtype)
     data = batches(entry, max(2, habits.accumulate), seed, dtype)
-    opts = {}
+    opts: dict = {"capture": capture}
     if remedy and entry.leaves:
         opts["leaf_modules"] = leaf_classes(entry)
     if remedy and entry.concrete_args:
@@ -284,7 +287,7 @@ def check(
         habits=habits,
         train=MODES[mode],
         seed=seed,
-        convert_options=opts or None,
+        convert_options=opts,
         mode=rule_mode,
     )
 

@@ -93,6 +93,6 @@ class EnergyModule(nn.Module):
                 e = x - mu
                 errors.append(e)
                 energy = energy + 0.5 * (e * e).sum()
-        output = plan.output.load(env, leaves)[0][0]
+        output = plan.read_output(env, leaves)
         energy = energy + self.loss_fn(output, target)
         return (*errors, energy)

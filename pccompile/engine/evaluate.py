@@ -260,8 +260,7 @@ def feed_forward(
         return out.detach().requires_grad_()
 
     env = walk(plan, inputs, vertex, param_op)
-    out_args, _ = plan.output.load(env, leaves)
-    output = out_args[0]
+    output = plan.read_output(env, leaves)
     with torch.enable_grad():
         loss = scalar_loss(loss_fn(output, target))
     return FeedForward(env, leaves, flat, mu, states, devices, loss, output, boundary_out)

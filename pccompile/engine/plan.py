@@ -23,6 +23,7 @@ import torch.fx as fx
 from torch.fx.node import map_arg
 
 from ..errors import UnsupportedOpError
+from ..frontend.export import unflatten_output
 
 __all__ = ["ArgSource", "Plan", "Vertex", "compile_plan", "fetch"]
 
@@ -81,6 +82,11 @@ class Plan:
     @property
     def hidden(self) -> list[Vertex]:
         return [v for v in self.vertices if v.kind != "output"]
+
+    def read_output(self, env: list, values: list) -> Any:
+        """The model's output from the current value nodes (its structure rebuilt for graphs
+        captured by torch.export, whose output node holds flat values)."""
+        return unflatten_output(self.gm, self.output.load(env, values)[0][0])
 
 
 def compile_plan(gm: fx.GraphModule, training: bool) -> Plan:

@@ -24,18 +24,22 @@ Roles:
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.fx as fx
+import torch.fx._pytree as fx_pytree
 from torch.utils._pytree import tree_flatten
 
 from ..errors import InputError, TraceError, UnsupportedOpError
 from ..ops import OpRule, rule_for, source_line
-from ..preserve import preserved
+from ..preserve import preserved, python_state
+from .capture import attribute_change_error
 from .functionalize import assign_buffer
+from .pytrees import register_dataclasses
 
 __all__ = [
     "NodeInfo",
@@ -55,6 +59,9 @@ class NodeInfo:
     shapes: list[tuple[int, ...]] = field(default_factory=list)  # float tensors in the value
     dtype: torch.dtype | None = None
     depends_on_params: bool = False
+    # a non-float tensor computed from the inputs (token ids reshaped, a padding mask): clamped
+    # data like the inputs themselves; a parameter use reading it is a vertex, not a transform
+    from_input: bool = False
     sources: tuple[fx.Node, ...] = ()  # for role "struct": the vertices/inputs it moves
     # written by pccompile.frontend.level:
     level: int = -1  # longest path to the output over the PC graph's edges (output = 0)
@@ -83,23 +90,42 @@ class _Recorder(fx.Interpreter):
 
 
 def complete_inputs(gm: fx.GraphModule, inputs: tuple) -> tuple:
-    """``inputs`` extended with the defaults of trailing optional arguments (``h0=None``).
+    """``inputs`` as the graph's placeholders take them: extended with the defaults of trailing
+    optional arguments (``h0=None``); for a graph captured by ``torch.export``, flattened with
+    the input structure it recorded (a list of tensors is several placeholders).
 
     Raises:
         InputError: too few or too many inputs for the traced signature.
     """
+    spec = getattr(gm, "_in_spec", None)
+    if spec is not None:
+        return _flatten_with(spec, inputs)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    required = sum(1 for n in placeholders if not n.args)
-    if not required <= len(inputs) <= len(placeholders):
-        names = ", ".join(p.name + ("" if not p.args else "=...") for p in placeholders)
-        count = (
-            f"{required}" if required == len(placeholders) else f"{required} to {len(placeholders)}"
-        )
+    var = [p for p in placeholders if p.target.startswith("*")]  # *args, **kwargs of forward
+    named = [p for p in placeholders if p not in var]
+    required = sum(1 for n in named if not n.args)
+    has_star = any(not p.target.startswith("**") for p in var)
+    if len(inputs) < required or (len(inputs) > len(named) and not has_star):
+        names = ", ".join(p.name + ("" if not p.args else "=...") for p in named)
+        count = f"{required}" if required == len(named) else f"{required} to {len(named)}"
         raise InputError(
             f"The model takes {count} input(s) ({names}) but {len(inputs)} were given; pass them "
             f"positionally (several example inputs as a tuple)."
         )
-    return tuple(inputs) + tuple(p.args[0] for p in placeholders[len(inputs) :])
+    out = list(inputs[: len(named)]) + [p.args[0] for p in named[len(inputs) :]]
+    for p in var:  # what Python binds to *args (the extra positionals) and **kwargs (nothing)
+        out.append({} if p.target.startswith("**") else tuple(inputs[len(named) :]))
+    return tuple(out)
+
+
+def _flatten_with(spec: Any, inputs: tuple) -> tuple:
+    try:
+        return tuple(fx_pytree.tree_flatten_spec((list(inputs), {}), spec))
+    except Exception as exc:
+        raise InputError(
+            f"The inputs do not have the structure the model was converted with ({spec}): "
+            f"{exc}. Pass them as at conversion."
+        ) from exc
 
 
 def record_values(gm: fx.GraphModule, inputs: tuple) -> dict[fx.Node, Any]:
@@ -137,7 +163,9 @@ def check_trace(
     """
     try:
         with preserved(model, inputs, training=training), torch.no_grad():
+            before = python_state(model)
             eager = model(*inputs, **(concrete_args or {}))
+            changed = sorted(k for k, v in python_state(model).items() if before.get(k, v) != v)
     except Exception as exc:
         raise TraceError(
             f"Running {type(model).__name__} itself on the example inputs failed "
@@ -145,6 +173,8 @@ def check_trace(
             f"compute what the module computes. Check the example inputs, or make the submodule "
             f"whose forward differs under tracing a leaf (convert(..., leaf_modules=[...]))."
         ) from exc
+    if changed:  # torch.export restores them silently: the graph would never change them
+        raise attribute_change_error(model, changed)
     ours, theirs = tree_flatten(traced_out)[0], tree_flatten(eager)[0]
     problem = None
     if len(ours) != len(theirs):
@@ -257,7 +287,11 @@ def _moves_data(
                 f"computed index; use a constant index or make the module a leaf."
             )
         return True
-    return target in (tuple, list, dict) or (isinstance(target, type) and issubclass(target, tuple))
+    if target in (tuple, list, dict):
+        return True
+    return isinstance(target, type) and (
+        issubclass(target, tuple) or dataclasses.is_dataclass(target)
+    )
 
 
 def annotate(gm: fx.GraphModule, inputs: tuple, user_leaves: set[str]) -> Any:
@@ -277,6 +311,7 @@ def annotate(gm: fx.GraphModule, inputs: tuple, user_leaves: set[str]) -> Any:
             f"{exc}. Check the example inputs' shapes and dtypes."
         ) from exc
 
+    register_dataclasses(list(values.values()))  # dataclass outputs: pytree nodes from here on
     check_inplace_aliases(gm, values)
     info: dict[fx.Node, NodeInfo] = {}
     for node in gm.graph.nodes:
@@ -306,6 +341,8 @@ def annotate(gm: fx.GraphModule, inputs: tuple, user_leaves: set[str]) -> Any:
             meta.depends_on_params = False  # traced under no_grad: a constant of the pass
         else:
             data_args = [a for a in args if info[a].role in ("vertex", "struct", "input")]
+            from_input = any(info[a].from_input for a in args)
+            meta.from_input = isinstance(value, torch.Tensor) and bool(data_args or from_input)
             if data_args and _moves_data(node, info, values, module):
                 meta.role = "struct"
                 sources: dict[fx.Node, None] = {}
@@ -313,7 +350,7 @@ def annotate(gm: fx.GraphModule, inputs: tuple, user_leaves: set[str]) -> Any:
                     for src in info[a].sources if info[a].role == "struct" else (a,):
                         sources[src] = None
                 meta.sources = tuple(sources)
-            elif floats and data_args:
+            elif floats and (data_args or (from_input and meta.depends_on_params)):
                 rule = rule_for(node, module, user_leaf=node.target in user_leaves)
                 if rule.differentiable:
                     meta.role, meta.rule = "vertex", rule

@@ -251,12 +251,7 @@ def capture(
         raise _trace_error(exc, model, tracer.failed_path) from exc
     _default_to_concrete(gm.graph, concrete_args)
     if changed:
-        raise TraceError(
-            f"The forward of {type(model).__name__} changes Python attributes "
-            f"({', '.join(changed)}): a traced graph reads them once, at trace time, so the "
-            f"converted model would not see the change. Keep such state in a buffer "
-            f"(register_buffer), or make the submodule a leaf (convert(..., leaf_modules=[...]))."
-        )
+        raise attribute_change_error(model, changed)
     mark_no_grad_regions(gm.graph)
     user_leaves = {
         n.target
@@ -265,6 +260,16 @@ def capture(
     }
     functionalize(gm, training)
     return gm, user_leaves
+
+
+def attribute_change_error(model: nn.Module, changed: list[str]) -> TraceError:
+    """A forward that changes Python attributes: a captured graph would not change them."""
+    return TraceError(
+        f"The forward of {type(model).__name__} changes Python attributes "
+        f"({', '.join(changed)}): a captured graph reads them once, at capture time, so the "
+        f"converted model would not see the change. Keep such state in a buffer "
+        f"(register_buffer), or make the submodule a leaf (convert(..., leaf_modules=[...]))."
+    )
 
 
 def _trace_error(exc: Exception, model: nn.Module, failed_path: str | None) -> TraceError:
@@ -290,13 +295,46 @@ def _trace_error(exc: Exception, model: nn.Module, failed_path: str | None) -> T
             f"conversion. Pad the batch to a fixed length (and mask the loss), or convert one "
             f"PCModule per sequence length; or {hint} so that code stays one opaque vertex."
         )
+    cause, remedy = _fx_cause(exc, hint)
     return TraceError(
         f"Cannot trace {type(model).__name__} with torch.fx: {type(exc).__name__}: {exc}\n"
-        f"  at {_user_frame(exc.__traceback__)}\n"
-        f"Data-dependent Python control flow (if/for on tensor values, .item() in a condition) "
-        f"cannot be captured as a static graph. Remedies: {hint}; or pass the argument that "
-        f"drives the control flow as a constant (convert(..., concrete_args={{...}})); or "
-        f"hide the function from tracing with torch.fx.wrap."
+        f"  at {_user_frame(exc.__traceback__)}\n{cause} Remedies: {remedy}."
+    )
+
+
+# What symbolic tracing could not follow, by the message torch.fx or Python gives.
+_FX_CAUSES = (
+    (
+        ("co_varnames is too small",),
+        "The forward takes *args or **kwargs, which torch.fx cannot trace.",
+        "convert with capture='export' (torch.export follows any signature), or give the "
+        "forward named parameters",
+    ),
+    (
+        ("cannot be used as inputs to control flow", "Proxy object cannot be iterated"),
+        "Python control flow depends on a traced tensor (an if/for/while on its value, or "
+        "iterating over it), which a static graph cannot capture.",
+        "convert with capture='export' when the condition depends only on sizes; otherwise "
+        "{hint}, or fix the argument that drives it (convert(..., concrete_args={{...}}))",
+    ),
+    (
+        ("slice indices must be integers", "cannot be interpreted as an integer", "must be real"),
+        "A traced size is used as a Python number (int(), math.*, range() or a slice bound), "
+        "which torch.fx cannot trace.",
+        "convert with capture='export' (torch.export traces sizes), or {hint}",
+    ),
+)
+
+
+def _fx_cause(exc: BaseException, hint: str) -> tuple[str, str]:
+    text = f"{type(exc).__name__}: {exc}"
+    for needles, cause, remedy in _FX_CAUSES:
+        if any(n in text for n in needles):
+            return cause, remedy.format(hint=hint)
+    return (
+        "Symbolic tracing cannot follow this code.",
+        f"convert with capture='export'; or {hint}; or hide the function from tracing with "
+        f"torch.fx.wrap",
     )
 
 

@@ -14,6 +14,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from ..errors import UnsupportedOpError
+from .aten import aten_inplace_twin, aten_name, is_aten
 from .messages import fn_name, unsupported
 from .names import INPLACE_DUNDERS, OPERATOR_INPLACE, UNSUPPORTED_METHODS, is_inplace_name
 from .registry import has_method_rule
@@ -28,6 +29,8 @@ def inplace_twin(node: fx.Node) -> tuple[str, Any] | None:
         UnsupportedOpError: in-place ops without a functional twin (``x[i] = v``, ``copy_``).
     """
     if node.op == "call_function":
+        if is_aten(node.target):
+            return _aten_twin(node)
         if node.target in OPERATOR_INPLACE:
             return ("call_function", OPERATOR_INPLACE[node.target])
         if node.target is operator.setitem:
@@ -50,6 +53,17 @@ def inplace_twin(node: fx.Node) -> tuple[str, Any] | None:
             raise unsupported(node, f"in-place method {node.target!r} has no out-of-place twin")
         return ("call_method", twin)
     return None
+
+
+def _aten_twin(node: fx.Node) -> tuple[str, Any] | None:
+    if not is_inplace_name(aten_name(node.target)):
+        return None
+    if aten_name(node.target) in UNSUPPORTED_METHODS:
+        raise unsupported(node, UNSUPPORTED_METHODS[aten_name(node.target)])
+    twin = aten_inplace_twin(node.target)
+    if twin is None:
+        raise unsupported(node, f"in-place ATen op {node.target} has no out-of-place twin")
+    return ("call_function", twin)
 
 
 def setitem_error(node: fx.Node) -> UnsupportedOpError:

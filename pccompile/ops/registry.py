@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
 from torch.nn.utils.parametrize import is_parametrized
 
+from .aten import aten_rule, is_aten
 from .messages import fn_name, unsupported
 from .names import (
     CONTAINERS,
@@ -38,6 +38,7 @@ from .names import (
     UNSUPPORTED_METHODS,
     is_inplace_name,
 )
+from .oprule import Kind, OpRule
 
 __all__ = [
     "OpRule",
@@ -50,34 +51,6 @@ __all__ = [
     "registered_ops",
     "registered_rules",
 ]
-
-Kind = Literal["pure", "stochastic", "stateful", "opaque"]
-
-
-@dataclass(frozen=True)
-class OpRule:
-    """What the engine must know about an op.
-
-    kind:
-        ``pure``: a deterministic function of its arguments and parameters.
-        ``stochastic``: draws random numbers; the feed-forward RNG state is replayed whenever the
-        vertex is re-evaluated, so every evaluation sees the same masks as BP's forward.
-        ``stateful``: mutates module buffers (running statistics); re-evaluations run on copies.
-        ``opaque``: a user-declared leaf; treated as both stochastic and stateful.
-    """
-
-    kind: Kind = "pure"
-    note: str = ""
-    differentiable: bool = True  # False: no gradient reaches the inputs (new_zeros, bernoulli)
-
-    @property
-    def replays_rng(self) -> bool:
-        return self.kind in ("stochastic", "opaque")
-
-    @property
-    def protects_buffers(self) -> bool:
-        return self.kind in ("stateful", "opaque")
-
 
 _MODULES: dict[type, OpRule] = {}
 _FUNCTIONS: dict[Callable, OpRule] = {}
@@ -269,6 +242,8 @@ def rule_for(node: fx.Node, module: nn.Module | None = None, user_leaf: bool = F
         if getattr(node.target, "pc_autograd_function", None) is not None:
             # its own backward gives the VJP; its forward may draw or mutate: assume the worst
             return OpRule("opaque", "custom torch.autograd.Function")
+        if is_aten(node.target):  # torch.export graphs: the operator's schema declares it
+            return aten_rule(node.target)
         rule = _FUNCTIONS.get(node.target)
         if rule is None and _lazy_torchvision():
             rule = _FUNCTIONS.get(node.target)

@@ -164,7 +164,7 @@ class _ValueNodes:
                     devices=ff.devices,
                 )
             mus[v.vid] = [t for t in tree_flatten(out)[0] if is_float_tensor(t)]
-        output = plan.output.load(ff.env, leaves)[0][0]
+        output = plan.read_output(ff.env, leaves)
         with torch.enable_grad():
             loss = loss_fn(output, target).reshape(())
         return flat, mus, loss

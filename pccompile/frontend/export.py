@@ -1,0 +1,155 @@
+"""Capture by ``torch.export``: the front end for code ``torch.fx``'s symbolic tracing cannot
+follow (data-dependent sizes, ``torch.finfo``, ``int(size)``, mask builders, ``**kwargs``
+signatures: Hugging Face transformers, TF-"same" padding, ``torch.zeros(x.shape[0], H)``).
+
+Reads: the user's module and example inputs (run under fake tensors by ``torch.export``,
+non-strict; the module's buffers, RNG and training flags are restored afterwards).
+Writes: a new GraphModule whose nodes are ATen operators of the training IR (``aten.linear``,
+``aten.conv2d``, ``aten.layer_norm``, ``aten.scaled_dot_product_attention``, ``aten.dropout``
+...), reading the user's own Parameter and buffer objects through ``get_attr``; in-place ATen
+ops rewritten out of place and buffer updates made explicit (:mod:`.functionalize`). Each
+node is named after the module that called it (``encoder_layer_0_attention_query_linear``), so
+graphs, tables and errors read like the model. Inputs and outputs keep the module's structure:
+the GraphModule flattens its arguments and rebuilds its output (``ModelOutput``, dicts,
+dataclasses registered with pytree) with the specs ``torch.export`` recorded.
+Invariants: the graph computes what the module computes in the traced training mode, for
+inputs of the example's shapes (sizes are fixed at conversion, as for unrolled RNNs).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.utils._pytree as pytree
+
+from ..errors import TraceError
+from ..preserve import preserved
+from .functionalize import functionalize
+from .pytrees import register_dataclasses
+
+__all__ = ["capture_export", "unflatten_output"]
+
+
+def capture_export(
+    model: nn.Module, inputs: tuple, *, training: bool, kwargs: dict[str, Any] | None = None
+) -> tuple[fx.GraphModule, set[str]]:
+    """Capture ``model`` with ``torch.export`` (non-strict) and functionalise the graph.
+
+    Returns:
+        The GraphModule, and an empty set (no user leaves: every op is an ATen vertex).
+
+    Raises:
+        TraceError: ``torch.export`` cannot capture the model; the message carries its reason.
+    """
+    try:
+        exported = _export(model, inputs, kwargs, training)
+    except Exception as exc:  # export raises many types, all about the user's code
+        raise TraceError(
+            f"torch.export cannot capture {type(model).__name__}: {type(exc).__name__}: "
+            f"{_first_line(exc)}\n{_export_remedy(exc)}"
+        ) from exc
+    flat = exported.module()
+    graph = flat.graph
+    # A fresh GraphModule over the user's model: get_attr targets resolve to its Parameter and
+    # buffer objects (shared, so updates land where BP's forward would make them); constants
+    # torch.export lifted out of the code come from its own module.
+    root = {
+        n.target: _attr(model, n.target, flat)
+        for n in graph.nodes
+        if n.op in ("get_attr", "call_module")  # call_module: export's input guards
+    }
+    gm = fx.GraphModule(root, graph, class_name=f"PC{type(model).__name__}")
+    gm._in_spec, gm._out_spec = flat._in_spec, flat._out_spec
+    _name_after_modules(graph)
+    functionalize(gm, training)
+    return gm, set()
+
+
+def _export(model: nn.Module, inputs: tuple, kwargs: dict | None, training: bool) -> Any:
+    """``torch.export.export``, non-strict, leaving the model as it was. A dataclass output
+    type torch's pytree does not know yet is registered (as ``torch.export.register_dataclass``
+    asks users to) and the export retried once."""
+    for attempt in (0, 1):
+        try:
+            with preserved(model, inputs, training=training):
+                return torch.export.export(model, tuple(inputs), kwargs or None, strict=False)
+        except Exception as exc:
+            if (
+                attempt
+                or "not a known type" not in str(exc)
+                or not _register_dataclasses(model, inputs, kwargs, training)
+            ):
+                raise
+    raise AssertionError("unreachable")
+
+
+def _register_dataclasses(model: nn.Module, inputs: tuple, kwargs, training: bool) -> bool:
+    with preserved(model, inputs, training=training), torch.no_grad():
+        return register_dataclasses(model(*inputs, **(kwargs or {})))
+
+
+def _export_remedy(exc: BaseException) -> str:
+    text = str(exc)
+    if "cache_utils" in text:
+        return (
+            "The model returns a transformers Cache (key/value states for generation). Convert "
+            "it without one: build it with config.use_cache = False (or from_config(config, "
+            "use_cache=False))."
+        )
+    if "not a known type" in text:
+        return (
+            "The model returns (or takes) an object torch's pytree does not know. Register its "
+            "type (torch.utils._pytree.register_pytree_node, or torch.export.register_dataclass "
+            "for a dataclass), or return tensors, tuples, lists or dicts."
+        )
+    if "data-dependent" in text.lower() or "GuardOnDataDependent" in text:
+        return (
+            "Python control flow depends on tensor values, which no static graph captures. "
+            "Compute both branches and select with torch.where, or make the decision a "
+            "constant of the model."
+        )
+    return (
+        "Remedies: make the failing computation depend on sizes, not tensor values; see "
+        "https://pytorch.org/docs/stable/export.html (limitations of torch.export)."
+    )
+
+
+def unflatten_output(gm: fx.GraphModule, flat: Any) -> Any:
+    """The module's output from the graph output node's flat values (for graphs captured by
+    ``torch.export``; other graphs return their output as it is)."""
+    spec = getattr(gm, "_out_spec", None)
+    return flat if spec is None else pytree.tree_unflatten(list(flat), spec)
+
+
+def _attr(model: nn.Module, target: str, fallback: nn.Module) -> Any:
+    for root in (model, fallback):
+        obj: Any = root
+        try:
+            for part in target.split("."):
+                obj = getattr(obj, part)
+        except AttributeError:
+            continue
+        return obj
+    raise TraceError(f"torch.export refers to {target!r}, which neither module has.")
+
+
+def _name_after_modules(graph: fx.Graph) -> None:
+    """``linear_3`` -> ``encoder_layer_0_attention_query_linear``: the innermost module path
+    that called the op, then the op's name (FX keeps names unique)."""
+    for node in graph.nodes:
+        stack = node.meta.get("nn_module_stack")
+        if node.op != "call_function" or not stack:
+            continue
+        path = list(stack.values())[-1][0]
+        op = re.sub(r"_\d+$", "", node.name)
+        if path:
+            node._rename(re.sub(r"\W", "_", f"{path}_{op}"))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else ""

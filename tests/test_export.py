@@ -1,0 +1,380 @@
+"""The torch.export front end: models symbolic tracing cannot follow, trained exactly like BP.
+
+Every model here fails ``torch.fx`` symbolic tracing (checked: ``capture="fx"`` raises) and is
+converted by ``capture="auto"`` through ``torch.export``; no leaf modules. Each is trained by
+the differential checker against plain autograd in eval and train mode (dropout on: the masks
+are replayed from the feed-forward RNG state), float64, with Z-IL in both schedules and FPA.
+Hugging Face transformers models are built from small random configs (no download).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections import Counter
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import pccompile
+from pccompile import ConfigError, TraceError
+from pccompile.testing import Habits, train_against_bp
+
+D = torch.float64
+TOL = 1e-9  # what the issue asks; most rows are bitwise (asserted where they are)
+HABITS = Habits(steps=2, accumulate=2)
+RULES = [("zil", "efficient"), ("zil", "faithful"), ("fpa", "efficient")]
+transformers = pytest.importorskip("transformers")
+
+
+def _ids(*shape: int, vocab: int = 50, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _check(model, batches, loss, *, bitwise: bool, rules=RULES) -> None:
+    for train in (False, True):
+        for rule, mode in rules:
+            with warnings.catch_warnings():
+                # faithful: masked attention scores (-inf) make the energy of vertices behind the
+                # error front non-finite (a RuntimeWarning says so); their weights were read
+                # before, which the comparison below checks
+                warnings.simplefilter("ignore", RuntimeWarning)
+                opts = dict(train=train, habits=HABITS, mode=mode)
+                rep = train_against_bp(model, batches, loss, rule, **opts)
+            tol = 0.0 if bitwise else TOL
+            where = f"{rule}/{mode}/{'train' if train else 'eval'}"
+            assert rep.ok(tol), where + ": " + "\n".join(rep.problems(tol))
+
+
+def _aten_vertices(pcm) -> Counter:
+    return Counter(str(v.node.target).split(".")[1] for v in pcm.plan.vertices if v.kind == "op")
+
+
+def _fx_refuses(model, x) -> None:
+    with pytest.raises(TraceError, match="with torch.fx"):
+        pccompile.convert(model, x, capture="fx")
+
+
+# ------------------------------------------------------------------------ transformers
+def _logits_xent(out, y):
+    return F.cross_entropy(out.logits.reshape(-1, out.logits.shape[-1]), y.reshape(-1))
+
+
+def _tiny_bert():
+    cfg = transformers.BertConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+        num_labels=3,
+    )
+    torch.manual_seed(0)
+    return transformers.BertForSequenceClassification(cfg).to(D)
+
+
+def test_bert_sequence_classification_equals_bp_bitwise():
+    model = _tiny_bert()
+    x = _ids(2, 8)
+    _fx_refuses(model, x)
+    pcm = pccompile.convert(model, x)
+    ops = _aten_vertices(pcm)
+    # 2 layers x (q, k, v, attention output, intermediate, output) + pooler + classifier
+    assert ops["linear"] == 14 and ops["layer_norm"] == 5
+    # the word embedding reads the input ids: a vertex; the position and token-type embeddings
+    # read buffers only: parameter transforms, part of the vertex that adds them
+    assert ops["embedding"] == 1
+    assert ops["scaled_dot_product_attention"] == 2 and ops["gelu"] == 2
+    names = [v.name for v in pcm.plan.vertices]
+    assert "bert_encoder_layer_0_attention_self_query_linear" in names  # named after modules
+    batches = [((_ids(2, 8, seed=s),), torch.tensor([0, 2])) for s in (2, 3)]
+    _check(model, batches, lambda o, y: F.cross_entropy(o.logits, y), bitwise=True)
+
+
+def test_gpt2_causal_lm_equals_bp_bitwise():
+    cfg = transformers.GPT2Config(
+        vocab_size=50,
+        n_embd=16,
+        n_layer=2,
+        n_head=2,
+        n_positions=32,
+        use_cache=False,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(cfg).to(D)
+    with pytest.raises(TraceError, match=r"takes \*args or \*\*kwargs"):  # its own cause
+        pccompile.convert(model, _ids(2, 8), capture="fx")
+    pcm = pccompile.convert(model, _ids(2, 8))
+    assert _aten_vertices(pcm)["scaled_dot_product_attention"] == 2
+    # the tied embedding/readout weight gets both uses' contributions (checked by the checker)
+    batches = [((_ids(2, 8, seed=s),), _ids(2, 8, seed=s + 10)) for s in (2, 3)]
+    _check(model, batches, _logits_xent, bitwise=True)
+
+
+@pytest.mark.slow
+def test_llama_causal_lm_equals_bp():
+    cfg = transformers.LlamaConfig(
+        vocab_size=50,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=32,
+        use_cache=False,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(cfg).to(D)
+    batches = [((_ids(2, 8, seed=s),), _ids(2, 8, seed=s + 10)) for s in (2, 3)]
+    _check(model, batches, _logits_xent, bitwise=False)
+
+
+@pytest.mark.slow
+def test_bart_seq2seq_equals_bp_bitwise():
+    cfg = transformers.BartConfig(
+        vocab_size=50,
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        max_position_embeddings=32,
+        use_cache=False,
+    )
+    torch.manual_seed(0)
+    model = transformers.BartForConditionalGeneration(cfg).to(D)
+
+    def batch(s):
+        return (_ids(2, 8, seed=s), None, _ids(2, 6, seed=s + 1)), _ids(2, 6, seed=s + 2)
+
+    _check(model, [batch(2), batch(5)], _logits_xent, bitwise=True)
+
+
+@pytest.mark.slow
+def test_hf_vit_equals_bp_bitwise():
+    cfg = transformers.ViTConfig(
+        image_size=16,
+        patch_size=4,
+        num_channels=3,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_labels=3,
+    )
+    torch.manual_seed(0)
+    model = transformers.ViTForImageClassification(cfg).to(D)
+    g = torch.Generator().manual_seed(1)
+    batches = [((torch.randn(2, 3, 16, 16, generator=g, dtype=D),), torch.tensor([0, 2]))] * 2
+    _check(model, batches, lambda o, y: F.cross_entropy(o.logits, y), bitwise=True)
+
+
+def test_a_model_returning_a_cache_gets_the_use_cache_remedy():
+    cfg = transformers.GPT2Config(vocab_size=50, n_embd=16, n_layer=1, n_head=2, n_positions=32)
+    model = transformers.GPT2LMHeadModel(cfg)
+    with pytest.raises(TraceError, match="use_cache = False"):
+        pccompile.convert(model, _ids(2, 8))
+
+
+# ---------------------------------------------------------------------- everyday idioms
+class CausalSelfAttention(nn.Module):
+    """nn.MultiheadAttention with a causal mask built from the input's length, and dropout."""
+
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, dropout=0.2, batch_first=True)
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, x):
+        n = x.shape[1]
+        mask = torch.triu(torch.ones(n, n, dtype=torch.bool, device=x.device), diagonal=1)
+        h, _ = self.attn(x, x, x, attn_mask=mask, need_weights=False)
+        return self.out(h + x)
+
+
+class ZerosCellLoop(nn.Module):
+    """The RNN habit: a state of zeros sized from the batch, then a cell per time step."""
+
+    def __init__(self):
+        super().__init__()
+        self.cell = nn.GRUCell(3, 5)
+        self.out = nn.Linear(5, 2)
+
+    def forward(self, x):
+        h = torch.zeros(x.shape[0], 5, dtype=x.dtype)
+        for t in range(x.shape[1]):
+            h = self.cell(x[:, t], h)
+        return self.out(h)
+
+
+class VAE(nn.Module):
+    """Reparameterisation with randn_like: the noise is replayed, so the updates equal BP's."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc, self.dec = nn.Linear(6, 4), nn.Linear(2, 6)
+
+    def forward(self, x):
+        mu, logvar = self.enc(x).chunk(2, dim=-1)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        return self.dec(z), mu, logvar
+
+
+def _vae_loss(out, x):
+    recon, mu, logvar = out
+    return F.mse_loss(recon, x) - 0.5 * torch.mean(1 + logvar - mu.pow(2) - logvar.exp())
+
+
+def _randn(*shape, seed=1):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=D)
+
+
+@pytest.mark.parametrize(
+    "build, x, target, loss",
+    [
+        (CausalSelfAttention, _randn(2, 5, 8), torch.tensor([1, 2]), None),
+        (ZerosCellLoop, _randn(3, 4, 3), _randn(3, 2, seed=2), F.mse_loss),
+        (VAE, _randn(4, 6), _randn(4, 6, seed=3), _vae_loss),
+    ],
+    ids=["mha-causal-dropout", "zeros-cell-loop", "vae-randn_like"],
+)
+def test_everyday_idioms_fx_cannot_trace_equal_bp(build, x, target, loss):
+    torch.manual_seed(0)
+    model = build().to(D)
+    if loss is None:
+        loss = lambda o, y: F.cross_entropy(o.mean(1), y)  # noqa: E731
+    if build is not VAE:  # the VAE traces with fx too (randn_like is a constant of the pass)
+        _fx_refuses(model, x)
+    _check(model, [((x,), target)], loss, bitwise=True)
+
+
+def test_vae_noise_is_replayed_not_redrawn():
+    """A broken setting fails the same check: without RNG replay the noise of a re-evaluation
+    differs, so faithful Z-IL would drift from BP."""
+    torch.manual_seed(0)
+    model = VAE().to(D)
+    x = _randn(4, 6)
+    pcm = pccompile.convert(model, x, capture="export")
+    (noise,) = [v for v in pcm.plan.vertices if "randn" in str(v.node.target)] or [None]
+    assert noise is None  # randn_like has no gradient: a constant of the pass, drawn once
+    rep = train_against_bp(model, [((x,), x)], _vae_loss, "zil", mode="faithful", train=True)
+    assert rep.ok(0.0), rep.problems(0.0)
+
+
+# ------------------------------------------------------------------ front-end choice
+class ShapeBranch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x):
+        if x.shape[0] > 2:  # control flow on a size: fx cannot, export can
+            return torch.tanh(self.lin(x))
+        return self.lin(x)
+
+
+def test_auto_falls_back_to_export_and_fx_is_still_selectable():
+    x = torch.randn(3, 4)
+    with pytest.raises(TraceError, match="control flow"):
+        pccompile.convert(ShapeBranch(), x, capture="fx")
+    pcm = pccompile.convert(ShapeBranch(), x)
+    assert any("tanh" in str(v.node.target) for v in pcm.plan.vertices)
+    assert torch.equal(pcm(x), ShapeBranch.forward(pcm.original, x))
+
+
+class ValueBranch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x):
+        if x.sum() > 0:  # on values: neither front end can make a static graph of this
+            return self.lin(x)
+        return -self.lin(x)
+
+
+def test_when_both_front_ends_fail_the_error_lists_each_with_its_remedy():
+    with pytest.raises(TraceError) as err:
+        pccompile.convert(ValueBranch(), torch.randn(3, 4))
+    msg = str(err.value)
+    assert msg.startswith("Neither front end can convert ValueBranch.")
+    assert "1. torch.fx:" in msg and "2. torch.export:" in msg
+    assert "torch.where" in msg  # the export attempt's remedy for value-dependent control flow
+
+
+def test_export_refuses_fx_only_options():
+    with pytest.raises(ConfigError, match="capture='fx'"):
+        pccompile.convert(nn.Linear(2, 2), torch.randn(1, 2), capture="export", leaf_modules=["x"])
+    with pytest.raises(ConfigError, match="capture must be"):
+        pccompile.convert(nn.Linear(2, 2), torch.randn(1, 2), capture="jit")
+
+
+class KwargsForward(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 2)
+
+    def forward(self, x, **kwargs):
+        return self.lin(x)
+
+
+@pytest.mark.parametrize("capture", ["fx", "export"])
+def test_a_forward_with_kwargs_converts_with_either_front_end(capture):
+    x = torch.randn(3, 4, dtype=D)
+    pcm = pccompile.convert(KwargsForward().to(D), x, capture=capture)
+    assert torch.equal(pcm(x), pcm.original(x))
+    rep = train_against_bp(
+        KwargsForward().to(D),
+        [((x,), _randn(3, 2))],
+        F.mse_loss,
+        "zil",
+        convert_options={"capture": capture},
+    )
+    assert rep.ok(0.0), rep.problems(0.0)
+
+
+@dataclasses.dataclass
+class Out:
+    logits: torch.Tensor
+    hidden: torch.Tensor
+
+
+class ReturnsDataclass(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = torch.tanh(self.a(x))
+        return Out(self.b(h), h)
+
+
+def test_dataclass_outputs_reach_the_loss_as_dataclasses():
+    x = torch.randn(3, 4, dtype=D)
+    loss = lambda o, y: F.mse_loss(o.logits, y) + o.hidden.pow(2).mean()  # noqa: E731
+    pcm = pccompile.convert(ReturnsDataclass().to(D), x)
+    assert isinstance(pcm(x), Out)
+    _check(ReturnsDataclass().to(D), [((x,), _randn(3, 2))], loss, bitwise=True)
+
+
+class ListInput(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 3), nn.Linear(2, 3)
+
+    def forward(self, xs):
+        return self.a(xs[0]) * self.b(xs[1])
+
+
+def test_a_list_of_tensors_as_input():
+    xs = [torch.randn(3, 4, dtype=D), torch.randn(3, 2, dtype=D)]
+    _check(ListInput().to(D), [((xs,), _randn(3, 3))], F.mse_loss, bitwise=True)
