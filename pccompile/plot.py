@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import ConfigError
+from .extras import require
 from .rules import Trace
 
 __all__ = ["plot_trace"]
@@ -21,13 +22,12 @@ def plot_trace(trace: Trace, path: str | Path, *, title: str = "") -> Path:
         >>> report = pcm.learn(x, target=y, loss_fn=f, rule="zil", trace=True)
         >>> plot_trace(report.trace, "zil_dynamics.png")
     """
-    try:
-        import matplotlib
+    require("plot", "plot_trace")
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ConfigError("plot_trace needs matplotlib: pip install 'pccompile[plot]'.") from exc
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     if not trace.energy:
         raise ConfigError("The trace is empty: learn(..., trace=True) records one.")
     path = Path(path)

@@ -287,7 +287,49 @@ def test_inspect_does_not_overwrite_without_force(tmp_path, capsys):
 
 def test_inspect_dot_without_pydot_names_the_install(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "pydot", None)  # as if pydot were not installed
-    assert_usage_error(run(capsys, "inspect", *MLP, "--format", "dot"), "pip install pydot")
+    assert_usage_error(
+        run(capsys, "inspect", *MLP, "--format", "dot"), "pip install 'pccompile[dot]'"
+    )
+
+
+def _never_build(args):
+    raise AssertionError("the model was built before the missing extra was reported")
+
+
+@pytest.mark.parametrize(
+    ("blocked", "argv", "needles"),
+    [
+        ("onnxruntime", ["export", "-o", "m.onnx"], ["onnxruntime", "pip install 'pccompile["]),
+        ("onnx", ["export", "-o", "m.onnx", "--no-verify"], ["onnx,", "pccompile[onnx]"]),
+        ("onnxscript", ["export", "-o", "m.onnx"], ["onnxscript", "pccompile[onnx]"]),
+        ("matplotlib", ["inspect", "--png", "g.png"], ["matplotlib", "pccompile[plot]"]),
+        ("pydot", ["inspect", "--format", "dot"], ["pydot", "pccompile[dot]"]),
+    ],
+)
+def test_a_missing_extra_is_named_before_the_model_is_built(
+    tmp_path, monkeypatch, capsys, blocked, argv, needles
+):
+    import pccompile.cli.commands as commands
+    import pccompile.cli.common as common
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, blocked, None)  # as if not installed
+    monkeypatch.setattr(common, "load_model", _never_build)
+    monkeypatch.setattr(commands, "load_model", _never_build)
+    cmd, *rest = argv
+    line = assert_usage_error(run(capsys, cmd, "torchvision:resnet18", *rest), *needles)
+    assert "internal error" not in line
+    assert only_entries(tmp_path) == []
+
+
+def test_library_export_without_onnxruntime_names_the_extra(tmp_path, monkeypatch):
+    from pccompile.io.onnx import export_onnx
+
+    pcm = pccompile.convert(torch.nn.Sequential(torch.nn.Linear(4, 3)), torch.randn(2, 4))
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(pccompile.ConfigError, match=r"onnxruntime.*'pccompile\[onnx\]'"):
+        export_onnx(pcm, tmp_path / "m.onnx", (torch.randn(2, 4),))
+    assert only_entries(tmp_path) == []
 
 
 def test_library_views_without_pydot_or_matplotlib_name_the_extra(tmp_path, monkeypatch):

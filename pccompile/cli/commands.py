@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -20,8 +19,9 @@ from typing import Any
 
 import torch
 
+from ..extras import require
 from ..io.artifact import save_converted
-from ..io.onnx import OnnxExport, export_onnx
+from ..io.onnx import OnnxExport, export_onnx, require_onnx
 from ..io.render import draw_png, headline, mode_text, render_graph, shape_text, write_graph
 from ..losses import default_loss
 from ..summary import graph_summary
@@ -191,13 +191,10 @@ def _training_run_report(
 # ------------------------------------------------------------------------------------ inspect
 def cmd_inspect(args: argparse.Namespace) -> int:
     """``pccompile inspect``: the PC graph as text, JSON, GraphML or DOT, and optionally a PNG."""
-    if args.format == "dot" and importlib.util.find_spec("pydot") is None:
-        raise CLIError(
-            "--format dot needs pydot, which is not installed: pip install pydot "
-            "(or use --format graphml)."
-        )
-    if args.png and importlib.util.find_spec("matplotlib") is None:
-        raise CLIError("--png needs matplotlib, which is not installed: pip install matplotlib.")
+    if args.format == "dot":
+        require("dot", "--format dot (or use --format graphml)")
+    if args.png:
+        require("plot", "--png")
     if args.json and args.format in ("graphml", "dot") and not args.output:
         raise CLIError(f"--json prints JSON to stdout, so --format {args.format} needs -o FILE.")
     with progress(args, "build model", "convert", "write") as bar:
@@ -240,6 +237,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------ export
 def cmd_export(args: argparse.Namespace) -> int:
     """``pccompile export``: ONNX of the prediction or of the PC energy, checked by onnxruntime."""
+    require_onnx(not args.no_verify, "pccompile export")  # before minutes of work, not after
     stages = ["build model", "convert", "export + check" if not args.no_verify else "export"]
     with progress(args, *stages) as bar:
         with bar.stage(stages[0]):

@@ -35,10 +35,18 @@ from torch.utils._pytree import tree_flatten
 
 from ..engine.energy import EnergyModule, feedforward_values, value_node_names
 from ..errors import PCCompileError
+from ..extras import require
 from ..module import PCModule
 from .atomic import atomic_output
 
-__all__ = ["ExportError", "OnnxMismatchError", "OnnxExport", "export_onnx", "GraphKind"]
+__all__ = [
+    "ExportError",
+    "OnnxMismatchError",
+    "OnnxExport",
+    "export_onnx",
+    "require_onnx",
+    "GraphKind",
+]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +88,17 @@ class OnnxExport:
     per_output: dict[str, float] = field(default_factory=dict)
 
 
+def require_onnx(verify: bool = True, what: str = "ONNX export") -> None:
+    """Fail fast when the ``onnx`` extra is missing: the exporter needs onnx and onnxscript,
+    the check (``verify``) onnxruntime too.
+
+    Raises:
+        ConfigError: a package is missing; the message names ``pip install 'pccompile[onnx]'``.
+    """
+    modules = ("onnx", "onnxscript", "onnxruntime") if verify else ("onnx", "onnxscript")
+    require("onnx", what, modules)
+
+
 def export_onnx(
     pcm: PCModule,
     path: str | os.PathLike,
@@ -112,6 +131,7 @@ def export_onnx(
         An :class:`OnnxExport` with the names and the observed max abs difference.
 
     Raises:
+        ConfigError: the ``onnx`` extra is not installed (checked before anything runs).
         ExportError: the exporter fails, or the file fails the ONNX checker.
         OnnxMismatchError: onnxruntime differs from PyTorch by more than ``tol`` (nothing is
             written under ``path``).
@@ -125,6 +145,7 @@ def export_onnx(
     """
     if graph not in ("predict", "energy"):
         raise ExportError(f"graph must be 'predict' or 'energy', got {graph!r}.")
+    require_onnx(verify)
     was_training = pcm.training
     pcm.eval()
     try:

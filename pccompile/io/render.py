@@ -20,6 +20,7 @@ from typing import Any, Literal
 import networkx as nx
 
 from ..errors import ConfigError
+from ..extras import install_hint, require
 from ..summary import VERTEX_KINDS
 from ..verify import format_table
 from .atomic import atomic_output
@@ -89,13 +90,8 @@ def render_graph(fmt: GraphFormat, g: nx.DiGraph, summary: dict[str, Any]) -> st
     if fmt == "graphml":
         return "\n".join(nx.generate_graphml(plain_graph(g)))
     if fmt == "dot":
-        try:
-            return nx.nx_pydot.to_pydot(plain_graph(g, dot=True)).to_string()
-        except ImportError as exc:
-            raise ConfigError(
-                "DOT output needs pydot, which is not installed: pip install 'pccompile[dot]' "
-                "(or use GraphML)."
-            ) from exc
+        require("dot", "DOT output (or use GraphML)")
+        return nx.nx_pydot.to_pydot(plain_graph(g, dot=True)).to_string()
     return render_text(summary)
 
 
@@ -177,7 +173,8 @@ def draw_png(
         from matplotlib.figure import Figure
         from matplotlib.lines import Line2D
     except ImportError as exc:
-        raise ConfigError("draw_png needs matplotlib: pip install 'pccompile[plot]'.") from exc
+        require("plot", "draw_png")  # raises, naming the extra
+        raise ConfigError(f"draw_png needs matplotlib: {install_hint('plot')}.") from exc
 
     by_level = _by_level(g)
     pos = {
