@@ -81,12 +81,14 @@ def main(argv: list[str] | None = None) -> int:
 def _configure_logging(args: argparse.Namespace) -> None:
     """-v: pccompile's INFO messages on stderr; -vv or --debug: DEBUG, every library's."""
     level = logging.DEBUG if (args.debug or args.verbose >= 2) else logging.INFO
+    for logger in (logging.getLogger(), logging.getLogger("pccompile")):  # an earlier main()'s
+        for h in [h for h in logger.handlers if h.get_name() == _LOG_HANDLER]:
+            logger.removeHandler(h)
+            logger.setLevel(logging.NOTSET if logger.name == "pccompile" else logging.WARNING)
     if not (args.debug or args.verbose):
         return
     logger = logging.getLogger() if level == logging.DEBUG else logging.getLogger("pccompile")
     logger.setLevel(level)
-    if any(h.get_name() == _LOG_HANDLER for h in logger.handlers):
-        return  # main() ran before in this process (tests)
     handler = _StderrHandler()
     handler.set_name(_LOG_HANDLER)
     handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
