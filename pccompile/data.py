@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import ConfigError, InputError
+from .errors import InputError
+from .extras import require
 
 __all__ = ["digits", "load_mnist", "load_cifar10"]
 
@@ -28,15 +29,11 @@ def digits(
         standardised with the training set's mean and std; labels ``torch.long``.
 
     Raises:
-        ConfigError: scikit-learn is not installed (it is the ``data`` extra).
+        ConfigError: scikit-learn is not installed (it is the ``data`` extra); the message
+            names ``pip install 'pccompile[data]'``.
     """
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as exc:
-        raise ConfigError(
-            "digits() needs scikit-learn, whose wheel ships the data set: "
-            "pip install 'pccompile[data]' (or pip install scikit-learn)."
-        ) from exc
+    require("data", "digits()")  # the data set ships in scikit-learn's wheel
+    from sklearn.datasets import load_digits
 
     bunch = load_digits()
     x = torch.tensor(bunch.images, dtype=torch.float64) / 16.0

@@ -13,6 +13,7 @@ __all__ = [
     "ConfigError",
     "InputError",
     "ExactnessError",
+    "CheckFailedError",
 ]
 
 
@@ -38,3 +39,8 @@ class InputError(PCCompileError, ValueError):
 
 class ExactnessError(PCCompileError):
     """A setting that cannot give BP's updates was combined with ``require_exact=True``."""
+
+
+class CheckFailedError(PCCompileError):
+    """A result was produced and failed its check (e.g. ONNX output beyond the tolerance); the
+    command line exits 1 for these, 2 for every other :class:`PCCompileError`."""

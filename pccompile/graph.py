@@ -8,8 +8,10 @@ as nodes, and the engine compiles its schedule from it. This view copies what a 
 see. Its nodes are the live PC vertices keyed by FX node name, with attributes ``kind``
 (``input`` | ``op`` | ``identity`` | ``output``), ``level`` (longest path to the output, output =
 0), ``shape``, ``params`` (qualified names of the trainable parameters the vertex uses), ``op``
-(what it calls) and ``fx`` (the FX node name); identity vertices also carry ``source`` and
-``target``, the edge they pad. Edges run parent -> child.
+(what it calls: ``module:layer1.0.conv1``, ``function:relu``, ``method:view``), ``label`` (what a
+person reads in a picture: the module's class ``Conv2d``, the function or method name ``relu``,
+``identity``, ``input``, ``output``) and ``fx`` (the FX node name); identity vertices also carry
+``source`` and ``target``, the edge they pad. Edges run parent -> child.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ def pc_graph(gm: fx.GraphModule) -> nx.DiGraph:
             "shape": info.shapes[0] if len(info.shapes) == 1 else tuple(info.shapes),
             "params": params_of.get(node, ()),
             "op": _op_label(node),
+            "label": _readable(gm, node, info.role),
         }
         if info.role == "identity":
             attrs.update(op="identity", source=info.pads[0].name, target=info.pads[1].name)
@@ -56,6 +59,17 @@ def _op_label(node: fx.Node) -> str:
         return f"method:{node.target}"
     if node.op == "call_function":
         return f"function:{getattr(node.target, '__name__', str(node.target))}"
+    return node.op
+
+
+def _readable(gm: fx.GraphModule, node: fx.Node, role: str) -> str:
+    if role in ("identity", "input", "output"):
+        return role
+    if node.op == "call_module":
+        return type(gm.get_submodule(node.target)).__name__
+    if node.op in ("call_function", "call_method"):
+        name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+        return name.strip("_") or str(node.target)
     return node.op
 
 

@@ -5,21 +5,27 @@ Reads: a spec string, the module or file it names (its code runs), optional weig
 (``torch.load(weights_only=True)`` only: a file that needs arbitrary unpickling is refused).
 Writes nothing (a converted model's directory is :mod:`pccompile.io.artifact`'s).
 Invariants: torchvision models are always built with ``weights=None`` (nothing is downloaded);
-weights load with ``strict=True``. Every failure is a :class:`ModelSpecError` whose message is
-one line saying what happened and how to fix it.
+weights load with ``strict=True``. ``package.module`` is imported with the current folder on
+``sys.path`` (as ``python -m`` has it), ``pkgutil.resolve_name`` finds the factory; a model file
+is imported under a module name that depends only on its resolved path (the same in every
+process, so what pickle records of its classes resolves again). Every failure is a
+:class:`ModelSpecError` whose message is one line saying what happened and how to fix it.
 """
 
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib
 import importlib.util
 import logging
 import os
 import pickle
+import pkgutil
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -39,6 +45,8 @@ __all__ = [
     "load_weights",
     "random_inputs",
     "check_forward",
+    "check_leaf_modules",
+    "file_module_name",
 ]
 
 log = logging.getLogger(__name__)
@@ -165,6 +173,11 @@ def build_model(spec: ModelSpec, num_classes: int | None = None) -> Built:
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     if spec.kind == "torchvision":
         return Built(_torchvision(spec.source, kwargs), [_tv_shape(spec.source)])
+    with _on_sys_path(os.getcwd()):  # as `python -m` has it, also for the installed script
+        return _build_from_factory(spec, kwargs, num_classes)
+
+
+def _build_from_factory(spec: ModelSpec, kwargs: dict, num_classes: int | None) -> Built:
     module = _import_file(spec.source) if spec.kind == "file" else _import_module(spec.source)
     factory = _attr(module, spec)
     if not callable(factory):
@@ -221,13 +234,35 @@ def _tv_shape(name: str) -> Shape:
     return TORCHVISION_DEFAULT_SHAPE
 
 
+@contextmanager
+def _on_sys_path(folder: str) -> Iterator[None]:
+    """``folder`` first on ``sys.path`` while the block runs (unless it is there already)."""
+    if folder in sys.path or (folder == os.getcwd() and "" in sys.path):
+        yield
+        return
+    sys.path.insert(0, folder)
+    try:
+        yield
+    finally:
+        if folder in sys.path:
+            sys.path.remove(folder)
+
+
 def _import_module(name: str) -> Any:
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if missing and not (name == missing or name.startswith(missing + ".")):
+            raise ModelSpecError(
+                f"Importing module {name!r} failed: it imports {missing!r}, which is not "
+                f"installed ({_one_line(exc)}); install it."
+            ) from exc
         raise ModelSpecError(
-            f"Cannot import module {name!r} ({_one_line(exc)}); install it, add its folder to "
-            f"PYTHONPATH, or pass a file instead (path/to/file.py:factory)."
+            f"Cannot import module {name!r} ({_one_line(exc)}) from the current folder "
+            f"{os.getcwd()} or the installed packages; run from the folder that holds it, add "
+            f"that folder to PYTHONPATH, install it, or pass a file instead "
+            f"(path/to/file.py:factory)."
         ) from exc
     except Exception as exc:
         raise ModelSpecError(
@@ -243,7 +278,7 @@ def _import_file(path: str) -> Any:
             f"Model file {path!r} does not exist; check the path (relative paths are taken from "
             f"{os.getcwd()})."
         )
-    name = f"_pccompile_model_{abs(hash(str(p.resolve())))}"
+    name = file_module_name(p)
     loader_spec = importlib.util.spec_from_file_location(name, p)
     if loader_spec is None or loader_spec.loader is None:
         raise ModelSpecError(f"Cannot load {path!r} as Python; give a .py file.")
@@ -264,16 +299,24 @@ def _import_file(path: str) -> Any:
     return module
 
 
+def file_module_name(path: str | os.PathLike) -> str:
+    """The module name a model file is imported under: ``pccompile_model_<stem>_<digest>``, the
+    digest of its resolved path. It is the same in every process (Python's ``hash`` of a string
+    is not), so an object pickled in one process finds its class again in another once the
+    same file has been loaded there (``build_model``, ``load_converted``)."""
+    resolved = str(Path(path).resolve())
+    stem = re.sub(r"\W", "_", Path(resolved).stem)
+    return f"pccompile_model_{stem}_{hashlib.sha256(resolved.encode()).hexdigest()[:12]}"
+
+
 def _attr(module: Any, spec: ModelSpec) -> Any:
-    obj = module
-    for part in spec.factory.split("."):
-        if not hasattr(obj, part):
-            names = [n for n in dir(module) if not n.startswith("_")]
-            close = difflib.get_close_matches(spec.factory, names, n=3)
-            hint = f"did you mean {', '.join(close)}?" if close else "check the name after ':'."
-            raise ModelSpecError(f"{spec.source!r} has no attribute {spec.factory!r}; {hint}")
-        obj = getattr(obj, part)
-    return obj
+    try:  # the stdlib's "module:qualname" resolution, on the module imported above
+        return pkgutil.resolve_name(f"{module.__name__}:{spec.factory}")
+    except AttributeError:
+        names = [n for n in dir(module) if not n.startswith("_")]
+        close = difflib.get_close_matches(spec.factory, names, n=3)
+        hint = f"did you mean {', '.join(close)}?" if close else "check the name after ':'."
+        raise ModelSpecError(f"{spec.source!r} has no attribute {spec.factory!r}; {hint}") from None
 
 
 def _module_shapes(module: Any, spec: ModelSpec) -> list[Shape]:
@@ -291,12 +334,21 @@ def _module_shapes(module: Any, spec: ModelSpec) -> list[Shape]:
         ) from exc
 
 
+# Keys under which training scripts commonly nest the state_dict in a checkpoint.
+CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model")
+
+
 def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
     """Load a ``state_dict`` file into ``model`` with ``weights_only=True`` and ``strict=True``.
 
+    The file may hold the state_dict itself or a checkpoint dict that nests it under one of
+    :data:`CHECKPOINT_KEYS` (``{"state_dict": ..., "epoch": ...}``, as Lightning and many
+    training scripts save); the other entries are ignored.
+
     Raises:
-        ModelSpecError: missing file, a file ``weights_only`` refuses (pickled Python objects,
-            which could run code), not a state_dict, or keys/shapes that do not fit the model.
+        ModelSpecError: missing file, a file ``weights_only`` refuses as unsafe (it pickles Python
+            objects that could run code), not a state_dict, or keys/shapes that do not fit the
+            model.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -304,16 +356,19 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        # torch words it "Unsupported global: GLOBAL x.y" or "unsupported GLOBAL x.y whose module
+        # x is blocked"; either way weights_only refused to import x.y: an unsafe file
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
         if found is None:  # not a pickle of safe types at all: garbage or a foreign format
             raise ModelSpecError(
                 f"Cannot read weights file {path!r}: it is not a file written by torch.save "
                 f"(or it is damaged); give a file written by torch.save(model.state_dict(), path)."
             ) from exc
         raise ModelSpecError(
-            f"Weights file {path!r} was refused by torch.load(weights_only=True): it pickles "
-            f"{found.group(1)}, not just tensors (loading it could run arbitrary code); re-save "
-            f"only the weights with torch.save(model.state_dict(), path) from a source you trust."
+            f"Weights file {path!r} was refused by torch.load(weights_only=True) as unsafe: it "
+            f"pickles {found.group(1)}, not just tensors (loading it could run arbitrary code); "
+            f"nothing in it was run. Re-save only the weights with "
+            f"torch.save(model.state_dict(), path) from a source you trust."
         ) from exc
     except Exception as exc:
         raise ModelSpecError(
@@ -321,14 +376,14 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
             f"is damaged ({type(exc).__name__}: {_one_line(exc)}); give a file written by "
             f"torch.save(model.state_dict(), path)."
         ) from exc
+    state = _unwrap_checkpoint(state, path)
     if not (
         isinstance(state, Mapping) and all(isinstance(v, torch.Tensor) for v in state.values())
     ):
-        inner = [k for k in ("state_dict", "model") if isinstance(state, Mapping) and k in state]
-        hint = f" (it has a {inner[0]!r} entry: save that entry on its own)" if inner else ""
         raise ModelSpecError(
-            f"Weights file {path!r} holds a {type(state).__name__}, not a state_dict of tensors"
-            f"{hint}; save it with torch.save(model.state_dict(), path)."
+            f"Weights file {path!r} holds a {type(state).__name__}, not a state_dict of tensors "
+            f"(nor a checkpoint with one under {'/'.join(CHECKPOINT_KEYS)}); save it with "
+            f"torch.save(model.state_dict(), path)."
         )
     own = model.state_dict()
     missing = [k for k in own if k not in state]
@@ -352,6 +407,48 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
         )
     model.load_state_dict(state, strict=True)
     log.info("loaded %d tensors from %s", len(state), path)
+
+
+def _unwrap_checkpoint(state: Any, path: str) -> Any:
+    """The state_dict nested in a checkpoint dict, or ``state`` itself."""
+    if not isinstance(state, Mapping) or all(isinstance(v, torch.Tensor) for v in state.values()):
+        return state
+    for key in CHECKPOINT_KEYS:
+        inner = state.get(key)
+        if (
+            isinstance(inner, Mapping)
+            and inner
+            and all(isinstance(v, torch.Tensor) for v in inner.values())
+        ):
+            log.info("%s is a checkpoint: loading its %r entry", path, key)
+            return inner
+    return state
+
+
+def check_leaf_modules(model: nn.Module, names: Iterable[str]) -> None:
+    """Refuse a ``--leaf-module`` name that is not a submodule of ``model`` (a typo would be
+    ignored by the tracer and the module traced through).
+
+    Raises:
+        ModelSpecError: naming the unknown names and the closest submodule names.
+    """
+    known = [n for n, _ in model.named_modules() if n]
+    unknown = [n for n in names if isinstance(n, str) and n not in set(known)]
+    if not unknown:
+        return
+    name = unknown[0]
+    close = difflib.get_close_matches(name, known, n=3)
+    hint = (
+        f"did you mean {', '.join(close)}?"
+        if close
+        else f"its submodules include {', '.join(known[:6])}{' ...' if len(known) > 6 else ''}."
+        if known
+        else "it has no submodules."
+    )
+    raise ModelSpecError(
+        f"--leaf-module {name!r} is not a submodule of the model (a qualified name as in "
+        f"model.named_modules(), e.g. layer1.0); {hint}"
+    )
 
 
 def random_inputs(

@@ -142,6 +142,9 @@ class PCModule(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        model = self._pc_model
+        if model._forward_pre_hooks or model._forward_hooks:
+            return _with_root_hooks(model, self._plan(self.training, args).gm, args, kwargs)
         return self._plan(self.training, args).gm(*args, **kwargs)
 
     # ------------------------------------------------------------------ learning
@@ -210,6 +213,31 @@ class PCModule(nn.Module):
             tr if trace else None,
             tree_map(detach, ff.output),
         )
+
+
+def _with_root_hooks(model: nn.Module, gm: Any, args: tuple, kwargs: dict) -> Any:
+    """Run ``gm`` as ``model(*args, **kwargs)`` would run ``model.forward``: the forward
+    pre-hooks and hooks registered on the original's root fire (the traced graph calls the
+    children, whose hooks fire on their own, but never the root), with the same arguments and
+    the same power to replace inputs or the output as in ``nn.Module.__call__``."""
+    for hook_id, hook in list(model._forward_pre_hooks.items()):
+        if hook_id in model._forward_pre_hooks_with_kwargs:
+            res = hook(model, args, kwargs)
+            if res is not None:
+                args, kwargs = res
+        else:
+            res = hook(model, args)
+            if res is not None:
+                args = res if isinstance(res, tuple) else (res,)
+    result = gm(*args, **kwargs)
+    for hook_id, hook in list(model._forward_hooks.items()):
+        if hook_id in model._forward_hooks_with_kwargs:
+            res = hook(model, args, kwargs, result)
+        else:
+            res = hook(model, args, result)
+        if res is not None:
+            result = res
+    return result
 
 
 def _names(model: nn.Module) -> list[str]:

@@ -1,58 +1,149 @@
-"""Plots of inference dynamics (needs the ``plot`` extra: matplotlib)."""
+"""Plots of inference dynamics (needs the ``plot`` extra: matplotlib).
+
+Reads: a :class:`pccompile.Trace` (``pcm.learn(..., trace=True).trace``).
+Writes: one picture, its format from the file's suffix (``.png``, ``.svg``, ``.pdf``), published
+atomically with the user's umask (:func:`pccompile.io.atomic.atomic_output`).
+"""
 
 from __future__ import annotations
 
+import math
 import os
-import tempfile
+import textwrap
 from pathlib import Path
 
 from .errors import ConfigError
+from .extras import require
+from .io.atomic import atomic_output
+from .io.render import _MPL, figure_format
 from .rules import Trace
 
-__all__ = ["plot_trace"]
+__all__ = ["plot_trace", "trace_caption"]
 
 
-def plot_trace(trace: Trace, path: str | Path, *, title: str = "") -> Path:
-    """Draw total energy vs step and the error norm of each level vs step; save as PNG.
+def trace_caption(trace: Trace) -> str:
+    """What :func:`plot_trace`'s picture shows, in words, from the trace's own numbers."""
+    levels = trace.level_error_norms()
+    steps = len(trace.energy)
+    first = {lvl: next((s for s, n in enumerate(ns) if n > 0), None) for lvl, ns in levels.items()}
+    reached = sorted((s, lvl) for lvl, s in first.items() if s is not None)
+    finite = [e for e in trace.energy if math.isfinite(e)]
+    bad = next((s for s, e in enumerate(trace.energy) if not math.isfinite(e)), None)
+    e0, e1 = finite[0] if finite else math.nan, finite[-1] if finite else math.nan
+    trend = "rises" if e1 > e0 * (1 + 1e-9) else ("falls" if e1 < e0 * (1 - 1e-9) else "stays")
+    why = (
+        " It rises because the energy counts every error node: at step 0 only the output's "
+        "loss term is non-zero, and each level the error reaches adds its 1/2||eps||^2 while the "
+        "output's term is held (Z-IL reads each level's weights once, when the front arrives)."
+        if trend == "rises"
+        else ""
+    )
+    red = ""
+    if bad is not None:
+        red = "; red = not finite"
+        why += (
+            f" From step {bad} on F is not finite (the line stops): value nodes the front has "
+            f"passed diverge; Z-IL has read their weights already, so its updates are unaffected."
+        )
+    front = (
+        f" The error front reaches level {reached[-1][1]} at step {reached[-1][0]}"
+        f" (first non-zero entry per level: the diagonal)."
+        if reached
+        else ""
+    )
+    return (
+        f"Left: total energy F = sum 1/2||eps||^2 + loss over {steps} inference steps; "
+        f"it {trend} ({e0:.3g} -> {e1:.3g}{' while finite' if bad is not None else ''}).{why} "
+        f"Right: each level's error norm per step "
+        f"(colour, log scale; white = exactly zero, not yet reached{red}). Level 0 is the "
+        f"output."
+        f"{front}"
+    )
 
-    The write is atomic: the PNG appears under ``path`` only once complete.
+
+def plot_trace(trace: Trace, path: str | Path, *, title: str = "", overwrite: bool = True) -> Path:
+    """Draw the total energy per step and a level x step map of error norms with a colour bar,
+    captioned with what the picture shows (:func:`trace_caption`).
+
+    The format follows the suffix (``.png``, ``.svg``, ``.pdf``; anything else is refused); the
+    write is atomic: the picture appears under ``path`` only once complete.
+
+    Raises:
+        ConfigError: matplotlib is not installed (names ``pip install 'pccompile[plot]'``), the
+            trace is empty, or the suffix is not a picture format.
 
     Example:
         >>> report = pcm.learn(x, target=y, loss_fn=f, rule="zil", trace=True)
         >>> plot_trace(report.trace, "zil_dynamics.png")
     """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ConfigError("plot_trace needs matplotlib: pip install 'pccompile[plot]'.") from exc
+    fmt = figure_format(path)
+    require("plot", "plot_trace", _MPL)
     if not trace.energy:
         raise ConfigError("The trace is empty: learn(..., trace=True) records one.")
-    path = Path(path)
-    fig, (ax_e, ax_l) = plt.subplots(1, 2, figsize=(11, 4))
-    steps = range(len(trace.energy))
-    ax_e.plot(steps, trace.energy, marker="o", ms=3)
-    ax_e.set(xlabel="inference step", ylabel="energy F", title="total energy")
+    import numpy as np
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import LogNorm
+    from matplotlib.figure import Figure
+
     levels = trace.level_error_norms()
-    cmap = plt.get_cmap("viridis", max(len(levels), 2))
-    for i, (level, norms) in enumerate(levels.items()):
-        ax_l.plot(steps, norms, color=cmap(i), lw=1, label=f"level {level}" if i % 5 == 0 else None)
-    ax_l.set(xlabel="inference step", ylabel="||eps|| per level", title="error front")
-    if any(n > 0 for norms in levels.values() for n in norms):
-        ax_l.set_yscale("symlog", linthresh=1e-8)
-    ax_l.legend(fontsize="small")
+    steps = len(trace.energy)
+    depth = max(levels, default=0)
+    grid = np.full((depth + 1, steps), np.nan)  # NaN: exactly zero, drawn white
+    diverged = np.zeros(grid.shape, dtype=bool)
+    for lvl, norms in levels.items():
+        for step, n in enumerate(norms):
+            if not math.isfinite(n):
+                diverged[lvl, step] = True
+            elif n > 0:
+                grid[lvl, step] = n
+    positive = grid[np.isfinite(grid)]
+
+    caption = textwrap.fill(trace_caption(trace), 150)
+    n_lines = caption.count("\n") + 1
+    fig = Figure(figsize=(12, 4.6 + 0.17 * n_lines))
+    FigureCanvasAgg(fig)
+    bottom = (0.55 + 0.17 * n_lines) / (4.6 + 0.17 * n_lines)
+    top = 0.86
+    ax_e = fig.add_axes((0.06, bottom, 0.36, top - bottom))
+    ax_l = fig.add_axes((0.5, bottom, 0.4, top - bottom))
+    ax_c = fig.add_axes((0.915, bottom, 0.015, top - bottom))
+
+    ax_e.plot(range(steps), trace.energy, marker="o", ms=3, color="#4c72b0")
+    ax_e.set(xlabel="inference step", ylabel="energy F", title="total energy")
+    ax_e.set_xlim(-0.5, steps - 0.5)
+    finite = [e for e in trace.energy if math.isfinite(e)]
+    if finite and min(finite) > 0 and max(finite) > 1e3 * min(finite):
+        ax_e.set_yscale("log")
+    ax_e.grid(alpha=0.3)
+
+    # white: exactly zero (the front has not arrived); red: not finite (diverged behind it)
+    cmap = colormaps["viridis"].with_extremes(bad="white", over="#d62728")
+    if positive.size:
+        lo, hi = float(positive.min()), float(positive.max())
+        norm = LogNorm(vmin=lo, vmax=hi if hi > lo else lo * 10)
+    else:
+        norm = LogNorm(vmin=1e-12, vmax=1.0)
+    grid[diverged] = norm.vmax * 10
+    img = ax_l.imshow(
+        np.ma.masked_invalid(grid),
+        origin="lower",
+        aspect="auto",
+        interpolation="nearest",
+        cmap=cmap,
+        norm=norm,
+        extent=(-0.5, steps - 0.5, -0.5, depth + 0.5),
+    )
+    ax_l.set(xlabel="inference step", ylabel="level (0 = output)", title="error front")
+    fig.colorbar(
+        img,
+        cax=ax_c,
+        label="||eps|| of the level" + (" (red: not finite)" if diverged.any() else ""),
+        extend="max" if diverged.any() else "neither",
+    )
     if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent or ".")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=110)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+        fig.suptitle(title, x=0.06, ha="left", y=0.97)
+    fig.text(0.06, 0.02, caption, fontsize=8, va="bottom", ha="left", wrap=False)
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        fig.savefig(tmp, format=fmt, dpi=110)
+    return Path(os.fspath(path))

@@ -183,6 +183,7 @@ def train_against_bp(
     seed: int = 0,
     example_inputs: tuple | None = None,
     convert_options: dict | None = None,
+    progress: Callable[[str], None] | None = None,
     **rule_options: Any,
 ) -> DiffReport:
     """Train a BP copy and a ``rule`` copy of ``model`` in lockstep and compare them.
@@ -199,6 +200,7 @@ def train_against_bp(
             runs from the same RNG state.
         example_inputs: for ``convert`` (default: the first micro-batch's inputs).
         convert_options: extra ``pccompile.convert`` keywords (``leaf_modules=`` ...).
+        progress: called with ``"training step k/N, micro-batch j/M"`` before each micro-batch.
 
     Returns:
         A :class:`DiffReport`; ``report.ok(tol)`` is True when every ``.grad``, parameter and
@@ -227,7 +229,12 @@ def train_against_bp(
     report = DiffReport(str(getattr(pcm.rule, "name", rule)), "", habits, convert_changed=changed)
     k = 0
     for step in range(habits.steps):
-        for _ in range(habits.accumulate):
+        for j in range(habits.accumulate):
+            if progress is not None:
+                progress(
+                    f"training step {step + 1}/{habits.steps}, micro-batch {j + 1}/"
+                    f"{habits.accumulate}"
+                )
             inputs, target = batches[k % len(batches)]
             k += 1
             torch.set_rng_state(rng)

@@ -78,9 +78,13 @@ def verify(
     *,
     tol: float | None = None,
     seed: int = 0,
+    progress: Callable[[str], None] | None = None,
     **options: Any,
 ) -> VerifyResult:
     """Compare one learn step of ``rule`` against ``bp`` on the same state and batch.
+
+    ``progress(text)``, if given, is called before each of the two steps (``"bp step"``,
+    ``"zil step"``), e.g. to move a progress bar.
 
     Returns:
         A :class:`VerifyResult` with one :class:`ParamCheck` per parameter; ``.passed`` is True
@@ -102,6 +106,9 @@ def verify(
                 p.grad = None
             torch.manual_seed(seed)
             kw = options if r is rule else {}
+            if progress is not None:
+                name = r if isinstance(r, str) else getattr(r or pcm.rule, "name", "rule")
+                progress(f"{name} step")
             report = pcm.learn(*inputs, target=target, loss_fn=loss_fn, rule=r, **kw)
             runs["bp" if r == "bp" else "pc"] = (_grads(pcm), report)
     finally:

@@ -8,19 +8,25 @@ without --force. ONNX export is in test_onnx.py.
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import runpy
+import shutil
+import stat
+import struct
+import subprocess
 import sys
 from pathlib import Path
 
 import networkx as nx
 import pytest
 import torch
+import torchvision
 
 import pccompile
 from pccompile.cli import build_parser, main
 from pccompile.io.artifact import load_converted
 from pccompile.io.render import draw_png, render_graph
-from pccompile.modelspec import ModelSpecError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FACTORY = FIXTURES / "lstm_factory.py"
@@ -128,14 +134,33 @@ def test_convert_lstm_json_is_one_object_and_reload_uses_the_given_weights(tmp_p
 def test_convert_does_not_overwrite_without_force(tmp_path, capsys):
     out = tmp_path / "out"
     assert run(capsys, *["convert", *MLP, "-o", str(out)])[0] == 0
-    (out / "note.txt").write_text("keep me")
     line = assert_usage_error(
         run(capsys, "convert", *MLP, "-o", str(out)), "already exists", "--force"
     )
     assert str(out) in line
-    assert (out / "note.txt").read_text() == "keep me"
     assert run(capsys, "convert", *MLP, "-o", str(out), "--force")[0] == 0
-    assert not (out / "note.txt").exists() and (out / "manifest.json").is_file()
+    assert only_entries(out) == ["forward.py", "graph.graphml", "manifest.json", "weights.pt"]
+    assert only_entries(tmp_path) == ["out"]
+
+
+def test_force_never_deletes_what_the_command_did_not_write(tmp_path, capsys, monkeypatch):
+    """The docs' out/ then out/r18: --force on out/ must not delete the nested output, nor a
+    note the user put there; and it says so before converting anything."""
+    import pccompile.cli.commands as commands
+
+    out = tmp_path / "out"
+    assert run(capsys, "convert", *MLP, "-o", str(out))[0] == 0
+    assert run(capsys, "convert", *MLP, "-o", str(out / "r18"))[0] == 0
+    (out / "note.txt").write_text("keep me")
+    monkeypatch.setattr(commands, "load_model", _never_build)
+    line = assert_usage_error(
+        run(capsys, "convert", *MLP, "-o", str(out), "--force"),
+        "note.txt, r18/",
+        "--force only replaces what pccompile wrote",
+    )
+    assert ".tmp" not in line
+    assert (out / "note.txt").read_text() == "keep me"
+    assert (out / "r18" / "manifest.json").is_file()
     assert only_entries(tmp_path) == ["out"]
 
 
@@ -287,7 +312,52 @@ def test_inspect_does_not_overwrite_without_force(tmp_path, capsys):
 
 def test_inspect_dot_without_pydot_names_the_install(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "pydot", None)  # as if pydot were not installed
-    assert_usage_error(run(capsys, "inspect", *MLP, "--format", "dot"), "pip install pydot")
+    assert_usage_error(
+        run(capsys, "inspect", *MLP, "--format", "dot"), "pip install 'pccompile[dot]'"
+    )
+
+
+def _never_build(args):
+    raise AssertionError("the model was built before the problem was reported")
+
+
+@pytest.fixture
+def never_build(monkeypatch):
+    """Any attempt to build the model fails the test (the commands bind load_model at import)."""
+    import pccompile.cli.commands as commands
+
+    monkeypatch.setattr(commands, "load_model", _never_build)
+
+
+@pytest.mark.parametrize(
+    ("blocked", "argv", "needles"),
+    [
+        ("onnxruntime", ["export", "-o", "m.onnx"], ["onnxruntime", "pip install 'pccompile["]),
+        ("onnx", ["export", "-o", "m.onnx", "--no-verify"], ["onnx,", "pccompile[onnx]"]),
+        ("onnxscript", ["export", "-o", "m.onnx"], ["onnxscript", "pccompile[onnx]"]),
+        ("matplotlib", ["inspect", "--png", "g.png"], ["matplotlib", "pccompile[plot]"]),
+        ("pydot", ["inspect", "--format", "dot"], ["pydot", "pccompile[dot]"]),
+    ],
+)
+def test_a_missing_extra_is_named_before_the_model_is_built(
+    tmp_path, monkeypatch, capsys, never_build, blocked, argv, needles
+):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, blocked, None)  # as if not installed
+    cmd, *rest = argv
+    line = assert_usage_error(run(capsys, cmd, "torchvision:resnet18", *rest), *needles)
+    assert "internal error" not in line
+    assert only_entries(tmp_path) == []
+
+
+def test_library_export_without_onnxruntime_names_the_extra(tmp_path, monkeypatch):
+    from pccompile.io.onnx import export_onnx
+
+    pcm = pccompile.convert(torch.nn.Sequential(torch.nn.Linear(4, 3)), torch.randn(2, 4))
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(pccompile.ConfigError, match=r"onnxruntime.*'pccompile\[onnx\]'"):
+        export_onnx(pcm, tmp_path / "m.onnx", (torch.randn(2, 4),))
+    assert only_entries(tmp_path) == []
 
 
 def test_library_views_without_pydot_or_matplotlib_name_the_extra(tmp_path, monkeypatch):
@@ -439,10 +509,14 @@ def test_missing_and_garbage_weights_files(tmp_path, capsys):
         )
 
 
-def test_debug_shows_the_exception_and_json_reports_errors(capsys):
-    with pytest.raises(ModelSpecError):
-        main(["inspect", "torchvision:resnet1800", "--debug"])
-    capsys.readouterr()
+def test_debug_shows_the_traceback_and_keeps_the_exit_code(capsys):
+    code, _, err = run(capsys, "inspect", "torchvision:resnet1800", "--debug")
+    assert code == 2
+    assert "Traceback" in err and "ModelSpecError" in err
+    assert err.strip().splitlines()[-1].startswith("pccompile inspect: error: torchvision has no")
+
+
+def test_json_reports_errors(capsys):
     code, out, err = run(capsys, "inspect", "torchvision:resnet1800", "--json")
     assert code == 2 and len(err.strip().splitlines()) == 1
     report = json.loads(out)
@@ -457,3 +531,173 @@ def test_cli_runs_without_tqdm(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "tqdm.auto", None)
     assert main(["inspect", "torchvision:resnet18", "--input-shape", "1,3,32,32", "--json"]) == 0
     assert '"depth"' in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------- outputs
+def test_output_paths_are_checked_before_the_model_is_built(tmp_path, capsys, never_build):
+    (tmp_path / "a_file").write_text("")
+    assert_usage_error(
+        run(capsys, "convert", *MLP, "-o", str(tmp_path / "a_file" / "out")), "is a file"
+    )
+    (tmp_path / "g.json").write_text("old")
+    assert_usage_error(
+        run(capsys, "inspect", *MLP, "--format", "json", "-o", str(tmp_path / "g.json")),
+        "already exists",
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "g.json"]
+
+
+def test_outputs_get_the_users_umask_not_private_modes(tmp_path, capsys):
+    old = os.umask(0o022)
+    try:
+        out, png = tmp_path / "out", tmp_path / "g.png"
+        assert run(capsys, "convert", *MLP, "-o", str(out))[0] == 0
+        assert run(capsys, "inspect", *MLP, "--format", "png", "-o", str(png))[0] == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    assert {stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == {0o644}
+    assert stat.S_IMODE(png.stat().st_mode) == 0o644
+
+
+def test_a_failed_write_names_the_requested_path_not_the_temporary_one(
+    tmp_path, capsys, monkeypatch
+):
+    import pccompile.io.artifact as artifact
+
+    def disk_full(obj, path, *args, **kwargs):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(artifact.torch, "save", disk_full)
+    out = tmp_path / "out"
+    line = assert_usage_error(run(capsys, "convert", *MLP, "-o", str(out)), "No space left")
+    assert str(out / "weights.pt") in line and ".tmp" not in line
+    assert only_entries(tmp_path) == []
+
+
+def test_a_converted_folder_moves_with_its_model_file(tmp_path, capsys):
+    project = tmp_path / "project"
+    (project / "models").mkdir(parents=True)
+    shutil.copy(OTHER, project / "models" / "nets.py")
+    out = project / "runs" / "mlp"
+    spec = f"{project / 'models' / 'nets.py'}:make_mlp"
+    assert run(capsys, "convert", spec, "--input-shape", "3,4", "-o", str(out))[0] == 0
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["model_relative"] == "../../models/nets.py:make_mlp"
+    moved = tmp_path / "elsewhere"
+    project.rename(moved)  # the absolute path in "model" no longer exists
+    pcm = load_converted(moved / "runs" / "mlp")
+    assert isinstance(pcm, pccompile.PCModule)
+    # a manifest written before model_relative existed still loads from its absolute path
+    old = tmp_path / "old"
+    shutil.copytree(moved, old)
+    man["model"] = f"{old / 'models' / 'nets.py'}:make_mlp"
+    del man["model_relative"]
+    (old / "runs" / "mlp" / "manifest.json").write_text(json.dumps(man))
+    assert isinstance(load_converted(old / "runs" / "mlp"), pccompile.PCModule)
+
+
+# ---------------------------------------------------------------------------------- model specs
+def test_a_typo_in_leaf_module_is_an_error_with_the_close_names(capsys):
+    assert_usage_error(
+        run(
+            capsys,
+            "verify",
+            f"{OTHER}:make_untraceable",
+            "--input-shape",
+            "3,4",
+            "--leaf-module",
+            "gat",
+        ),
+        "--leaf-module 'gat' is not a submodule",
+        "did you mean gate",
+    )
+
+
+def test_a_malicious_pickle_is_reported_as_refused_unsafe_not_damaged(tmp_path, capsys):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch pwned",))
+
+    state = _lstm_state()
+    state["fc.bias"] = Evil()
+    torch.save(state, tmp_path / "evil.pt")
+    line = assert_usage_error(
+        run(capsys, "verify", LSTM, "--weights", str(tmp_path / "evil.pt")),
+        "refused by torch.load(weights_only=True) as unsafe",
+        "system",
+    )
+    assert "damaged" not in line
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_a_checkpoint_with_a_state_dict_entry_loads(tmp_path, capsys):
+    state = _lstm_state()
+    torch.save({"epoch": 3, "state_dict": state, "lr": 0.1}, tmp_path / "ckpt.pt")
+    code, out, err = run(capsys, "verify", LSTM, "--weights", str(tmp_path / "ckpt.pt"), "-q")
+    assert code == 0 and out.startswith("PASS"), err
+
+
+def test_a_model_file_gets_the_same_module_name_in_every_process(tmp_path):
+    """So a model pickled in one process unpickles in another that loaded the same file."""
+    from pccompile.modelspec import build_model, file_module_name, parse_spec
+
+    torch.manual_seed(0)
+    model = build_model(parse_spec(f"{OTHER}:make_untraceable")).model
+    assert type(model).__module__ == file_module_name(OTHER)
+    (tmp_path / "model.pkl").write_bytes(pickle.dumps(model))
+    code = (
+        "import pickle, sys\n"
+        "from pccompile.modelspec import build_model, parse_spec\n"
+        f"build_model(parse_spec({str(OTHER) + ':make_untraceable'!r}))\n"
+        f"m = pickle.loads(open({str(tmp_path / 'model.pkl')!r}, 'rb').read())\n"
+        "print(type(m).__name__, type(m).__module__)\n"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "123", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["Branchy", file_module_name(OTHER)]
+
+
+# ---------------------------------------------------------------------------------- pictures
+def test_inspect_format_png_and_svg_draw_the_leveled_graph(tmp_path, capsys):
+    png, svg = tmp_path / "g.png", tmp_path / "g.svg"
+    assert run(capsys, "inspect", *RESNET, "--format", "png", "-o", str(png))[0] == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", png.read_bytes()[16:24])
+    assert height > width  # one row per level, not a 2730x360 strip
+    assert run(capsys, "inspect", *MLP, "--format", "svg", "-o", str(svg))[0] == 0
+    assert b"<svg" in svg.read_bytes()[:500] and b"Linear" in svg.read_bytes()
+    assert_usage_error(
+        run(capsys, "inspect", *MLP, "--format", "png", "-o", str(tmp_path / "x.svg")),
+        "ends in .svg",
+    )
+    assert_usage_error(run(capsys, "inspect", *MLP, "--format", "png"), "-o FILE")
+
+
+def test_graph_vertices_have_readable_labels(capsys):
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=10).eval()
+    g = pccompile.convert(net, torch.randn(1, 3, 32, 32)).graph
+    assert g.nodes["conv1"]["label"] == "Conv2d" and g.nodes["conv1"]["op"] == "module:conv1"
+    labels = {d["label"] for _, d in g.nodes(data=True)}
+    assert {"input", "output", "identity", "BatchNorm2d", "ReLU", "add", "Linear"} <= labels
+
+
+def test_verify_reports_progress_inside_its_stage():
+    from pccompile.verify import verify
+
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    x, y = torch.randn(2, 4), torch.randn(2, 3)
+    seen: list[str] = []
+    res = verify(
+        pccompile.convert(net, x), (x,), y, torch.nn.functional.mse_loss, progress=seen.append
+    )
+    assert res.passed and seen == ["bp step", "zil step"]
+
+
+def test_verbose_logs_what_is_done(tmp_path, capsys):
+    code, _, err = run(capsys, "convert", *MLP, "-o", str(tmp_path / "out"), "-v")
+    assert code == 0 and f"wrote {tmp_path / 'out'}" in err

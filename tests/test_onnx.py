@@ -75,6 +75,19 @@ def test_predict_graph_matches_pytorch_in_onnxruntime(tmp_path, capsys, name):
         f"(export check: {report['max_abs_diff']:.3e})"
     )
     assert got.shape == tuple(ref.shape) and diff <= TOL
+    if name == "resnet18":  # a dynamic batch dimension: a batch of 5 runs in a file made with 2
+        assert report["dynamic_batch"] is True
+        assert not isinstance(sess.get_inputs()[0].shape[0], int)
+        x5 = torch.randn(5, *shape[1:], generator=torch.Generator().manual_seed(8))
+        (got5,) = sess.run(None, {"x": x5.numpy()})
+        with torch.no_grad():
+            assert got5.shape == (5, 10) and max_diff(got5, same_model(argv)(x5)) <= TOL
+
+
+def test_static_batch_fixes_the_batch_dimension(tmp_path, capsys):
+    path, report = export(capsys, tmp_path, MLP, "--static-batch")
+    assert report["dynamic_batch"] is False
+    assert session(path).get_inputs()[0].shape == [3, 4]
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -143,7 +156,7 @@ def test_mismatch_exits_1_and_writes_nothing(tmp_path, capsys, monkeypatch):
 
 @pytest.mark.parametrize("exc", [KeyboardInterrupt, OSError])
 def test_interrupted_export_leaves_no_file(tmp_path, capsys, monkeypatch, exc):
-    def half_write(module, args, in_names, out_names, dest):
+    def half_write(module, args, in_names, out_names, dest, *rest):
         Path(dest).write_bytes(b"\x08\x07half an onnx file")
         raise exc("simulated failure while writing")
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -20,9 +19,18 @@ from typing import Any
 
 import torch
 
-from ..io.artifact import save_converted
-from ..io.onnx import OnnxExport, export_onnx
-from ..io.render import draw_png, headline, mode_text, render_graph, shape_text, write_graph
+from ..extras import require
+from ..io.artifact import check_outdir, save_converted
+from ..io.onnx import OnnxExport, export_onnx, require_onnx
+from ..io.render import (
+    draw_graph,
+    figure_format,
+    headline,
+    mode_text,
+    render_graph,
+    shape_text,
+    write_graph,
+)
 from ..losses import default_loss
 from ..summary import graph_summary
 from ..testing import DiffReport, Habits, train_against_bp
@@ -32,6 +40,7 @@ from .common import (
     EXIT_OK,
     CLIError,
     Loaded,
+    check_outputs,
     convert_loaded,
     emit,
     load_model,
@@ -46,6 +55,7 @@ __all__ = ["cmd_convert", "cmd_verify", "cmd_inspect", "cmd_export"]
 def cmd_convert(args: argparse.Namespace) -> int:
     """``pccompile convert``: write weights, PC graph, code and manifest to OUTDIR."""
     rule = rule_from_args(args)
+    check_outdir(args.output, overwrite=args.force)  # before the work, not after it
     with progress(args, "build model", "convert", "write") as bar:
         with bar.stage("build model"):
             loaded = load_model(args)
@@ -60,6 +70,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         with bar.stage("write"):
             manifest = save_converted(pcm, args.output, overwrite=args.force, extra=extra)
     v = manifest["vertices"]
+    args.exit_code = EXIT_OK
     line = (
         f"converted {loaded.spec} ({rule.name}, {args.dtype}, {mode_text(args.train_mode)}, input "
         f"{shape_text(loaded.shapes)}): {v['total']} vertices ({v['op']} op, "
@@ -90,7 +101,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
             pcm = convert_loaded(args, loaded)
         target, loss_fn, loss_text = default_loss(loaded.output, args.seed)
         with bar.stage("verify"):
-            res = verify(pcm, loaded.inputs, target, loss_fn, rule, tol=args.tol, seed=args.seed)
+            res = verify(
+                pcm,
+                loaded.inputs,
+                target,
+                loss_fn,
+                rule,
+                tol=args.tol,
+                seed=args.seed,
+                progress=bar.note,
+            )
             run = None
             if args.train_steps > 0:
                 run = train_against_bp(
@@ -102,9 +122,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
                     train=bool(args.train_mode),
                     seed=args.seed,
                     convert_options={"leaf_modules": args.leaf_module},
+                    progress=bar.note,
                 )
     run_problems = [] if run is None else run.problems(res.tol)
     passed = res.passed and not run_problems
+    args.exit_code = EXIT_OK if passed else EXIT_FAIL
     failed = [r.name for r in res.rows if not r.ok]
     verdict = ("PASS" if passed else "FAIL") + (
         f": all {len(res.rows)} parameters within {res.tol:g}"
@@ -190,16 +212,21 @@ def _training_run_report(
 
 # ------------------------------------------------------------------------------------ inspect
 def cmd_inspect(args: argparse.Namespace) -> int:
-    """``pccompile inspect``: the PC graph as text, JSON, GraphML or DOT, and optionally a PNG."""
-    if args.format == "dot" and importlib.util.find_spec("pydot") is None:
-        raise CLIError(
-            "--format dot needs pydot, which is not installed: pip install pydot "
-            "(or use --format graphml)."
-        )
-    if args.png and importlib.util.find_spec("matplotlib") is None:
-        raise CLIError("--png needs matplotlib, which is not installed: pip install matplotlib.")
+    """``pccompile inspect``: the PC graph as text, JSON, GraphML or DOT, or drawn (PNG, SVG)."""
+    drawing = args.format in ("png", "svg")
+    if args.format == "dot":
+        require("dot", "--format dot (or use --format graphml)")
+    if drawing or args.png:
+        require("plot", f"--format {args.format}" if drawing else "--png")
+    if drawing and not args.output:
+        raise CLIError(f"--format {args.format} draws a picture: give the file with -o FILE.")
+    if drawing:
+        figure_format(args.output, args.format)  # -o g.svg with --format png is refused
+    if args.png:
+        figure_format(args.png, "png")
     if args.json and args.format in ("graphml", "dot") and not args.output:
         raise CLIError(f"--json prints JSON to stdout, so --format {args.format} needs -o FILE.")
+    check_outputs(args, args.output, args.png)  # before the work, not after it
     with progress(args, "build model", "convert", "write") as bar:
         with bar.stage("build model"):
             loaded = load_model(args)
@@ -212,15 +239,19 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                 **graph_summary(pcm),
             }
         with bar.stage("write"):
-            text = render_graph(args.format, pcm.graph, summary)
+            text = "" if drawing else render_graph(args.format, pcm.graph, summary)
+            title = f"PC graph of {loaded.spec} ({mode_text(args.train_mode)})"
             written = []
             if args.output:
-                write_graph(args.format, pcm.graph, text, args.output, overwrite=args.force)
+                if drawing:
+                    draw_graph(pcm.graph, args.output, title, overwrite=args.force)
+                else:
+                    write_graph(args.format, pcm.graph, text, args.output, overwrite=args.force)
                 written.append(str(args.output))
             if args.png:
-                title = f"{loaded.spec} ({mode_text(args.train_mode)})"
-                draw_png(pcm.graph, args.png, title, overwrite=args.force)
+                draw_graph(pcm.graph, args.png, title, overwrite=args.force)
                 written.append(str(args.png))
+    args.exit_code = EXIT_OK
     if args.json:
         print(json.dumps({"command": "inspect", "ok": True, **summary, "written": written}))
     elif args.output or args.format in ("json", "graphml", "dot"):
@@ -240,6 +271,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------ export
 def cmd_export(args: argparse.Namespace) -> int:
     """``pccompile export``: ONNX of the prediction or of the PC energy, checked by onnxruntime."""
+    require_onnx(not args.no_verify, "pccompile export")  # before minutes of work, not after
+    check_outputs(args, args.output)
     stages = ["build model", "convert", "export + check" if not args.no_verify else "export"]
     with progress(args, *stages) as bar:
         with bar.stage(stages[0]):
@@ -264,6 +297,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                 tol=args.tol,
                 overwrite=args.force,
                 seed=args.seed,
+                dynamic_batch=not args.static_batch,
             )
     check = (
         "not verified (--no-verify)"
@@ -271,12 +305,14 @@ def cmd_export(args: argparse.Namespace) -> int:
         else f"onnx.checker ok; onnxruntime vs PyTorch max abs diff {res.max_abs_diff:.3e} "
         f"(<= {res.tol:g})"
     )
+    args.exit_code = EXIT_OK
     if args.json:
         print(json.dumps(_export_report(args, loaded, res, loss_text)))
         return EXIT_OK
     print(
         f"wrote {res.path}: {res.graph} graph of {loaded.spec} ({args.dtype}, input "
-        f"{shape_text(loaded.shapes)}); {check}"
+        f"{shape_text(loaded.shapes)}, {'dynamic' if res.dynamic_batch else 'static'} batch); "
+        f"{check}"
     )
     if not args.quiet:
         print(f"  inputs  ({len(res.input_names)}): {_names(res.input_names)}")
@@ -297,6 +333,7 @@ def _export_report(
         "graph": res.graph,
         "dtype": args.dtype,
         "input_shapes": [list(s) for s in loaded.shapes],
+        "dynamic_batch": res.dynamic_batch,
         "loss_fn": loss_text if res.graph == "energy" else None,
         "inputs": res.input_names,
         "outputs": res.output_names,

@@ -3,7 +3,9 @@ the command-line options, and the rule they name.
 
 Reads: the parsed arguments (``argparse.Namespace``) and, through :mod:`pccompile.modelspec`, the
 MODEL spec, ``--weights`` file and input shapes.
-Writes: the progress bar on stderr (only when stderr is a terminal and not ``--quiet``/``--json``).
+Writes: the progress bar on stderr (only when stderr is a terminal and not ``--quiet``/``--json``);
+its elapsed time ticks twice a second and it names the step inside a stage, so it moves during
+long work.
 Invariants: the random init, the random inputs and the default loss's target depend only on
 ``--seed``; the model is in the requested training mode when it is converted.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,12 +24,13 @@ import torch
 import torch.nn as nn
 
 from ..api import convert
-from ..errors import PCCompileError
+from ..io.atomic import check_output
 from ..modelspec import (
     ModelSpec,
     Shape,
     build_model,
     check_forward,
+    check_leaf_modules,
     load_weights,
     parse_shapes,
     parse_spec,
@@ -34,6 +38,15 @@ from ..modelspec import (
 )
 from ..module import PCModule
 from ..rules import RuleConfig, make_rule
+from .base import (
+    DTYPE_NAMES,
+    EXIT_FAIL,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    CLIError,
+)
 
 __all__ = [
     "EXIT_OK",
@@ -49,43 +62,58 @@ __all__ = [
     "rule_from_args",
     "progress",
     "emit",
+    "check_outputs",
 ]
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-class CLIError(PCCompileError):
-    """A command-line problem; the message is one line saying what happened and the fix."""
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
+TICK_SECONDS = 0.5
 
 
 class Progress:
     """One tqdm bar over a command's stages, on stderr; off with --quiet, when not a TTY, or
-    without tqdm installed (the optional extra ``pccompile[progress]``)."""
+    without tqdm installed (the optional extra ``pccompile[progress]``).
+
+    A daemon thread refreshes the bar every :data:`TICK_SECONDS`, so its elapsed time moves
+    while a stage works; :meth:`note` shows the step inside a stage (``bp step``, ``training
+    step 2/3``)."""
 
     def __init__(self, stages: Sequence[str], quiet: bool):
+        self.bar = None
+        self._stop = threading.Event()
         try:
             from tqdm.auto import tqdm
         except ImportError:  # optional: the commands work the same without a bar
-            self.bar = None
             return
         self.bar = tqdm(
             total=len(stages),
             disable=True if quiet else None,
             file=sys.stderr,
             leave=False,
-            bar_format="{desc}: {bar} {n_fmt}/{total_fmt} [{elapsed}]",
+            bar_format="{desc}: {bar} {n_fmt}/{total_fmt} [{elapsed}]{postfix}",
         )
+        if not self.bar.disable:
+            threading.Thread(target=self._tick, name="pccompile-progress", daemon=True).start()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(TICK_SECONDS):
+            self.bar.refresh()
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         if self.bar is not None:
             self.bar.set_description_str(name)
+            self.bar.set_postfix_str("")
         yield
         if self.bar is not None:
             self.bar.update(1)
 
+    def note(self, text: str) -> None:
+        """Say what the current stage is doing now (shown after the elapsed time)."""
+        if self.bar is not None:
+            self.bar.set_postfix_str(text)
+
     def close(self) -> None:
+        self._stop.set()
         if self.bar is not None:
             self.bar.close()
 
@@ -136,7 +164,16 @@ def load_model(args: argparse.Namespace) -> Loaded:
     return Loaded(spec, model, inputs, shapes, dtype, output)
 
 
+def check_outputs(args: argparse.Namespace, *paths: str | None, directory: bool = False) -> None:
+    """Check each output path before any work: it must be new (or ``--force`` may replace it:
+    only a file, or a directory pccompile wrote) and its folder writable."""
+    for path in paths:
+        if path:
+            check_output(path, overwrite=getattr(args, "force", False), directory=directory)
+
+
 def convert_loaded(args: argparse.Namespace, loaded: Loaded, rule: Any = "zil") -> PCModule:
+    check_leaf_modules(loaded.model, args.leaf_module)
     x = loaded.inputs[0] if len(loaded.inputs) == 1 else loaded.inputs
     return convert(loaded.model, x, rule, leaf_modules=args.leaf_module)
 

@@ -1,10 +1,12 @@
-"""The ``pccompile`` argument parser: subcommands convert, verify, inspect and export.
+"""The ``pccompile`` argument parser: subcommands convert, verify, inspect, export, completion.
 
-Reads nothing, writes nothing: :func:`build_parser` only describes the options; each
-subcommand's ``handler`` default is its function in :mod:`pccompile.cli.commands`.
-Invariants: every subcommand takes the model options (MODEL, ``--input-shape``, ``--weights``,
-``--dtype``, ...) and the output options (``-q``, ``--json``, ``--debug``); convert and verify
-also take the rule options.
+Reads nothing, writes nothing: :func:`build_parser` only describes the options, with examples
+and defaults in ``--help``; each subcommand's ``handler`` default is the *name* of its function
+(``module:function``, :mod:`pccompile.cli.commands`), imported only once the arguments are parsed.
+Invariants: importing this module imports neither torch nor the commands (``pccompile --help``
+answers in a fraction of a second); every model subcommand takes the model options (MODEL,
+``--input-shape``, ``--weights``, ``--dtype``, ...) and the output options (``-q``, ``-v``,
+``--json``, ``--debug``); convert and verify also take the rule options.
 """
 
 from __future__ import annotations
@@ -12,24 +14,82 @@ from __future__ import annotations
 import argparse
 
 from .. import __version__
-from ..modelspec import FORMS
-from .commands import cmd_convert, cmd_export, cmd_inspect, cmd_verify
-from .common import DTYPES
+from .base import DTYPE_NAMES
 
-__all__ = ["build_parser"]
+__all__ = ["build_parser", "FORMS"]
 
 Parser = argparse.ArgumentParser
+_COMMANDS = "pccompile.cli.commands"  # imported (with torch) only after parsing
+FORMS = "torchvision:NAME, package.module:factory or path/to/file.py:factory"
+
+EXAMPLES = {
+    None: """\
+examples:
+  pccompile verify  torchvision:resnet18 --num-classes 10     # Z-IL == backprop? (exit 0/1)
+  pccompile convert torchvision:resnet18 -o out/r18           # weights, graph, code, manifest
+  pccompile inspect models.py:make_net --input-shape 8,3,32,32 --format png -o graph.png
+  pccompile export  torchvision:resnet18 -o r18.onnx --graph energy   # needs pccompile[onnx]
+
+MODEL is torchvision:NAME (never downloads weights), package.module:factory (importable from
+the current folder, as with python -m), or path/to/file.py:factory; the factory's code runs.
+`pccompile COMMAND --help` lists a command's options.
+exit codes: 0 ok, 1 a check failed (verify, the ONNX comparison), 2 bad input, 3 internal error,
+130 interrupted.""",
+    "convert": """\
+examples:
+  pccompile convert torchvision:resnet18 --num-classes 10 -o out/r18
+  pccompile convert models.py:make_net --input-shape 8,3,32,32 --rule fpa -o out/net
+then, in Python: pcm = pccompile.load_converted("out/r18")""",
+    "verify": """\
+examples:
+  pccompile verify torchvision:resnet18 --num-classes 10
+  pccompile verify models.py:make_net --input-shape 8,3,32,32 --train-steps 3
+  pccompile verify torchvision:resnet18 --gamma 0.5     # not exact: exits 1
+exit code 0 only when every parameter is within the tolerance, 1 otherwise.""",
+    "inspect": """\
+examples:
+  pccompile inspect torchvision:resnet18
+  pccompile inspect torchvision:resnet18 --format png -o r18.png     # needs pccompile[plot]
+  pccompile inspect models.py:make_net --input-shape 8,3,32,32 --format graphml -o net.graphml""",
+    "export": """\
+examples:
+  pccompile export torchvision:resnet18 -o r18.onnx                  # needs pccompile[onnx]
+  pccompile export torchvision:resnet18 -o r18_energy.onnx --graph energy
+the batch dimension is dynamic where the model allows it (the JSON report says so).""",
+    "completion": """\
+examples:
+  eval "$(pccompile completion bash)"                                   # this shell
+  pccompile completion bash > ~/.local/share/bash-completion/completions/pccompile""",
+}
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the examples' line breaks and appends ``(default: X)`` where there is a default
+    worth saying (not None, False or an empty list)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "%(default)" not in text
+            and not (default is None or default is False or default == [])
+            and default is not argparse.SUPPRESS
+            and action.option_strings
+        ):
+            text += " (default: %(default)s)"
+        return text
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``pccompile`` argument parser (subcommands convert, verify, inspect, export)."""
+    """The ``pccompile`` argument parser (subcommands convert, verify, inspect, export,
+    completion)."""
     common, rule = _common_options(), _rule_options()
     parser = argparse.ArgumentParser(
         prog="pccompile",
         description="Convert PyTorch models into predictive-coding networks whose Z-IL updates "
         "equal backprop's.",
-        epilog="Docs: docs/cli.md. Exit codes: 0 ok, 1 check failed, 2 bad input, 3 internal "
-        "error.",
+        epilog=EXAMPLES[None],
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"pccompile {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -37,7 +97,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verify(sub, common, rule)
     _add_inspect(sub, common)
     _add_export(sub, common)
+    _add_completion(sub)
     return parser
+
+
+def _sub(sub: argparse._SubParsersAction, name: str, parents: list[Parser], help: str) -> Parser:
+    return sub.add_parser(
+        name,
+        parents=parents,
+        help=help,
+        description=help[:1].upper() + help[1:] + ".",
+        epilog=EXAMPLES[name],
+        formatter_class=HelpFormatter,
+    )
 
 
 def _common_options() -> argparse.ArgumentParser:
@@ -60,9 +132,10 @@ def _common_options() -> argparse.ArgumentParser:
     m.add_argument(
         "--weights",
         metavar="FILE",
-        help="state_dict file (torch.load(weights_only=True), strict keys)",
+        help="state_dict file, or a checkpoint {'state_dict': ...} (torch.load(weights_only=True), "
+        "strict keys)",
     )
-    m.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    m.add_argument("--dtype", choices=DTYPE_NAMES, default="float32", help="model and input dtype")
     m.add_argument(
         "--train-mode",
         action="store_true",
@@ -73,20 +146,32 @@ def _common_options() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME",
-        help="keep submodule NAME as one opaque vertex (for untraceable code)",
+        help="keep submodule NAME (a qualified name such as layer1.0) as one opaque vertex, for "
+        "untraceable code; repeatable",
     )
     m.add_argument("--seed", type=int, default=0, help="seed of weights init and random data")
     o = common.add_argument_group("output")
     o.add_argument("-q", "--quiet", action="store_true", help="no progress, no tables")
+    o.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log what is done on stderr (-vv: more detail)",
+    )
     o.add_argument("--json", action="store_true", help="print one JSON object to stdout")
-    o.add_argument("--debug", action="store_true", help="show tracebacks")
+    o.add_argument(
+        "--debug", action="store_true", help="show tracebacks (the exit code stays the same)"
+    )
     return common
 
 
 def _rule_options() -> argparse.ArgumentParser:
     rule = argparse.ArgumentParser(add_help=False)
     r = rule.add_argument_group("rule")
-    r.add_argument("--rule", choices=["zil", "fpa", "il", "ipc"], default="zil")
+    r.add_argument(
+        "--rule", choices=["zil", "fpa", "il", "ipc"], default="zil", help="learning rule"
+    )
     r.add_argument("--gamma", type=float, help="inference step size (exact only at 1)")
     r.add_argument("--steps", type=int, help="inference steps (default: the rule's)")
     r.add_argument("--mode", choices=["auto", "efficient", "faithful"], help="schedule (zil/fpa)")
@@ -94,22 +179,20 @@ def _rule_options() -> argparse.ArgumentParser:
 
 
 def _add_convert(sub: argparse._SubParsersAction, common: Parser, rule: Parser) -> None:
-    p = sub.add_parser(
-        "convert",
-        parents=[common, rule],
-        help="convert and write weights, graph, code and a manifest to a directory",
+    p = _sub(
+        sub, "convert", [common, rule], "convert and write weights, graph, code and a manifest"
     )
-    p.add_argument("-o", "--output", required=True, metavar="OUTDIR")
-    p.add_argument("--force", action="store_true", help="replace an existing OUTDIR")
-    p.set_defaults(handler=cmd_convert)
+    p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="directory to write")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an OUTDIR that pccompile wrote (never one holding anything else)",
+    )
+    p.set_defaults(handler=f"{_COMMANDS}:cmd_convert")
 
 
 def _add_verify(sub: argparse._SubParsersAction, common: Parser, rule: Parser) -> None:
-    p = sub.add_parser(
-        "verify",
-        parents=[common, rule],
-        help="one learn step with the rule vs backprop, per parameter",
-    )
+    p = _sub(sub, "verify", [common, rule], "one learn step with the rule vs backprop")
     p.add_argument("--tol", type=float, help="relative L1 tolerance (default 1e-4; 1e-10 float64)")
     p.add_argument(
         "--train-steps",
@@ -118,27 +201,61 @@ def _add_verify(sub: argparse._SubParsersAction, common: Parser, rule: Parser) -
         metavar="N",
         help="also train a BP copy and a PC copy side by side for N optimizer steps (2 "
         "accumulated micro-batches each, clipping, momentum, weight decay) and require every "
-        ".grad, parameter and buffer to stay within --tol of BP's (default 0: one step only)",
+        ".grad, parameter and buffer to stay within --tol of BP's (0: one step only)",
     )
-    p.set_defaults(handler=cmd_verify)
+    p.set_defaults(handler=f"{_COMMANDS}:cmd_verify")
 
 
 def _add_inspect(sub: argparse._SubParsersAction, common: Parser) -> None:
-    p = sub.add_parser("inspect", parents=[common], help="the PC graph: vertices, levels, steps")
-    p.add_argument("--format", choices=["text", "json", "graphml", "dot"], default="text")
+    p = _sub(sub, "inspect", [common], "the PC graph: vertices, levels, steps, pictures")
+    p.add_argument(
+        "--format",
+        choices=["text", "json", "graphml", "dot", "png", "svg"],
+        default="text",
+        help="text/json/graphml/dot to stdout or -o; png/svg: a drawing of the leveled graph "
+        "(needs -o and pccompile[plot])",
+    )
     p.add_argument("-o", "--output", metavar="FILE", help="write there instead of stdout")
-    p.add_argument("--png", metavar="FILE", help="draw the leveled graph (needs matplotlib)")
+    p.add_argument("--png", metavar="FILE", help="also draw the leveled graph to FILE (.png)")
     p.add_argument("--force", action="store_true", help="replace existing output files")
-    p.set_defaults(handler=cmd_inspect)
+    p.set_defaults(handler=f"{_COMMANDS}:cmd_inspect")
 
 
 def _add_export(sub: argparse._SubParsersAction, common: Parser) -> None:
-    p = sub.add_parser("export", parents=[common], help="ONNX: the prediction or the PC energy")
-    p.add_argument("-o", "--output", required=True, metavar="FILE")
-    p.add_argument("--graph", choices=["predict", "energy"], default="predict")
+    p = _sub(sub, "export", [common], "ONNX of the prediction or of the PC energy")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="the .onnx file")
+    p.add_argument(
+        "--graph",
+        choices=["predict", "energy"],
+        default="predict",
+        help="the model's forward, or the PC network's errors and energy",
+    )
     p.add_argument(
         "--no-verify", action="store_true", help="skip onnx.checker and the onnxruntime comparison"
     )
-    p.add_argument("--tol", type=float, default=1e-4, help="max abs diff allowed (default 1e-4)")
+    p.add_argument("--tol", type=float, default=1e-4, help="max abs diff allowed")
+    p.add_argument(
+        "--static-batch",
+        action="store_true",
+        help="fix the batch dimension to --input-shape's (default: dynamic where possible)",
+    )
     p.add_argument("--force", action="store_true", help="replace an existing FILE")
-    p.set_defaults(handler=cmd_export)
+    p.set_defaults(handler=f"{_COMMANDS}:cmd_export")
+
+
+def _add_completion(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "completion",
+        help="print a shell completion script",
+        description="Print a completion script for the shell.",
+        epilog=EXAMPLES["completion"],
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("shell", choices=["bash"], help="the shell")
+    p.set_defaults(
+        handler="pccompile.cli.completion:cmd_completion",
+        json=False,
+        debug=False,
+        quiet=False,
+        verbose=0,
+    )

@@ -10,11 +10,14 @@ Writes (:func:`save_converted`, also behind ``pccompile convert``) one directory
 * ``graph.graphml``: the PC graph (:func:`pccompile.io.render.write_graphml`);
 * ``forward.py``: the traced forward (``pcm.code``), for reading;
 * ``manifest.json``: ``format``, versions, the MODEL spec and how to rebuild the model
-  (``model``, ``num_classes``, ``dtype``, ``training``, ``seed``, ``input_shapes``,
+  (``model``; for a model file also ``model_relative``, its path relative to the directory, so
+  the directory moves with its model file; ``num_classes``, ``dtype``, ``training``, ``seed``,
+  ``input_shapes``,
   ``input_dtypes``, ``leaf_modules``, ``rule``), graph counts and the ``files`` table.
 
 Invariants: the directory is published whole or not at all (:func:`atomic_output`); an existing
-one is replaced only with ``overwrite=True`` and only if pccompile wrote it; a reader of format
+one is replaced only with ``overwrite=True`` and only when it holds nothing but what pccompile
+wrote there (:func:`written_entries`: never a user's file or a nested output); a reader of format
 ``pccompile-converted/N`` reads every ``N`` up to its own and refuses newer ones, so a change that
 an older reader would misread must bump :data:`FORMAT`.
 """
@@ -38,7 +41,7 @@ from ..modelspec import ModelSpecError, build_model, load_weights, parse_spec
 from ..module import PCModule
 from ..rules import make_rule
 from ..summary import graph_summary
-from .atomic import DIR_MARKER, atomic_output
+from .atomic import atomic_output, check_output
 from .render import mode_text, write_graphml
 
 __all__ = [
@@ -51,11 +54,13 @@ __all__ = [
     "save_converted",
     "load_converted",
     "read_manifest",
+    "check_outdir",
+    "written_entries",
 ]
 
 FORMAT_NAME, FORMAT_VERSION = "pccompile-converted", 1
 FORMAT = f"{FORMAT_NAME}/{FORMAT_VERSION}"
-MANIFEST = DIR_MARKER  # atomic_output's --force only replaces directories that hold one
+MANIFEST = "manifest.json"
 WEIGHTS, GRAPH_FILE, CODE_FILE = "weights.pt", "graph.graphml", "forward.py"
 FILES = {"weights": WEIGHTS, "graph": GRAPH_FILE, "code": CODE_FILE, "manifest": MANIFEST}
 # Manifest keys in the order pccompile convert has always written them; other keys follow.
@@ -64,6 +69,7 @@ _ORDER = (
     "pccompile_version",
     "torch_version",
     "model",
+    "model_relative",
     "num_classes",
     "weights_source",
     "dtype",
@@ -127,10 +133,12 @@ def save_converted(
         >>> pccompile.load_converted("out/mlp").rule
         FPA(...)
     """
-    manifest = _manifest(pcm, dict(extra or {}))
+    manifest = _manifest(pcm, dict(extra or {}), Path(outdir))
     text = json.dumps(manifest, indent=2) + "\n"
     where = os.fspath(outdir)
-    with atomic_output(outdir, overwrite=overwrite, directory=True) as tmp:
+    with atomic_output(
+        outdir, overwrite=overwrite, directory=True, replaceable=written_entries
+    ) as tmp:
         torch.save(pcm.state_dict(), tmp / WEIGHTS)
         write_graphml(pcm.graph, tmp / GRAPH_FILE)
         (tmp / CODE_FILE).write_text(
@@ -142,12 +150,39 @@ def save_converted(
     return manifest
 
 
-def _manifest(pcm: PCModule, extra: dict[str, Any]) -> dict[str, Any]:
+def check_outdir(outdir: str | os.PathLike, *, overwrite: bool = False) -> None:
+    """Check before any work that :func:`save_converted` may write ``outdir``: new, or (with
+    ``overwrite``) empty or holding only what pccompile wrote there, in a writable folder.
+
+    Raises:
+        OutputExistsError: it exists and may not be replaced (the message lists what is foreign).
+        OSError: its folder cannot be written.
+    """
+    check_output(outdir, overwrite=overwrite, directory=True, replaceable=written_entries)
+
+
+def written_entries(outdir: Path) -> set[str]:
+    """The entries of an existing converted-model directory that pccompile wrote: the manifest
+    and the files its ``files`` table names (nothing when there is no readable manifest)."""
+    try:
+        man = json.loads((Path(outdir) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return set()
+    if not (isinstance(man, dict) and str(man.get("format", "")).startswith(FORMAT_NAME + "/")):
+        return set()
+    files = man.get("files") if isinstance(man.get("files"), dict) else {}
+    return {MANIFEST, *(v for v in files.values() if isinstance(v, str) and "/" not in v)}
+
+
+def _manifest(pcm: PCModule, extra: dict[str, Any], outdir: Path) -> dict[str, Any]:
+    model = _model_spec(extra)
+    relative = _relative_spec(model, outdir)
     own = {
         "format": FORMAT,
         "pccompile_version": pccompile.__version__,
         "torch_version": torch.__version__,
-        "model": _model_spec(extra),
+        "model": model,
+        **({"model_relative": relative} if relative else {}),
         **_rebuild_entries(pcm),
         **_counts(pcm),
         "files": dict(FILES),
@@ -158,6 +193,8 @@ def _manifest(pcm: PCModule, extra: dict[str, Any]) -> dict[str, Any]:
             f"save_converted writes {clash} itself; drop them from extra= (it is for the MODEL "
             f"spec, num_classes, seed and your own entries)."
         )
+    if isinstance(extra.get("weights_source"), str):  # where the weights came from, movable too
+        extra["weights_source"] = _relative_path(extra["weights_source"], outdir)
     manifest = {**own, **extra, "model": own["model"]}
     try:
         json.dumps(manifest)
@@ -179,6 +216,22 @@ def _model_spec(extra: Mapping[str, Any]) -> str:
             "'num_classes' if the factory takes it."
         )
     return str(parse_spec(text).absolute())
+
+
+def _relative_spec(spec_text: str, outdir: Path) -> str | None:
+    """A file spec with its path relative to the artifact directory (so the directory and the
+    model file can move together); None for torchvision and module specs."""
+    spec = parse_spec(spec_text)
+    if spec.kind != "file":
+        return None
+    return f"{_relative_path(spec.source, outdir)}:{spec.factory}"
+
+
+def _relative_path(path: str, outdir: Path) -> str:
+    try:
+        return Path(os.path.relpath(Path(path).resolve(), outdir.resolve())).as_posix()
+    except ValueError:  # another drive (Windows): keep it absolute
+        return str(Path(path).resolve())
 
 
 def _rebuild_entries(pcm: PCModule) -> dict[str, Any]:
@@ -297,7 +350,7 @@ def load_converted(outdir: str | os.PathLike, *, device: str | torch.device = "c
     outdir = Path(outdir)
     man = read_manifest(outdir)
     try:
-        spec = parse_spec(man["model"])
+        spec = _spec_to_load(man, outdir)
         dtype = _dtype(man["dtype"])
         shapes = [tuple(s) for s in man["input_shapes"]]
         dtypes = [_dtype(d) for d in man.get("input_dtypes", [man["dtype"]] * len(shapes))]
@@ -318,6 +371,19 @@ def load_converted(outdir: str | os.PathLike, *, device: str | torch.device = "c
         rule,
         leaf_modules=man.get("leaf_modules", []),
     )
+
+
+def _spec_to_load(man: dict[str, Any], outdir: Path) -> Any:
+    """The MODEL spec to rebuild from: ``model_relative`` (a file path relative to the directory,
+    written since the directory became movable) when that file exists, else ``model`` (absolute
+    for files; what older manifests have)."""
+    relative = man.get("model_relative")
+    if isinstance(relative, str):
+        spec = parse_spec(relative)
+        moved = dataclasses.replace(spec, source=str(outdir / spec.source))
+        if Path(moved.source).is_file() or not Path(parse_spec(man["model"]).source).is_file():
+            return moved
+    return parse_spec(man["model"])
 
 
 def _dtype(name: Any) -> torch.dtype:

@@ -9,7 +9,10 @@ Invariants: nothing appears under the requested path unless those checks pass (a
 interrupted export leaves the old file, or none); the module's training flag is restored. onnx and
 onnxruntime are optional (the ``onnx`` extra) and imported only when a file is checked.
 
-Graphs (shapes are static, fixed by the example inputs):
+Graphs (the batch dimension, dimension 0 of every input, is dynamic where the model allows it:
+``torch.export.Dim.AUTO``; where the trace fixes it, or with ``dynamic_batch=False``, shapes are
+the example inputs'; :attr:`OnnxExport.dynamic_batch` says which, and a dynamic file is checked
+in onnxruntime on a batch of another size):
 
 * ``predict``: ``inputs -> outputs``, the model's forward in eval mode.
 * ``energy``: ``(inputs, target, value:<v> for every value node) -> (error:<v> for every error
@@ -34,11 +37,19 @@ import torch.nn as nn
 from torch.utils._pytree import tree_flatten
 
 from ..engine.energy import EnergyModule, feedforward_values, value_node_names
-from ..errors import PCCompileError
+from ..errors import CheckFailedError, PCCompileError
+from ..extras import require
 from ..module import PCModule
 from .atomic import atomic_output
 
-__all__ = ["ExportError", "OnnxMismatchError", "OnnxExport", "export_onnx", "GraphKind"]
+__all__ = [
+    "ExportError",
+    "OnnxMismatchError",
+    "OnnxExport",
+    "export_onnx",
+    "require_onnx",
+    "GraphKind",
+]
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +66,7 @@ class ExportError(PCCompileError):
     """The model cannot be exported to ONNX, or the written file does not load."""
 
 
-class OnnxMismatchError(ExportError):
+class OnnxMismatchError(ExportError, CheckFailedError):
     """onnxruntime's results differ from PyTorch's by more than the tolerance."""
 
 
@@ -69,6 +80,7 @@ class OnnxExport:
         input_names / output_names: the ONNX graph's input and output names, in order.
         max_abs_diff: max |onnxruntime - PyTorch| over every output (None when not verified).
         tol: the tolerance it was checked against.
+        dynamic_batch: the first input's batch dimension is symbolic in the file.
     """
 
     path: str
@@ -78,6 +90,18 @@ class OnnxExport:
     max_abs_diff: float | None = None
     tol: float = DEFAULT_TOL
     per_output: dict[str, float] = field(default_factory=dict)
+    dynamic_batch: bool = False
+
+
+def require_onnx(verify: bool = True, what: str = "ONNX export") -> None:
+    """Fail fast when the ``onnx`` extra is missing: the exporter needs onnx and onnxscript,
+    the check (``verify``) onnxruntime too.
+
+    Raises:
+        ConfigError: a package is missing; the message names ``pip install 'pccompile[onnx]'``.
+    """
+    modules = ("onnx", "onnxscript", "onnxruntime") if verify else ("onnx", "onnxscript")
+    require("onnx", what, modules)
 
 
 def export_onnx(
@@ -92,6 +116,7 @@ def export_onnx(
     tol: float = DEFAULT_TOL,
     overwrite: bool = False,
     seed: int = 0,
+    dynamic_batch: bool = True,
 ) -> OnnxExport:
     """Export ``pcm``'s prediction or its PC energy to ONNX, check it, then publish the file.
 
@@ -107,11 +132,14 @@ def export_onnx(
         tol: largest allowed max |onnxruntime - PyTorch|.
         overwrite: replace an existing ``path``.
         seed: seed of the verification inputs.
+        dynamic_batch: try a dynamic batch dimension (kept only where the exporter finds the
+            model allows it; the file is then checked on a batch of another size).
 
     Returns:
         An :class:`OnnxExport` with the names and the observed max abs difference.
 
     Raises:
+        ConfigError: the ``onnx`` extra is not installed (checked before anything runs).
         ExportError: the exporter fails, or the file fails the ONNX checker.
         OnnxMismatchError: onnxruntime differs from PyTorch by more than ``tol`` (nothing is
             written under ``path``).
@@ -125,6 +153,7 @@ def export_onnx(
     """
     if graph not in ("predict", "energy"):
         raise ExportError(f"graph must be 'predict' or 'energy', got {graph!r}.")
+    require_onnx(verify)
     was_training = pcm.training
     pcm.eval()
     try:
@@ -136,9 +165,12 @@ def export_onnx(
             module, args, in_names, out_names = _energy(pcm, example_inputs, target, loss_fn)
         result = OnnxExport(os.fspath(path), graph, in_names, out_names, tol=tol)
         with atomic_output(path, overwrite=overwrite) as tmp:
-            _write(module, args, in_names, out_names, tmp)
+            result.dynamic_batch = _write(module, args, in_names, out_names, tmp, dynamic_batch)
             if verify:
-                fresh = _fresh_args(pcm, graph, args, len(example_inputs), target, loss_fn, seed)
+                batch = _other_batch(example_inputs) if result.dynamic_batch else None
+                fresh = _fresh_args(
+                    pcm, graph, args, len(example_inputs), target, loss_fn, seed, batch
+                )
                 result.per_output = _check(module, tmp, fresh, in_names)
                 result.max_abs_diff = max(result.per_output.values(), default=0.0)
                 _require_match(result, path)
@@ -199,14 +231,16 @@ def _fresh_args(
     target: Any,
     loss_fn: Callable | None,
     seed: int,
+    batch: int | None = None,
 ) -> tuple:
-    """New random data (same shapes and dtypes); for the energy graph, a random target and value
-    nodes near the feed-forward state of that data, so every error node is non-zero."""
+    """New random data (same shapes and dtypes, or batch size ``batch``); for the energy graph,
+    a random target and value nodes near the feed-forward state of that data, so every error
+    node is non-zero."""
     gen = torch.Generator().manual_seed(seed + 1)
-    inputs = tuple(_like(x, gen) for x in args[:n_inputs])
+    inputs = tuple(_like(x, gen, batch) for x in args[:n_inputs])
     if graph == "predict":
         return inputs
-    tgt = _like(target, gen)
+    tgt = _like(target, gen, batch)
     values = feedforward_values(pcm.plan, inputs, tgt, loss_fn)
     noisy = [
         v + _VALUE_NOISE * torch.randn(v.shape, generator=gen, dtype=v.dtype)
@@ -217,19 +251,53 @@ def _fresh_args(
     return (*inputs, tgt, *noisy)
 
 
-def _like(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def _other_batch(inputs: tuple) -> int | None:
+    """A batch size unlike the example's, to check a dynamic batch dimension."""
+    first = next((x for x in inputs if isinstance(x, torch.Tensor) and x.dim() > 0), None)
+    return None if first is None else first.shape[0] + 1
+
+
+def _like(x: torch.Tensor, gen: torch.Generator, batch: int | None = None) -> torch.Tensor:
+    shape = x.shape if batch is None or x.dim() == 0 else (batch, *x.shape[1:])
     if x.is_floating_point():
-        return torch.randn(x.shape, generator=gen, dtype=x.dtype)
+        return torch.randn(shape, generator=gen, dtype=x.dtype)
     if x.dtype == torch.bool:
-        return torch.randint(0, 2, x.shape, generator=gen).bool()
+        return torch.randint(0, 2, shape, generator=gen).bool()
     hi = int(x.max().item()) + 1 if x.numel() else 1  # class indices: stay within the seen range
-    return torch.randint(0, max(hi, 1), x.shape, generator=gen, dtype=x.dtype)
+    return torch.randint(0, max(hi, 1), shape, generator=gen, dtype=x.dtype)
 
 
 # ------------------------------------------------------------------------------------- writing
 def _write(
-    module: nn.Module, args: tuple, in_names: list[str], out_names: list[str], dest: Path
-) -> None:
+    module: nn.Module,
+    args: tuple,
+    in_names: list[str],
+    out_names: list[str],
+    dest: Path,
+    dynamic_batch: bool = True,
+) -> bool:
+    """Export and save; returns whether the batch dimension is dynamic in the file."""
+    program = None
+    if dynamic_batch:
+        # dimension 0 of every input: AUTO keeps it symbolic where the graph allows and lets
+        # the exporter specialise it (no error) where the trace fixed it
+        auto = {0: torch.export.Dim.AUTO}
+        spec = (tuple(auto if isinstance(a, torch.Tensor) and a.dim() else None for a in args),)
+        try:
+            program = _export(module, args, in_names, out_names, dynamic_shapes=spec)
+        except ExportError as exc:
+            log.info("no dynamic batch dimension (%s); exporting with static shapes", exc)
+    if program is None:
+        program = _export(module, args, in_names, out_names)
+    size = sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+    program.save(dest, external_data=size > _EXTERNAL_DATA_BYTES)
+    inputs = list(program.model.graph.inputs)
+    return bool(inputs) and len(inputs[0].shape) > 0 and not isinstance(inputs[0].shape[0], int)
+
+
+def _export(
+    module: nn.Module, args: tuple, in_names: list[str], out_names: list[str], **kwargs: Any
+) -> Any:
     try:
         program = torch.onnx.export(
             module,
@@ -239,6 +307,7 @@ def _write(
             input_names=in_names,
             output_names=out_names,
             verbose=False,
+            **kwargs,
         )
     except Exception as exc:
         raise ExportError(
@@ -248,8 +317,7 @@ def _write(
         ) from exc
     if program is None:
         raise ExportError("torch.onnx.export returned no program; upgrade torch (>= 2.5).")
-    size = sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
-    program.save(dest, external_data=size > _EXTERNAL_DATA_BYTES)
+    return program
 
 
 def _check(module: nn.Module, path: Path, args: tuple, in_names: list[str]) -> dict[str, float]:

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import networkx as nx
 
 from ..errors import ConfigError
+from ..extras import require
 from ..summary import VERTEX_KINDS
 from ..verify import format_table
 from .atomic import atomic_output
@@ -33,7 +34,9 @@ __all__ = [
     "headline",
     "write_graph",
     "write_graphml",
+    "draw_graph",
     "draw_png",
+    "figure_format",
     "shape_text",
     "mode_text",
 ]
@@ -89,13 +92,8 @@ def render_graph(fmt: GraphFormat, g: nx.DiGraph, summary: dict[str, Any]) -> st
     if fmt == "graphml":
         return "\n".join(nx.generate_graphml(plain_graph(g)))
     if fmt == "dot":
-        try:
-            return nx.nx_pydot.to_pydot(plain_graph(g, dot=True)).to_string()
-        except ImportError as exc:
-            raise ConfigError(
-                "DOT output needs pydot, which is not installed: pip install 'pccompile[dot]' "
-                "(or use GraphML)."
-            ) from exc
+        require("dot", "DOT output (or use GraphML)")
+        return nx.nx_pydot.to_pydot(plain_graph(g, dot=True)).to_string()
     return render_text(summary)
 
 
@@ -162,59 +160,156 @@ def write_graph(
             tmp.write_text(text if text.endswith("\n") else text + "\n")
 
 
+FIGURE_FORMATS = ("png", "svg", "pdf")
+_MPL = ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg")
+
+
+def figure_format(path: str | os.PathLike, expected: str | None = None) -> str:
+    """The picture format a path's suffix names (``png``, ``svg``, ``pdf``), so the bytes written
+    always match the name (never PNG bytes in a ``.svg``).
+
+    Raises:
+        ConfigError: no or an unknown suffix, or one that disagrees with ``expected``.
+    """
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in FIGURE_FORMATS:
+        want = expected or "png"
+        raise ConfigError(
+            f"Cannot tell the picture format of {os.fspath(path)!r}: name it .png, .svg or .pdf "
+            f"(e.g. {str(Path(path).with_suffix('.' + want))!r})."
+        )
+    if expected is not None and suffix != expected:
+        raise ConfigError(
+            f"{os.fspath(path)!r} ends in .{suffix} but the format asked for is {expected}; name "
+            f"the file .{expected}, or ask for --format {suffix}."
+        )
+    return suffix
+
+
+def draw_graph(
+    g: nx.DiGraph, path: str | os.PathLike, title: str = "", *, overwrite: bool = False
+) -> Path:
+    """Draw the leveled graph, one row per level: inputs at the top, the output at the bottom,
+    each vertex a box labelled with what it computes (``Conv2d``, ``relu``, ``identity``),
+    coloured by kind; the format follows the suffix (``.png``, ``.svg``, ``.pdf``).
+
+    The rows are :func:`networkx.multipartite_layout` of the ``level`` attribute; edges join
+    adjacent rows (identity vertices pad the longer ones), so a skip connection reads as a chain
+    of grey identity boxes beside the block it skips.
+
+    Raises:
+        ConfigError: matplotlib is not installed (the message names the extra), or the suffix
+            is not a picture format.
+        OutputExistsError: ``path`` exists and ``overwrite`` is False.
+    """
+    fmt = figure_format(path)
+    require("plot", "draw_graph", _MPL)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.collections import LineCollection
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    by_level = _ordered_rows(g)
+    widest = max((len(vs) for vs in by_level.values()), default=1)
+    depth = max(by_level, default=0)
+    # rows given as a dict of lists keep their order (a subset_key attribute name would not)
+    pos = nx.multipartite_layout(g, subset_key=by_level, align="horizontal", scale=1.0)
+    # multipartite spreads rows over [-1, 1]: put row `level` at y = level (output at 0, inputs
+    # on top) and space a row's vertices 1.6 units apart, so labels never overlap
+    xs = {v: float(p[0]) for v, p in pos.items()}
+    step = {
+        lvl: (max(xs[v] for v in vs) - min(xs[v] for v in vs)) / max(len(vs) - 1, 1)
+        for lvl, vs in by_level.items()
+    }
+    xy = {
+        v: ((xs[v] / step[g.nodes[v]["level"]] * 1.6) if step[g.nodes[v]["level"]] else 0.0, lvl)
+        for lvl, vs in by_level.items()
+        for v in vs
+    }
+    width = min(30.0, max(7.0, 2.2 + 1.5 * widest))
+    height = min(80.0, 1.2 + 0.34 * (depth + 1))
+    fontsize = 7 if widest <= 12 else 5
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0.1, 0.02 + 0.4 / height, 0.88, 1 - (1.3 + 0.4) / height / 1.2))
+    ax.add_collection(
+        LineCollection(
+            [(xy[u], xy[v]) for u, v in g.edges], colors="#9a9a9a", linewidths=0.7, zorder=1
+        )
+    )
+    for v, (x, y) in xy.items():
+        d = g.nodes[v]
+        ax.text(
+            x,
+            y,
+            d.get("label") or d.get("op", v),
+            ha="center",
+            va="center",
+            fontsize=fontsize,
+            zorder=2,
+            bbox={
+                "boxstyle": "round,pad=0.25",
+                "fc": _LIGHT.get(d["kind"], "white"),
+                "ec": KIND_COLORS.get(d["kind"], "black"),
+                "lw": 0.8,
+            },
+        )
+    half = 1.6 * (widest - 1) / 2 + 1.0
+    ax.set_xlim(-half, half)
+    ax.set_ylim(-0.7, depth + 0.7)
+    ax.set_ylabel("level (distance to the output)")
+    ax.set_yticks(range(0, depth + 1, 5 if depth > 20 else 1))
+    ax.set_xticks([])
+    for side in ("top", "right", "bottom"):
+        ax.spines[side].set_visible(False)
+    fig.legend(
+        handles=[Patch(fc=_LIGHT[k], ec=c, label=k) for k, c in KIND_COLORS.items()],
+        loc="upper right",
+        ncol=2,
+        fontsize=7,
+        frameon=False,
+    )
+    n_id = sum(1 for _, d in g.nodes(data=True) if d["kind"] == "identity")
+    fig.suptitle(
+        f"{title}\n{g.number_of_nodes()} vertices ({n_id} identity) on levels 0..{depth}; "
+        f"data flows top to bottom",
+        fontsize=9,
+        x=0.02,
+        ha="left",
+        y=1 - 0.15 / height,
+        va="top",
+    )
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        fig.savefig(tmp, format=fmt, dpi=110)
+    return Path(path)
+
+
 def draw_png(
     g: nx.DiGraph, path: str | os.PathLike, title: str = "", *, overwrite: bool = False
 ) -> Path:
-    """Draw the leveled graph to a PNG: x = level (inputs left, output right), colour by kind.
+    """:func:`draw_graph` to a ``.png`` path (kept for existing callers)."""
+    figure_format(path, "png")
+    return draw_graph(g, path, title, overwrite=overwrite)
 
-    Raises:
-        ConfigError: matplotlib is not installed (the message names the install).
-        OutputExistsError: ``path`` exists and ``overwrite`` is False.
-    """
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.collections import LineCollection
-        from matplotlib.figure import Figure
-        from matplotlib.lines import Line2D
-    except ImportError as exc:
-        raise ConfigError("draw_png needs matplotlib: pip install 'pccompile[plot]'.") from exc
 
-    by_level = _by_level(g)
-    pos = {
-        v: (lvl, i - (len(vs) - 1) / 2) for lvl, vs in by_level.items() for i, v in enumerate(vs)
-    }
-    width = max(6.0, min(40.0, 0.35 * len(by_level)))
-    height = max(3.0, min(20.0, 0.6 * max((len(vs) for vs in by_level.values()), default=1)))
-    fig = Figure(figsize=(width, height))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.add_collection(
-        LineCollection(
-            [(pos[u], pos[v]) for u, v in g.edges], colors="#bbbbbb", linewidths=0.6, zorder=1
-        )
-    )
-    for kind, color in KIND_COLORS.items():
-        vs = [v for v in g if g.nodes[v]["kind"] == kind]
-        if vs:
-            ax.scatter([pos[v][0] for v in vs], [pos[v][1] for v in vs], s=18, c=color, zorder=2)
-    if g.number_of_nodes() <= 60:
-        for v, (x, y) in pos.items():
-            ax.annotate(v, (x, y), fontsize=5, xytext=(2, 3), textcoords="offset points")
-    ax.invert_xaxis()  # level = distance to the output: data flows left to right
-    ax.set_xlabel("level (distance to the output)")
-    ax.set_yticks([])
-    ax.set_title(title)
-    ax.legend(
-        handles=[
-            Line2D([], [], marker="o", ls="", color=c, label=k) for k, c in KIND_COLORS.items()
-        ],
-        loc="best",
-        fontsize=7,
-    )
-    fig.tight_layout()
-    with atomic_output(path, overwrite=overwrite) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    return Path(path)
+_LIGHT = dict(zip(VERTEX_KINDS, ("#c6d4ea", "#f6d6bd", "#e3e3e3", "#c9e4cf"), strict=True))
+
+
+def _ordered_rows(g: nx.DiGraph) -> dict[int, list[str]]:
+    """Each level's vertices ordered to keep edges from crossing: top row in topological order,
+    every next row by the mean position of each vertex's parents (the barycentre heuristic)."""
+    rows = _by_level(g)
+    place: dict[str, float] = {}
+    for lvl in sorted(rows, reverse=True):
+        vs = rows[lvl]
+        keys = {}
+        for i, v in enumerate(vs):
+            ps = [place[p] for p in g.predecessors(v) if p in place]
+            keys[v] = (sum(ps) / len(ps) if ps else i / max(len(vs), 1), i)
+        rows[lvl] = sorted(vs, key=keys.__getitem__)
+        for i, v in enumerate(rows[lvl]):
+            place[v] = i / max(len(vs) - 1, 1)
+    return rows
 
 
 def _by_level(g: nx.DiGraph) -> dict[int, list[str]]:
