@@ -14,6 +14,7 @@ __all__ = [
     "InputError",
     "ExactnessError",
     "CheckFailedError",
+    "ModelSpecError",
 ]
 
 
@@ -44,3 +45,7 @@ class ExactnessError(PCCompileError):
 class CheckFailedError(PCCompileError):
     """A result was produced and failed its check (e.g. ONNX output beyond the tolerance); the
     command line exits 1 for these, 2 for every other :class:`PCCompileError`."""
+
+
+class ModelSpecError(PCCompileError, ValueError):
+    """A MODEL spec, input shape or weights file cannot be used (message: what and the fix)."""

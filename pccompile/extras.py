@@ -21,6 +21,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "onnx": ("onnx", "onnxscript", "onnxruntime"),
     "dot": ("pydot",),
     "progress": ("tqdm",),
+    "hf": ("transformers",),
 }
 # import name -> the name pip knows it by, where they differ
 _PIP_NAMES = {"sklearn": "scikit-learn"}

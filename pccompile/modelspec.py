@@ -33,7 +33,8 @@ from typing import Any, Literal
 import torch
 import torch.nn as nn
 
-from .errors import PCCompileError
+from .errors import ModelSpecError
+from .hf_models import build_transformers
 from .preserve import preserved
 
 __all__ = [
@@ -52,8 +53,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Shape = tuple[int, ...]
-SpecKind = Literal["torchvision", "module", "file"]
-FORMS = "torchvision:NAME, package.module:factory or path/to/file.py:factory"
+SpecKind = Literal["torchvision", "transformers", "module", "file"]
+FORMS = (
+    "torchvision:NAME, transformers:ClassName (with --config), package.module:factory or "
+    "path/to/file.py:factory"
+)
 
 # Torchvision families that need a fixed input size; everything else gets a CPU-friendly 32x32.
 _TV_SHAPES: dict[str, Shape] = {
@@ -63,10 +67,6 @@ _TV_SHAPES: dict[str, Shape] = {
     "inception_v3": (2, 3, 299, 299),
 }
 TORCHVISION_DEFAULT_SHAPE: Shape = (2, 3, 32, 32)
-
-
-class ModelSpecError(PCCompileError, ValueError):
-    """A MODEL spec, input shape or weights file cannot be used (message: what and the fix)."""
 
 
 @dataclass(frozen=True)
@@ -84,11 +84,9 @@ class ModelSpec:
     factory: str = ""
 
     def __str__(self) -> str:
-        return (
-            f"torchvision:{self.source}"
-            if self.kind == "torchvision"
-            else (f"{self.source}:{self.factory}")
-        )
+        if self.kind in ("torchvision", "transformers"):
+            return f"{self.kind}:{self.source}"
+        return f"{self.source}:{self.factory}"
 
     def absolute(self) -> ModelSpec:
         """The same spec with a file path made absolute (so a manifest can be reloaded anywhere)."""
@@ -118,8 +116,8 @@ def parse_spec(text: str) -> ModelSpec:
     source, factory = text.rsplit(":", 1)
     if not source or not factory:
         raise ModelSpecError(f"MODEL {text!r} is incomplete; write one of {FORMS}.")
-    if source == "torchvision":
-        return ModelSpec("torchvision", factory)
+    if source in ("torchvision", "transformers"):
+        return ModelSpec(source, factory)
     if source.endswith(".py") or "/" in source or os.sep in source:
         return ModelSpec("file", source, factory)
     if all(part.isidentifier() for part in source.split(".")):
@@ -157,9 +155,12 @@ class Built:
 
     model: nn.Module
     default_shapes: list[Shape]
+    vocab_size: int | None = None  # token-id inputs: integers in [0, vocab_size)
 
 
-def build_model(spec: ModelSpec, num_classes: int | None = None) -> Built:
+def build_model(
+    spec: ModelSpec, num_classes: int | None = None, config: str | os.PathLike | None = None
+) -> Built:
     """Build the ``nn.Module`` a spec names (torchvision models always with ``weights=None``).
 
     A factory is called with no arguments, or with ``num_classes=N`` when ``num_classes`` is
@@ -171,6 +172,11 @@ def build_model(spec: ModelSpec, num_classes: int | None = None) -> Built:
             fails or does not return an ``nn.Module``.
     """
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    if spec.kind == "transformers":
+        model, shapes, vocab = build_transformers(spec.source, config, num_classes)
+        return Built(model, shapes, vocab)
+    if config is not None:
+        raise ModelSpecError(f"--config is for transformers:ClassName models, not {spec}.")
     if spec.kind == "torchvision":
         return Built(_torchvision(spec.source, kwargs), [_tv_shape(spec.source)])
     with _on_sys_path(os.getcwd()):  # as `python -m` has it, also for the installed script
@@ -452,10 +458,13 @@ def check_leaf_modules(model: nn.Module, names: Iterable[str]) -> None:
 
 
 def random_inputs(
-    shapes: Sequence[Shape], dtype: torch.dtype, seed: int
+    shapes: Sequence[Shape], dtype: torch.dtype, seed: int, vocab_size: int | None = None
 ) -> tuple[torch.Tensor, ...]:
-    """Standard-normal inputs of the given shapes, from a generator seeded with ``seed``."""
+    """Standard-normal inputs of the given shapes (token ids in ``[0, vocab_size)`` when it is
+    given), from a generator seeded with ``seed``."""
     gen = torch.Generator().manual_seed(seed)
+    if vocab_size:
+        return tuple(torch.randint(0, vocab_size, s, generator=gen) for s in shapes)
     return tuple(torch.randn(s, generator=gen, dtype=dtype) for s in shapes)
 
 

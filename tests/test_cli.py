@@ -701,3 +701,36 @@ def test_verify_reports_progress_inside_its_stage():
 def test_verbose_logs_what_is_done(tmp_path, capsys):
     code, _, err = run(capsys, "convert", *MLP, "-o", str(tmp_path / "out"), "-v")
     assert code == 0 and f"wrote {tmp_path / 'out'}" in err
+
+
+HF_CONFIG = {
+    "vocab_size": 50,
+    "hidden_size": 16,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 32,
+    "max_position_embeddings": 32,
+    "num_labels": 3,
+}
+
+
+def test_transformers_model_from_a_config_file_verifies_bitwise(tmp_path, capsys):
+    """transformers:ClassName --config: random init from the config, token-id inputs, converted
+    through torch.export (fx cannot trace it), trained against BP."""
+    pytest.importorskip("transformers")
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(HF_CONFIG))
+    spec = ["transformers:BertForSequenceClassification", "--config", str(cfg)]
+    code, out, _ = run(capsys, "verify", *spec, "--dtype", "float64", "--train-steps", "2", "-q")
+    assert code == 0 and out.startswith("PASS"), out
+    code, _, err = run(capsys, "verify", "transformers:BertForSequenceClassification")
+    assert code == 2 and "needs --config config.json" in err
+    code, _, err = run(capsys, "verify", "transformers:NoSuchModel", "--config", str(cfg))
+    assert code == 2 and "no model class 'NoSuchModel'" in err
+
+
+def test_capture_option_selects_the_front_end(capsys):
+    base = ["inspect", f"{OTHER}:make_untraceable", "--input-shape", "3,4"]
+    code, _, err = run(capsys, *base, "--capture", "fx")
+    assert code == 2 and "Cannot trace Branchy with torch.fx" in err
+    assert "Neither front end" not in err  # fx alone was tried

@@ -119,7 +119,8 @@ def _message(exc: BaseException) -> str:
     if isinstance(exc, PCCompileError):
         msg = str(exc)
         if isinstance(exc, TraceError):
-            msg += " On the command line: --leaf-module NAME keeps submodule NAME opaque."
+            msg += " On the command line: --leaf-module NAME keeps submodule NAME opaque"
+            msg += "; --capture export uses torch.export." if "capture='export'" in msg else "."
         return one_line(msg)
     if isinstance(exc, OSError):
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""

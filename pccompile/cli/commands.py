@@ -66,6 +66,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
             "num_classes": args.num_classes,
             "weights_source": str(Path(args.weights).resolve()) if args.weights else None,
             "seed": args.seed,
+            "config": str(Path(args.config).resolve()) if args.config else None,
         }
         with bar.stage("write"):
             manifest = save_converted(pcm, args.output, overwrite=args.force, extra=extra)
@@ -121,7 +122,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
                     habits=Habits(steps=args.train_steps),
                     train=bool(args.train_mode),
                     seed=args.seed,
-                    convert_options={"leaf_modules": args.leaf_module},
+                    convert_options={"leaf_modules": args.leaf_module, "capture": args.capture},
                     progress=bar.note,
                 )
     run_problems = [] if run is None else run.problems(res.tol)

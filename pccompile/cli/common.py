@@ -146,7 +146,7 @@ def load_model(args: argparse.Namespace) -> Loaded:
     spec = parse_spec(args.model)
     if args.num_classes is not None and args.num_classes <= 0:
         raise CLIError(f"--num-classes must be positive, got {args.num_classes}.")
-    built = build_model(spec, args.num_classes)
+    built = build_model(spec, args.num_classes, config=getattr(args, "config", None))
     model = built.model
     if args.weights:
         load_weights(model, args.weights)
@@ -158,7 +158,7 @@ def load_model(args: argparse.Namespace) -> Loaded:
             f"{spec} does not say its input shape; pass --input-shape (batch first, e.g. "
             f"--input-shape 2,3,32,32), or define INPUT_SHAPE = (2, 3, 32, 32) in its module."
         )
-    inputs = random_inputs(shapes, dtype, args.seed)
+    inputs = random_inputs(shapes, dtype, args.seed, vocab_size=built.vocab_size)
     output = check_forward(model, inputs, training=bool(getattr(args, "train_mode", False)))
     model.train(bool(getattr(args, "train_mode", False)))
     return Loaded(spec, model, inputs, shapes, dtype, output)
@@ -175,7 +175,8 @@ def check_outputs(args: argparse.Namespace, *paths: str | None, directory: bool 
 def convert_loaded(args: argparse.Namespace, loaded: Loaded, rule: Any = "zil") -> PCModule:
     check_leaf_modules(loaded.model, args.leaf_module)
     x = loaded.inputs[0] if len(loaded.inputs) == 1 else loaded.inputs
-    return convert(loaded.model, x, rule, leaf_modules=args.leaf_module)
+    capture = getattr(args, "capture", "auto")
+    return convert(loaded.model, x, rule, leaf_modules=args.leaf_module, capture=capture)
 
 
 def rule_from_args(args: argparse.Namespace) -> RuleConfig:

@@ -135,6 +135,11 @@ def _common_options() -> argparse.ArgumentParser:
         help="state_dict file, or a checkpoint {'state_dict': ...} (torch.load(weights_only=True), "
         "strict keys)",
     )
+    m.add_argument(
+        "--config",
+        metavar="FILE",
+        help="JSON model config for transformers:ClassName (random init, nothing downloaded)",
+    )
     m.add_argument("--dtype", choices=DTYPE_NAMES, default="float32", help="model and input dtype")
     m.add_argument(
         "--train-mode",
@@ -148,6 +153,13 @@ def _common_options() -> argparse.ArgumentParser:
         metavar="NAME",
         help="keep submodule NAME (a qualified name such as layer1.0) as one opaque vertex, for "
         "untraceable code; repeatable",
+    )
+    m.add_argument(
+        "--capture",
+        choices=("auto", "fx", "export"),
+        default="auto",
+        help="front end: torch.fx tracing, torch.export (ATen vertices; follows size-dependent "
+        "code such as Hugging Face transformers), or auto (fx, then export if fx fails)",
     )
     m.add_argument("--seed", type=int, default=0, help="seed of weights init and random data")
     o = common.add_argument_group("output")

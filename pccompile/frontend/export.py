@@ -18,6 +18,9 @@ inputs of the example's shapes (sizes are fixed at conversion, as for unrolled R
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import re
 from typing import Any
 
@@ -75,7 +78,7 @@ def _export(model: nn.Module, inputs: tuple, kwargs: dict | None, training: bool
     asks users to) and the export retried once."""
     for attempt in (0, 1):
         try:
-            with preserved(model, inputs, training=training):
+            with preserved(model, inputs, training=training), _quiet_torch_logs():
                 return torch.export.export(model, tuple(inputs), kwargs or None, strict=False)
         except Exception as exc:
             if (
@@ -85,6 +88,20 @@ def _export(model: nn.Module, inputs: tuple, kwargs: dict | None, training: bool
             ):
                 raise
     raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def _quiet_torch_logs():
+    """torch.export logs warnings and errors and prints partial graphs to stderr while it
+    tries; what failed reaches the user once, in the TraceError. Logging up to ERROR is off and
+    stderr is set aside for the export only."""
+    before = logging.root.manager.disable
+    logging.disable(logging.ERROR)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        logging.disable(before)
 
 
 def _register_dataclasses(model: nn.Module, inputs: tuple, kwargs, training: bool) -> bool:

@@ -72,12 +72,14 @@ _ORDER = (
     "model_relative",
     "num_classes",
     "weights_source",
+    "config",
     "dtype",
     "training",
     "seed",
     "input_shapes",
     "input_dtypes",
     "leaf_modules",
+    "capture",
     "rule",
     "vertices",
     "depth",
@@ -255,6 +257,7 @@ def _rebuild_entries(pcm: PCModule) -> dict[str, Any]:
         "input_shapes": [list(t.shape) for t in example],
         "input_dtypes": [_dtype_name(t.dtype) for t in example],
         "leaf_modules": _leaf_names(pcm, opts.leaf_modules),
+        "capture": opts.capture,
         "rule": {
             "name": pcm.rule.name,
             "options": {k: v for k, v in dataclasses.asdict(pcm.rule).items() if k != "name"},
@@ -360,7 +363,7 @@ def load_converted(outdir: str | os.PathLike, *, device: str | torch.device = "c
             f"{str(outdir / MANIFEST)!r} is not a pccompile manifest ({type(exc).__name__}: "
             f"{exc}); convert the model again."
         ) from exc
-    model = build_model(spec, man.get("num_classes")).model.to(dtype)
+    model = build_model(spec, man.get("num_classes"), config=man.get("config")).model.to(dtype)
     load_weights(model, outdir / man.get("files", {}).get("weights", WEIGHTS))
     model.to(device).train(bool(man.get("training", False)))
     gen = torch.Generator().manual_seed(int(man.get("seed") or 0))
@@ -370,6 +373,7 @@ def load_converted(outdir: str | os.PathLike, *, device: str | torch.device = "c
         inputs if len(inputs) > 1 else inputs[0],
         rule,
         leaf_modules=man.get("leaf_modules", []),
+        capture=man.get("capture", "auto"),  # manifests before the export front end: auto
     )
 
 
