@@ -1,8 +1,8 @@
-"""MODEL specs: parse ``torchvision:NAME``, ``package.module:factory`` and
-``path/to/file.py:factory``, build the model, load weights safely, make random example inputs.
+"""MODEL specs: parse ``torchvision:NAME``, ``transformers:ClassName``,
+``package.module:factory`` and ``path/to/file.py:factory``, build the model, make random example
+inputs (weights files: :mod:`pccompile.io.weights`).
 
-Reads: a spec string, the module or file it names (its code runs), optional weights files
-(``torch.load(weights_only=True)`` only: a file that needs arbitrary unpickling is refused).
+Reads: a spec string, the module or file it names (its code runs).
 Writes nothing (a converted model's directory is :mod:`pccompile.io.artifact`'s).
 Invariants: torchvision models are always built with ``weights=None`` (nothing is downloaded);
 weights load with ``strict=True``. ``package.module`` is imported with the current folder on
@@ -20,11 +20,10 @@ import importlib
 import importlib.util
 import logging
 import os
-import pickle
 import pkgutil
 import re
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +42,6 @@ __all__ = [
     "parse_spec",
     "parse_shapes",
     "build_model",
-    "load_weights",
     "random_inputs",
     "check_forward",
     "check_leaf_modules",
@@ -200,9 +198,9 @@ def _build_from_factory(spec: ModelSpec, kwargs: dict, num_classes: int | None) 
             else ""
         )
         raise ModelSpecError(
-            f"The factory {spec} raised {type(exc).__name__}: {_one_line(exc)}; fix the factory so "
-            f"that calling it{' with num_classes=' + str(num_classes) if kwargs else ''} returns "
-            f"an nn.Module{extra}."
+            f"The factory {spec} raised {type(exc).__name__}: {short_line(exc)}; fix the factory "
+            f"so that calling it{' with num_classes=' + str(num_classes) if kwargs else ''} "
+            f"returns an nn.Module{extra}."
         ) from exc
     if not isinstance(model, nn.Module):
         raise ModelSpecError(
@@ -229,7 +227,7 @@ def _torchvision(name: str, kwargs: dict) -> nn.Module:
     except Exception as exc:
         raise ModelSpecError(
             f"torchvision.models.get_model({name!r}, weights=None, {kwargs}) failed: "
-            f"{type(exc).__name__}: {_one_line(exc)}; check --num-classes."
+            f"{type(exc).__name__}: {short_line(exc)}; check --num-classes."
         ) from exc
 
 
@@ -262,17 +260,17 @@ def _import_module(name: str) -> Any:
         if missing and not (name == missing or name.startswith(missing + ".")):
             raise ModelSpecError(
                 f"Importing module {name!r} failed: it imports {missing!r}, which is not "
-                f"installed ({_one_line(exc)}); install it."
+                f"installed ({short_line(exc)}); install it."
             ) from exc
         raise ModelSpecError(
-            f"Cannot import module {name!r} ({_one_line(exc)}) from the current folder "
+            f"Cannot import module {name!r} ({short_line(exc)}) from the current folder "
             f"{os.getcwd()} or the installed packages; run from the folder that holds it, add "
             f"that folder to PYTHONPATH, install it, or pass a file instead "
             f"(path/to/file.py:factory)."
         ) from exc
     except Exception as exc:
         raise ModelSpecError(
-            f"Importing module {name!r} raised {type(exc).__name__}: {_one_line(exc)}; fix the "
+            f"Importing module {name!r} raised {type(exc).__name__}: {short_line(exc)}; fix the "
             f"module so that it imports."
         ) from exc
 
@@ -297,7 +295,7 @@ def _import_file(path: str) -> Any:
     except Exception as exc:
         sys.modules.pop(name, None)
         raise ModelSpecError(
-            f"Running model file {path!r} raised {type(exc).__name__}: {_one_line(exc)}; fix the "
+            f"Running model file {path!r} raised {type(exc).__name__}: {short_line(exc)}; fix the "
             f"file so that it imports."
         ) from exc
     finally:
@@ -341,96 +339,6 @@ def _module_shapes(module: Any, spec: ModelSpec) -> list[Shape]:
 
 
 # Keys under which training scripts commonly nest the state_dict in a checkpoint.
-CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model")
-
-
-def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
-    """Load a ``state_dict`` file into ``model`` with ``weights_only=True`` and ``strict=True``.
-
-    The file may hold the state_dict itself or a checkpoint dict that nests it under one of
-    :data:`CHECKPOINT_KEYS` (``{"state_dict": ..., "epoch": ...}``, as Lightning and many
-    training scripts save); the other entries are ignored.
-
-    Raises:
-        ModelSpecError: missing file, a file ``weights_only`` refuses as unsafe (it pickles Python
-            objects that could run code), not a state_dict, or keys/shapes that do not fit the
-            model.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ModelSpecError(f"Weights file {path!r} does not exist; check the --weights path.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # torch words it "Unsupported global: GLOBAL x.y" or "unsupported GLOBAL x.y whose module
-        # x is blocked"; either way weights_only refused to import x.y: an unsafe file
-        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        if found is None:  # not a pickle of safe types at all: garbage or a foreign format
-            raise ModelSpecError(
-                f"Cannot read weights file {path!r}: it is not a file written by torch.save "
-                f"(or it is damaged); give a file written by torch.save(model.state_dict(), path)."
-            ) from exc
-        raise ModelSpecError(
-            f"Weights file {path!r} was refused by torch.load(weights_only=True) as unsafe: it "
-            f"pickles {found.group(1)}, not just tensors (loading it could run arbitrary code); "
-            f"nothing in it was run. Re-save only the weights with "
-            f"torch.save(model.state_dict(), path) from a source you trust."
-        ) from exc
-    except Exception as exc:
-        raise ModelSpecError(
-            f"Cannot read weights file {path!r}: it is not a file written by torch.save, or it "
-            f"is damaged ({type(exc).__name__}: {_one_line(exc)}); give a file written by "
-            f"torch.save(model.state_dict(), path)."
-        ) from exc
-    state = _unwrap_checkpoint(state, path)
-    if not (
-        isinstance(state, Mapping) and all(isinstance(v, torch.Tensor) for v in state.values())
-    ):
-        raise ModelSpecError(
-            f"Weights file {path!r} holds a {type(state).__name__}, not a state_dict of tensors "
-            f"(nor a checkpoint with one under {'/'.join(CHECKPOINT_KEYS)}); save it with "
-            f"torch.save(model.state_dict(), path)."
-        )
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [
-        f"{k} (file {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
-        for k in own
-        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
-    ]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {_few(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys {_few(unexpected)}")
-        if wrong:
-            parts.append(f"mis-shaped {_few(wrong)}")
-        raise ModelSpecError(
-            f"Weights file {path!r} does not fit the model: {'; '.join(parts)}; use the file "
-            f"saved from this exact model (same MODEL and --num-classes)."
-        )
-    model.load_state_dict(state, strict=True)
-    log.info("loaded %d tensors from %s", len(state), path)
-
-
-def _unwrap_checkpoint(state: Any, path: str) -> Any:
-    """The state_dict nested in a checkpoint dict, or ``state`` itself."""
-    if not isinstance(state, Mapping) or all(isinstance(v, torch.Tensor) for v in state.values()):
-        return state
-    for key in CHECKPOINT_KEYS:
-        inner = state.get(key)
-        if (
-            isinstance(inner, Mapping)
-            and inner
-            and all(isinstance(v, torch.Tensor) for v in inner.values())
-        ):
-            log.info("%s is a checkpoint: loading its %r entry", path, key)
-            return inner
-    return state
-
-
 def check_leaf_modules(model: nn.Module, names: Iterable[str]) -> None:
     """Refuse a ``--leaf-module`` name that is not a submodule of ``model`` (a typo would be
     ignored by the tracer and the module traced through).
@@ -487,17 +395,19 @@ def check_forward(
         shapes = ", ".join(str(tuple(x.shape)) for x in inputs)
         raise ModelSpecError(
             f"The model rejected input(s) of shape {shapes}: {type(exc).__name__}: "
-            f"{_one_line(exc)}; pass the shape it expects with --input-shape (batch first, "
+            f"{short_line(exc)}; pass the shape it expects with --input-shape (batch first, "
             f"comma-separated, one flag per input)."
         ) from exc
 
 
-def _few(items: list[str], n: int = 3) -> str:
+def few(items: list[str], n: int = 3) -> str:
+    """The first ``n`` items for a message, and how many there are in all."""
     shown = ", ".join(items[:n])
     return f"[{shown}{f', ... {len(items)} in all' if len(items) > n else ''}]"
 
 
-def _one_line(exc: BaseException) -> str:
+def short_line(exc: BaseException) -> str:
+    """An exception's message on one line, at most 300 characters."""
     text = " ".join(str(exc).split())
     return text if len(text) <= 300 else text[:297] + "..."
 

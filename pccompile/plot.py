@@ -12,6 +12,8 @@ import os
 import textwrap
 from pathlib import Path
 
+import numpy as np
+
 from .errors import ConfigError
 from .extras import require
 from .io.atomic import atomic_output
@@ -80,24 +82,8 @@ def plot_trace(trace: Trace, path: str | Path, *, title: str = "", overwrite: bo
     require("plot", "plot_trace", _MPL)
     if not trace.energy:
         raise ConfigError("The trace is empty: learn(..., trace=True) records one.")
-    import numpy as np
-    from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.colors import LogNorm
     from matplotlib.figure import Figure
-
-    levels = trace.level_error_norms()
-    steps = len(trace.energy)
-    depth = max(levels, default=0)
-    grid = np.full((depth + 1, steps), np.nan)  # NaN: exactly zero, drawn white
-    diverged = np.zeros(grid.shape, dtype=bool)
-    for lvl, norms in levels.items():
-        for step, n in enumerate(norms):
-            if not math.isfinite(n):
-                diverged[lvl, step] = True
-            elif n > 0:
-                grid[lvl, step] = n
-    positive = grid[np.isfinite(grid)]
 
     caption = textwrap.fill(trace_caption(trace), 150)
     n_lines = caption.count("\n") + 1
@@ -105,19 +91,53 @@ def plot_trace(trace: Trace, path: str | Path, *, title: str = "", overwrite: bo
     FigureCanvasAgg(fig)
     bottom = (0.55 + 0.17 * n_lines) / (4.6 + 0.17 * n_lines)
     top = 0.86
-    ax_e = fig.add_axes((0.06, bottom, 0.36, top - bottom))
-    ax_l = fig.add_axes((0.5, bottom, 0.4, top - bottom))
-    ax_c = fig.add_axes((0.915, bottom, 0.015, top - bottom))
+    _energy_panel(fig.add_axes((0.06, bottom, 0.36, top - bottom)), trace)
+    axes = (
+        fig.add_axes((0.5, bottom, 0.4, top - bottom)),
+        fig.add_axes((0.915, bottom, 0.015, top - bottom)),
+    )
+    _front_panel(fig, *axes, trace)
+    if title:
+        fig.suptitle(title, x=0.06, ha="left", y=0.97)
+    fig.text(0.06, 0.02, caption, fontsize=8, va="bottom", ha="left", wrap=False)
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        fig.savefig(tmp, format=fmt, dpi=110)
+    return Path(os.fspath(path))
 
-    ax_e.plot(range(steps), trace.energy, marker="o", ms=3, color="#4c72b0")
-    ax_e.set(xlabel="inference step", ylabel="energy F", title="total energy")
-    ax_e.set_xlim(-0.5, steps - 0.5)
+
+def _energy_panel(ax, trace: Trace) -> None:
+    steps = len(trace.energy)
+    ax.plot(range(steps), trace.energy, marker="o", ms=3, color="#4c72b0")
+    ax.set(xlabel="inference step", ylabel="energy F", title="total energy")
+    ax.set_xlim(-0.5, steps - 0.5)
     finite = [e for e in trace.energy if math.isfinite(e)]
     if finite and min(finite) > 0 and max(finite) > 1e3 * min(finite):
-        ax_e.set_yscale("log")
-    ax_e.grid(alpha=0.3)
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
 
-    # white: exactly zero (the front has not arrived); red: not finite (diverged behind it)
+
+def _level_grid(trace: Trace) -> tuple[np.ndarray, np.ndarray]:
+    """Error norm per (level, step); NaN where exactly zero, and where it is not finite."""
+    levels = trace.level_error_norms()
+    grid = np.full((max(levels, default=0) + 1, len(trace.energy)), np.nan)
+    diverged = np.zeros(grid.shape, dtype=bool)
+    for lvl, norms in levels.items():
+        for step, n in enumerate(norms):
+            if not math.isfinite(n):
+                diverged[lvl, step] = True
+            elif n > 0:
+                grid[lvl, step] = n
+    return grid, diverged
+
+
+def _front_panel(fig, ax, cax, trace: Trace) -> None:
+    """The level x step map: white where the error is exactly zero (the front has not arrived),
+    red where it is not finite (diverged behind the front), a log colour scale elsewhere."""
+    from matplotlib import colormaps
+    from matplotlib.colors import LogNorm
+
+    grid, diverged = _level_grid(trace)
+    positive = grid[np.isfinite(grid)]
     cmap = colormaps["viridis"].with_extremes(bad="white", over="#d62728")
     if positive.size:
         lo, hi = float(positive.min()), float(positive.max())
@@ -125,7 +145,8 @@ def plot_trace(trace: Trace, path: str | Path, *, title: str = "", overwrite: bo
     else:
         norm = LogNorm(vmin=1e-12, vmax=1.0)
     grid[diverged] = norm.vmax * 10
-    img = ax_l.imshow(
+    depth, steps = grid.shape[0] - 1, grid.shape[1]
+    img = ax.imshow(
         np.ma.masked_invalid(grid),
         origin="lower",
         aspect="auto",
@@ -134,16 +155,10 @@ def plot_trace(trace: Trace, path: str | Path, *, title: str = "", overwrite: bo
         norm=norm,
         extent=(-0.5, steps - 0.5, -0.5, depth + 0.5),
     )
-    ax_l.set(xlabel="inference step", ylabel="level (0 = output)", title="error front")
+    ax.set(xlabel="inference step", ylabel="level (0 = output)", title="error front")
     fig.colorbar(
         img,
-        cax=ax_c,
+        cax=cax,
         label="||eps|| of the level" + (" (red: not finite)" if diverged.any() else ""),
         extend="max" if diverged.any() else "neither",
     )
-    if title:
-        fig.suptitle(title, x=0.06, ha="left", y=0.97)
-    fig.text(0.06, 0.02, caption, fontsize=8, va="bottom", ha="left", wrap=False)
-    with atomic_output(path, overwrite=overwrite) as tmp:
-        fig.savefig(tmp, format=fmt, dpi=110)
-    return Path(os.fspath(path))

@@ -231,10 +231,7 @@ def train_against_bp(
     for step in range(habits.steps):
         for j in range(habits.accumulate):
             if progress is not None:
-                progress(
-                    f"training step {step + 1}/{habits.steps}, micro-batch {j + 1}/"
-                    f"{habits.accumulate}"
-                )
+                progress(f"training step {step + 1}/{habits.steps}, micro-batch {j + 1}")
             inputs, target = batches[k % len(batches)]
             k += 1
             torch.set_rng_state(rng)
@@ -248,12 +245,17 @@ def train_against_bp(
             report.rows.append(row)
             rng = rng_bp
         for m, opt in zip((bp_model, pc_model), opts):
-            if habits.clip is not None:
-                torch.nn.utils.clip_grad_norm_(m.parameters(), habits.clip)
-            opt.step()
-            opt.zero_grad(set_to_none=habits.set_to_none)
+            _optimizer_step(m, opt, habits)
         report.rows.append(_step_row(step, bp_model, pc_model))
     return report
+
+
+def _optimizer_step(model: nn.Module, opt: torch.optim.Optimizer, habits: Habits) -> None:
+    """The loop's habits at a step: clip the accumulated gradient, step, zero (maybe in place)."""
+    if habits.clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), habits.clip)
+    opt.step()
+    opt.zero_grad(set_to_none=habits.set_to_none)
 
 
 def _convert_untouched(

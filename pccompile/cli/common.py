@@ -25,13 +25,13 @@ import torch.nn as nn
 
 from ..api import convert
 from ..io.atomic import check_output
+from ..io.weights import load_weights
 from ..modelspec import (
     ModelSpec,
     Shape,
     build_model,
     check_forward,
     check_leaf_modules,
-    load_weights,
     parse_shapes,
     parse_spec,
     random_inputs,

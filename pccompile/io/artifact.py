@@ -37,12 +37,13 @@ import pccompile
 
 from ..api import convert
 from ..errors import ConfigError
-from ..modelspec import ModelSpecError, build_model, load_weights, parse_spec
+from ..modelspec import ModelSpecError, build_model, parse_spec
 from ..module import PCModule
 from ..rules import make_rule
 from ..summary import graph_summary
 from .atomic import atomic_output, check_output
 from .render import mode_text, write_graphml
+from .weights import load_weights
 
 __all__ = [
     "FORMAT",

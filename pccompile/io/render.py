@@ -212,20 +212,7 @@ def draw_graph(
     by_level = _ordered_rows(g)
     widest = max((len(vs) for vs in by_level.values()), default=1)
     depth = max(by_level, default=0)
-    # rows given as a dict of lists keep their order (a subset_key attribute name would not)
-    pos = nx.multipartite_layout(g, subset_key=by_level, align="horizontal", scale=1.0)
-    # multipartite spreads rows over [-1, 1]: put row `level` at y = level (output at 0, inputs
-    # on top) and space a row's vertices 1.6 units apart, so labels never overlap
-    xs = {v: float(p[0]) for v, p in pos.items()}
-    step = {
-        lvl: (max(xs[v] for v in vs) - min(xs[v] for v in vs)) / max(len(vs) - 1, 1)
-        for lvl, vs in by_level.items()
-    }
-    xy = {
-        v: ((xs[v] / step[g.nodes[v]["level"]] * 1.6) if step[g.nodes[v]["level"]] else 0.0, lvl)
-        for lvl, vs in by_level.items()
-        for v in vs
-    }
+    xy = _row_positions(g, by_level)
     width = min(30.0, max(7.0, 2.2 + 1.5 * widest))
     height = min(80.0, 1.2 + 0.34 * (depth + 1))
     fontsize = 7 if widest <= 12 else 5
@@ -237,23 +224,7 @@ def draw_graph(
             [(xy[u], xy[v]) for u, v in g.edges], colors="#9a9a9a", linewidths=0.7, zorder=1
         )
     )
-    for v, (x, y) in xy.items():
-        d = g.nodes[v]
-        ax.text(
-            x,
-            y,
-            d.get("label") or d.get("op", v),
-            ha="center",
-            va="center",
-            fontsize=fontsize,
-            zorder=2,
-            bbox={
-                "boxstyle": "round,pad=0.25",
-                "fc": _LIGHT.get(d["kind"], "white"),
-                "ec": KIND_COLORS.get(d["kind"], "black"),
-                "lw": 0.8,
-            },
-        )
+    _draw_boxes(ax, g, xy, fontsize)
     half = 1.6 * (widest - 1) / 2 + 1.0
     ax.set_xlim(-half, half)
     ax.set_ylim(-0.7, depth + 0.7)
@@ -282,6 +253,37 @@ def draw_graph(
     with atomic_output(path, overwrite=overwrite) as tmp:
         fig.savefig(tmp, format=fmt, dpi=110)
     return Path(path)
+
+
+def _row_positions(g: nx.DiGraph, by_level: dict[int, list]) -> dict:
+    """Row ``level`` at y = level (output at 0, inputs on top), a row's vertices 1.6 units
+    apart so labels never overlap: :func:`networkx.multipartite_layout`'s x order, rescaled.
+    (Rows given as a dict of lists keep their order; a subset_key attribute name would not.)"""
+    pos = nx.multipartite_layout(g, subset_key=by_level, align="horizontal", scale=1.0)
+    xs = {v: float(p[0]) for v, p in pos.items()}
+    step = {
+        lvl: (max(xs[v] for v in vs) - min(xs[v] for v in vs)) / max(len(vs) - 1, 1)
+        for lvl, vs in by_level.items()
+    }
+    return {
+        v: ((xs[v] / step[lvl] * 1.6) if step[lvl] else 0.0, lvl)
+        for lvl, vs in by_level.items()
+        for v in vs
+    }
+
+
+def _draw_boxes(ax, g: nx.DiGraph, xy: dict, fontsize: int) -> None:
+    """Each vertex a box labelled with what it computes, coloured by kind."""
+    for v, (x, y) in xy.items():
+        d = g.nodes[v]
+        box = {
+            "boxstyle": "round,pad=0.25",
+            "fc": _LIGHT.get(d["kind"], "white"),
+            "ec": KIND_COLORS.get(d["kind"], "black"),
+            "lw": 0.8,
+        }
+        label = d.get("label") or d.get("op", v)
+        ax.text(x, y, label, ha="center", va="center", fontsize=fontsize, zorder=2, bbox=box)
 
 
 def draw_png(
