@@ -378,3 +378,95 @@ class ListInput(nn.Module):
 def test_a_list_of_tensors_as_input():
     xs = [torch.randn(3, 4, dtype=D), torch.randn(3, 2, dtype=D)]
     _check(ListInput().to(D), [((xs,), _randn(3, 3))], F.mse_loss, bitwise=True)
+
+
+def test_every_in_place_aten_overload_gets_a_twin_of_the_same_signature():
+    from pccompile.ops.aten import _argument_types, aten_inplace_twin
+
+    checked = 0
+    for name in dir(torch.ops.aten):
+        if not name.endswith("_") or name.endswith("__"):
+            continue
+        packet = getattr(torch.ops.aten, name)
+        for overload in packet.overloads():
+            op = getattr(packet, overload)
+            twin = aten_inplace_twin(op)
+            if twin is not None:
+                assert _argument_types(twin) == _argument_types(op), (op, twin)
+                checked += 1
+    assert checked > 200
+    assert str(aten_inplace_twin(torch.ops.aten.bernoulli_.float)) == "aten.bernoulli.p"
+
+
+class DropPath(nn.Module):
+    """timm/torchvision stochastic depth: a mask drawn in place with bernoulli_."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x):
+        keep = x.new_empty(x.shape[0], 1).bernoulli_(0.8)
+        return self.lin(x) * keep / 0.8 + x.pow(2.0)
+
+
+def test_drop_path_in_train_mode_under_export_equals_bp():
+    torch.manual_seed(0)
+    x = _randn(6, 4)
+    rep = train_against_bp(
+        DropPath().to(D),
+        [((x,), _randn(6, 4, seed=2))],
+        F.mse_loss,
+        "zil",
+        train=True,
+        convert_options={"capture": "export"},
+        mode="faithful",
+    )
+    assert rep.ok(0.0), rep.problems(0.0)
+
+
+class MaskBySlices(nn.Module):
+    """Swin's shifted-window mask habit: a constant filled through slices, in place."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x):
+        mask = x.new_zeros(x.shape[0], 4)
+        mask[:2, :2] = 1.0
+        mask[2:, 2:] = -1.0
+        return torch.tanh(self.lin(x)) + mask
+
+
+@pytest.mark.parametrize("capture", ["auto", "export"])
+def test_a_constant_mask_written_through_slices_runs_in_place(capture):
+    """torch.fx cannot trace item assignment at all; export records it, and the writes into a
+    constant of the pass run in place, in order, as in the module."""
+    x = _randn(3, 4)
+    pcm = pccompile.convert(MaskBySlices().to(D), x, capture=capture)
+    assert torch.equal(pcm(x), pcm.original(x))
+    rep = train_against_bp(
+        MaskBySlices().to(D),
+        [((x,), _randn(3, 4, seed=2))],
+        F.mse_loss,
+        "zil",
+        mode="faithful",
+        convert_options={"capture": capture},
+    )
+    assert rep.ok(0.0), rep.problems(0.0)
+
+
+def test_writing_a_value_node_into_a_constant_is_still_refused():
+    class Leak(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x):
+            mask = x.new_zeros(3, 4)
+            mask[:2] = self.lin(x)[:2]  # data written into the constant: not a constant anymore
+            return mask
+
+    with pytest.raises(pccompile.UnsupportedOpError, match="copies into an existing tensor"):
+        pccompile.convert(Leak(), torch.randn(3, 4), capture="export")

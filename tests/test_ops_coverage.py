@@ -114,7 +114,7 @@ def test_unregistered_function_method_or_module_raises_naming_node_and_fix(
         pccompile.convert(_Uses(how), torch.randn(2, 4), capture="fx")
     msg = str(err.value)
     assert msg.startswith(f"Node '{node}' ") and needle in msg
-    assert "leaf_modules=" in msg and "register_function" in msg and "register_module" in msg
+    assert "capture='export'" in msg and "register_function" in msg and "register_module" in msg
     if how == "module":
         assert "no rule for leaf module class Tanh" in msg
 

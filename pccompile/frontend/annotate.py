@@ -308,7 +308,10 @@ def annotate(gm: fx.GraphModule, inputs: tuple, user_leaves: set[str]) -> Any:
     except Exception as exc:
         raise InputError(
             f"Running the traced model on the example inputs failed: {type(exc).__name__}: "
-            f"{exc}. Check the example inputs' shapes and dtypes."
+            f"{exc}. If the module itself runs on them, the trace took a branch the inputs do "
+            f"not fit (e.g. `if arg is None` on an optional argument: fix it with "
+            f"concrete_args={{...}}, or convert with capture='export'); otherwise check the "
+            f"example inputs' shapes and dtypes."
         ) from exc
 
     register_dataclasses(list(values.values()))  # dataclass outputs: pytree nodes from here on

@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.utils._pytree as pytree
 
 from ..errors import TraceError
+from ..ops.messages import module_path
 from ..preserve import preserved
 from .functionalize import functionalize
 from .pytrees import register_dataclasses
@@ -158,10 +159,9 @@ def _name_after_modules(graph: fx.Graph) -> None:
     """``linear_3`` -> ``encoder_layer_0_attention_query_linear``: the innermost module path
     that called the op, then the op's name (FX keeps names unique)."""
     for node in graph.nodes:
-        stack = node.meta.get("nn_module_stack")
-        if node.op != "call_function" or not stack:
+        if node.op != "call_function":
             continue
-        path = list(stack.values())[-1][0]
+        path = module_path(node)
         op = re.sub(r"_\d+$", "", node.name)
         if path:
             node._rename(re.sub(r"\W", "_", f"{path}_{op}"))

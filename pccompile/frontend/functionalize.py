@@ -11,6 +11,7 @@ as its forward does (once per run).
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 import torch
@@ -19,6 +20,9 @@ import torch.nn as nn
 
 from ..errors import TraceError, UnsupportedOpError
 from ..ops import check_method, inplace_twin, source_line
+from ..ops.aten import aten_name, is_aten
+from ..ops.messages import fn_name
+from ..ops.names import CONSTANT_FACTORIES
 
 __all__ = ["assign_buffer", "functionalize"]
 
@@ -49,6 +53,7 @@ def functionalize(gm: fx.GraphModule, training: bool) -> None:
     graph = gm.graph
     order = {n: i for i, n in enumerate(graph.nodes)}
     buffer_of: dict[fx.Node, fx.Node] = {}  # value node -> the get_attr of the buffer it updates
+    constants = constant_nodes(graph)
     for node in list(graph.nodes):
         check_method(node)
         if node.op == "call_module":
@@ -70,6 +75,8 @@ def functionalize(gm: fx.GraphModule, training: bool) -> None:
             node.target = new_target
         elif node.kwargs.get("inplace") is True:
             node.kwargs = {**node.kwargs, "inplace": False}
+        elif node in constants:  # a constant of the pass mutated in place: runs as written
+            continue
         else:
             twin = inplace_twin(node)
             if twin is None:
@@ -104,3 +111,34 @@ def _attr(gm: fx.GraphModule, target: str) -> Any:
     for part in target.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+# the names torch.fx and torch.export give literal tensors they lift out of the code
+_LIFTED = re.compile(r"(^|\.)(_tensor_constant|lifted_tensor_)\d+$")
+
+
+def constant_nodes(graph: fx.Graph) -> set[fx.Node]:
+    """Nodes computed from factories and literals only (``x.new_zeros(n, n)``, ``torch.ones``,
+    and what is computed from those alone): constants of the pass, whatever their inputs' sizes.
+
+    An in-place write among them (``mask[:2, :2] = 1``) needs no functional rewrite: the
+    feed-forward pass runs them once, in order, exactly as the module does, and no value node,
+    parameter or buffer sees the write.
+    """
+    constants: set[fx.Node] = set()
+    for node in graph.nodes:
+        if node.op == "get_attr" and _LIFTED.search(node.target):
+            constants.add(node)  # a literal tensor the tracer lifted out of the code
+        if node.op not in ("call_function", "call_method"):
+            continue
+        if _target_name(node).lstrip("_").rstrip("_") in CONSTANT_FACTORIES or all(
+            a in constants for a in node.all_input_nodes
+        ):
+            constants.add(node)
+    return constants
+
+
+def _target_name(node: fx.Node) -> str:
+    if node.op == "call_method":
+        return node.target
+    return aten_name(node.target) if is_aten(node.target) else fn_name(node.target)

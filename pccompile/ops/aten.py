@@ -60,12 +60,23 @@ def _writes_unreturned(op: OpOverload) -> bool:
 
 
 def aten_inplace_twin(op: OpOverload) -> OpOverload | None:
-    """The functional overload of an in-place ATen op (``add_.Tensor`` -> ``add.Tensor``), or
-    None when ``op`` is not in-place or has no functional form."""
+    """The functional overload of an in-place ATen op (``add_.Tensor`` -> ``add.Tensor``,
+    ``bernoulli_.float`` -> ``bernoulli.p``): the overload of the op without the underscore
+    whose arguments have the same types; None when ``op`` is not in-place or none matches."""
     name = aten_name(op)
     if not name.endswith("_") or name.endswith("__"):
         return None
     packet = getattr(torch.ops.aten, name[:-1], None)
     if packet is None:
         return None
-    return getattr(packet, op._overloadname, None) or getattr(packet, "default", None)
+    wanted = _argument_types(op)
+    for overload in packet.overloads():
+        twin = getattr(packet, overload)
+        if _argument_types(twin) == wanted:
+            return twin
+    return None
+
+
+def _argument_types(op: OpOverload) -> list[str]:
+    """The schema's argument types without alias annotations (``Tensor(a!)`` -> ``Tensor``)."""
+    return [str(a.type) for a in op._schema.arguments]

@@ -11,10 +11,11 @@ from collections.abc import Callable
 
 import torch
 import torch.fx as fx
+from torch._ops import OpOverload
 
 from ..errors import UnsupportedOpError
 
-__all__ = ["describe", "fn_name", "source_line", "unsupported"]
+__all__ = ["describe", "fn_name", "module_path", "source_line", "unsupported"]
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(__file__))
 
@@ -51,15 +52,35 @@ def source_line(node: fx.Node) -> str:
 
 
 def unsupported(node: fx.Node, why: str) -> UnsupportedOpError:
-    where = node.meta.get("nn_module_stack")
-    owner = ""
-    if where:
-        path = list(where.keys())[-1] if isinstance(where, dict) else ""
-        if path and not (node.op == "call_module" and path == node.target):
-            owner = f" inside module {path!r}"
-    return UnsupportedOpError(
-        f"Node {node.name!r} ({describe(node)}){owner}: {why}. Fix: mark the enclosing "
-        f"submodule as a leaf (convert(..., leaf_modules=['path.to.module'])) so it becomes one "
-        f"opaque vertex, or register a rule with pccompile.ops.register_function / "
-        f"register_method / register_module."
-    )
+    path = module_path(node)
+    if node.op == "call_module" and path == node.target:
+        path = ""  # the module is the node itself: its own class needs the rule
+    owner = f" inside module {path!r}" if path else ""
+    if isinstance(node.target, OpOverload):  # a torch.export graph: no leaves to make
+        fix = (
+            "write that code out of place (or clone() before mutating); torch.fx capture "
+            "(capture='fx') can keep the module that does it as a leaf"
+        )
+    else:
+        leaf = (
+            f"mark submodule {path!r} as a leaf (convert(..., leaf_modules=[{path!r}])) so it "
+            f"becomes one opaque vertex, or "
+            if path
+            else ""
+        )
+        fix = (
+            f"{leaf}convert with capture='export' (torch.export traces through Python functions "
+            f"down to ATen ops), or register a rule with pccompile.ops.register_function / "
+            f"register_method / register_module"
+        )
+    return UnsupportedOpError(f"Node {node.name!r} ({describe(node)}){owner}: {why}. Fix: {fix}.")
+
+
+def module_path(node: fx.Node) -> str:
+    """The qualified name of the innermost module that called ``node`` ("" for the root).
+    torch.fx records ``{path: type}``, torch.export ``{key: (path, type)}``."""
+    stack = node.meta.get("nn_module_stack")
+    if not isinstance(stack, dict) or not stack:
+        return ""
+    key, value = list(stack.items())[-1]
+    return value[0] if isinstance(value, tuple) else key

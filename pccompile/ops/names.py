@@ -68,6 +68,15 @@ NO_GRADIENT_NAMES = _names(
     rand_like randn_like randint_like detach
     """
 )
+# Factories: results made from sizes, dtypes and constants only. With NO_GRADIENT_NAMES they
+# root the constants of the pass that functionalize may leave mutated in place (a mask built with
+# new_zeros and filled through slices runs once, in order, in the feed-forward pass).
+CONSTANT_FACTORIES = (NO_GRADIENT_NAMES - {"detach"}) | _names(  # detach shares storage
+    """
+    zeros ones full empty arange eye tensor scalar_tensor as_tensor linspace logspace tril_indices
+    triu_indices zeros_like ones_like full_like empty_like new_empty_strided empty_strided
+    """
+)
 UNSUPPORTED_METHODS = {
     "backward": "calls backward inside forward",
     "register_hook": "registers an autograd hook inside forward",
