@@ -293,10 +293,11 @@ def _reason(e: AtenEntry) -> str:
     if not e.differentiable:
         base = aten_name(e.op).lstrip("_")
         return (
-            f"no gradient ({base} is in NO_GRADIENT_NAMES): a constant of the pass, computed once "
-            f"in the feed-forward pass"
+            "no gradient (named in NO_GRADIENT_NAMES: its result depends on its arguments' "
+            "shapes only, or is a random draw): a constant of the pass, computed once in the "
+            "feed-forward pass"
             if base in NO_GRADIENT_NAMES
-            else "declared without gradient"
+            else "declared without gradient: a constant of the pass"
         )
     if roles <= {"meta"}:
         return (
