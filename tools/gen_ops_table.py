@@ -3,10 +3,14 @@
 The catalogue is pccompile.ops_catalogue, the one tests/test_ops_coverage.py parametrises over
 (hand-written cases, the torch.nn constructor table and the argument-pattern probe); this script
 runs the same check on every case (forward equals the plain call, one zil step equals bp in
-float64), so a "yes" row is one that passed here. It exits 1 if any check fails.
+float64), so a "yes" row is one that passed here. The ATen section lists the overloads the
+torch.export front end produces for the catalogue's source models (tests/test_aten_ops.py), each
+checked from its cached call site in both schedules. It exits 1 if any check fails.
 
-    .venv/bin/python tools/gen_ops_table.py            # writes docs/ops.md
-    .venv/bin/python tools/gen_ops_table.py -o -       # prints it instead
+    .venv/bin/python tools/gen_ops_table.py                 # writes docs/ops.md
+    .venv/bin/python tools/gen_ops_table.py -o -            # prints it instead
+    .venv/bin/python tools/gen_ops_table.py --collect-aten  # first re-collects the ATen call
+                                                            # sites from the source models
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import collections
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -21,6 +26,8 @@ import torch
 
 import pccompile
 from pccompile import ops_catalogue
+from pccompile.ops_catalogue import aten as aten_catalogue
+from pccompile.ops_catalogue.aten_sources import SOURCES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,7 +38,7 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def render(entries: list, failures: dict[str, str]) -> str:
+def render(entries: list, failures: dict[str, str], aten: list[str] | None = None) -> str:
     counts = {t: collections.Counter() for t in TABLES}
     reasons = collections.Counter()
     for e in entries:
@@ -115,7 +122,149 @@ def render(entries: list, failures: dict[str, str]) -> str:
         else:
             status, how = "no", e.reason
         out.append(f"| `{e.name}` | {e.table} | {e.kind} | {status} | {_cell(how)} |")
-    return "\n".join(out) + "\n"
+    return "\n".join(out + (aten or [])) + "\n"
+
+
+def _sources(e: aten_catalogue.AtenEntry) -> str:
+    """``bert, resnet18 (train)``: the source models using the overload, in SOURCES order,
+    with the mode where only one of eval/train uses it."""
+    used = e.sources
+    parts = []
+    for name in SOURCES:
+        modes = used.get(name)
+        if modes:
+            parts.append(name if len(modes) == 2 else f"{name} ({next(iter(modes))})")
+    return ", ".join(parts)
+
+
+def _worst(result: aten_catalogue.AtenResult) -> str:
+    worst = max(result.worst.values())
+    return "yes, bitwise" if worst == 0.0 else f"yes (worst {worst:.2g})"
+
+
+def render_aten(
+    entries: tuple,
+    results: dict[str, aten_catalogue.AtenResult],
+    failures: dict[str, str],
+    source_failures: dict[str, str],
+) -> list[str]:
+    """The ATen section of docs/ops.md."""
+    checked = [e for e in entries if e.name in results]
+    bitwise = sum(1 for e in checked if max(results[e.name].worst.values()) == 0.0)
+    kinds = collections.Counter(e.kind for e in entries)
+    reasons = collections.Counter(e.reason for e in entries if e.site is None)
+    out = [
+        "",
+        "## ATen operators (torch.export front end)",
+        "",
+        '`convert(..., capture="export")` (and `capture="auto"` when torch.fx cannot trace the '
+        "model) captures with `torch.export` (non-strict, the training IR): its vertices are ATen "
+        "overloads such as `aten.linear.default`, whose rules `pccompile.ops.aten.aten_rule` reads "
+        "from the operator's schema: `stochastic` when it is tagged `nondeterministic_seeded` or "
+        "named in `STOCHASTIC_NAMES`, `stateful` when it writes an argument it does not return or "
+        "is a batch-norm name, differentiable unless named in `NO_GRADIENT_NAMES`. In-place "
+        "overloads (`relu_`, `add_`, `dropout_` ...) are rewritten to their functional "
+        'overloads before rules are read; "(in place)" marks a row some source also wrote in '
+        "place.",
+        "",
+        "The rows are every ATen overload that front end produces for these source models, each "
+        "in eval and train mode (`pccompile/ops_catalogue/aten_sources.py`; tiny random configs, "
+        "no download): " + ", ".join(f"`{s}`" for s in SOURCES) + ". "
+        "Each overload that is a vertex somewhere is checked by `tests/test_aten_ops.py` from one "
+        "real call site: the argument values recorded at that node (the site with the most "
+        "learnable arguments, train mode first, then the smallest) become a single-op model "
+        "calling the overload itself, where every floating tensor that came from a vertex or an "
+        "input is a model input times a scale parameter of ones, parameters stay parameters, "
+        "integer tensors from the inputs are clamped inputs and buffers and constants keep their "
+        'recorded values. Converted with `capture="export"`, the overload must be a vertex, '
+        "the forward must equal the plain call, and `pccompile.testing.train_against_bp` must "
+        "find `zil` equal to `bp` in float64 within 1e-12 relative in both schedules (efficient "
+        "and faithful; 2 steps x 2 micro-batches: every `.grad`, parameter and buffer, and the "
+        "global RNG state, with the RNG seeded identically so dropout and attention dropout "
+        "replay BP's masks). Misdeclaring `aten.dropout`, `aten.scaled_dot_product_attention` or "
+        "`aten.batch_norm` as pure fails this check in the faithful schedule "
+        "(`test_an_aten_op_misdeclared_fails_its_check_in_the_faithful_schedule`).",
+        "",
+        "The call sites are cached in `pccompile/ops_catalogue/aten_sites.pt` (collecting them "
+        "builds and converts every source model: about a minute); re-collect with",
+        "",
+        "```bash",
+        ".venv/bin/python tools/gen_ops_table.py --collect-aten",
+        "```",
+        "",
+        "and the slow test `test_the_cache_is_what_the_source_models_give` compares a fresh "
+        "collection with the cache.",
+        "",
+        "### ATen counts",
+        "",
+        "| ATen overloads | count |",
+        "|---|---:|",
+        f"| produced by the source models | {len(entries)} |",
+        f"| vertices somewhere: checked in both schedules | {len(checked)} |",
+        f"| of which bitwise equal to BP | {bitwise} |",
+        f"| check fails | {len(failures)} |",
+        f"| never a vertex: not checked (reasons below) | {sum(reasons.values())} |",
+        f"| kind pure / stochastic / stateful | {kinds['pure']} / {kinds['stochastic']} / "
+        f"{kinds['stateful']} |",
+        "",
+        "| why an ATen overload is not checked | overloads |",
+        "|---|---:|",
+    ]
+    for why, n in reasons.most_common():
+        out.append(f"| {_cell(why)} | {n} |")
+    if source_failures:
+        out += [
+            "",
+            'Source models that `capture="export"` does not convert (their overloads are not '
+            "collected):",
+            "",
+            "| source | error |",
+            "|---|---|",
+        ]
+        for where, err in source_failures.items():
+            out.append(f"| `{where}` | {_cell(err)} |")
+    out += [
+        "",
+        "### All ATen overloads",
+        "",
+        "| overload | kind | differentiable | checked (both schedules) | call site | sources |",
+        "|---|---|---|---|---|---|",
+    ]
+    for e in entries:
+        name = f"`{e.name}`" + (" (in place)" if e.inplace else "")
+        diff = "yes" if e.differentiable else "no"
+        if e.name in failures:
+            status = f"**FAILS**: {failures[e.name]}"
+        elif e.name in results:
+            status = _worst(results[e.name])
+        else:
+            status = f"no: {e.reason}"
+        site = ""
+        if e.site is not None:
+            mode = "train" if e.site.train else "eval"
+            site = f"{e.site.source} ({mode}) `{e.site.node}`"
+        out.append(f"| {name} | {e.kind} | {diff} | {_cell(status)} | {site} | {_sources(e)} |")
+    return out
+
+
+def run_aten() -> tuple[list[str], int]:
+    """Check every ATen overload with a call site: the ATen section of docs/ops.md and the
+    number of failing checks."""
+    entries = aten_catalogue.aten_catalogue()
+    results: dict[str, aten_catalogue.AtenResult] = {}
+    failures: dict[str, str] = {}
+    t0 = time.perf_counter()
+    for e in entries:
+        if e.site is None:
+            continue
+        try:
+            results[e.name] = aten_catalogue.check_aten(e)
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [""])[0]
+            failures[e.name] = f"{type(exc).__name__}: {first[:200]}"
+            print(f"FAIL {e.name}: {failures[e.name]}", file=sys.stderr)
+    print(f"ATen checks: {len(results) + len(failures)} in {time.perf_counter() - t0:.1f} s")
+    return render_aten(entries, results, failures, aten_catalogue.aten_failures()), len(failures)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,11 +275,20 @@ def main(argv: list[str] | None = None) -> int:
         default=str(ROOT / "docs" / "ops.md"),
         help="where to write the table ('-' for stdout)",
     )
+    parser.add_argument(
+        "--collect-aten",
+        action="store_true",
+        help="re-collect the ATen call sites from the source models first (about a minute)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # as in tests/conftest.py
     warnings.simplefilter("error")  # as in pyproject's pytest filterwarnings
     warnings.simplefilter("ignore", DeprecationWarning)
     warnings.simplefilter("ignore", FutureWarning)
+    if args.collect_aten:
+        data = aten_catalogue.collect(log=lambda m: print(m, file=sys.stderr))
+        aten_catalogue.save_sites(data)
+        print(f"wrote {aten_catalogue.ATEN_CACHE}: {len(data['ops'])} ATen overloads")
     entries = list(ops_catalogue.catalogue())
     failures: dict[str, str] = {}
     for e in entries:
@@ -142,13 +300,17 @@ def main(argv: list[str] | None = None) -> int:
             first = (str(exc).strip().splitlines() or [""])[0]
             failures[e.name] = f"{type(exc).__name__}: {first[:200]}"
             print(f"FAIL {e.name}: {failures[e.name]}", file=sys.stderr)
-    text = render(entries, failures)
+    aten, aten_failing = run_aten()
+    text = render(entries, failures, aten)
     if args.output == "-":
         sys.stdout.write(text)
     else:
         Path(args.output).write_text(text)
-        print(f"wrote {args.output}: {len(entries)} rules, {len(failures)} failing checks")
-    return 1 if failures else 0
+        print(
+            f"wrote {args.output}: {len(entries)} rules, {len(failures)} failing checks; "
+            f"{len(aten_catalogue.aten_catalogue())} ATen overloads, {aten_failing} failing"
+        )
+    return 1 if failures or aten_failing else 0
 
 
 if __name__ == "__main__":

@@ -23,8 +23,13 @@ flags.
 Modules: ``base`` (arguments, cases, the single-op model, the eager check), ``functions`` and
 ``modules`` (hand-written cases), ``skips`` (reasons), ``probe``, ``entries`` (the catalogue),
 ``check``.
+
+The ATen part (``aten``, ``aten_sources``, the cached call sites ``aten_sites.pt``): every ATen
+overload the ``torch.export`` front end produces for a fixed list of source models, each
+checked single-op from one recorded call site (see :mod:`.aten`).
 """
 
+from .aten import AtenEntry, aten_catalogue, aten_failures, check_aten
 from .base import Arg, Case, NotApplicable, OneOp, weighted_sum
 from .check import UNROLLED, assert_zil_matches_bp, build, check_case
 from .entries import Entry, catalogue
@@ -35,6 +40,7 @@ from .skips import FUNCTION_SKIPS
 
 __all__ = [
     "Arg",
+    "AtenEntry",
     "Case",
     "Entry",
     "NotApplicable",
@@ -46,8 +52,11 @@ __all__ = [
     "PATTERNS",
     "UNROLLED",
     "assert_zil_matches_bp",
+    "aten_catalogue",
+    "aten_failures",
     "build",
     "catalogue",
+    "check_aten",
     "check_case",
     "weighted_sum",
 ]
