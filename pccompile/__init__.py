@@ -1,8 +1,9 @@
 """pccompile: compile any PyTorch ``nn.Module`` into a predictive-coding network.
 
-``convert(model, example_inputs)`` traces the model with ``torch.fx``, gives every operation a
-value node and an error node, levels the graph, and returns a :class:`PCModule` whose
-``learn(...)`` trains by PC inference; with the ``zil`` rule its updates equal backprop's.
+``convert(model, example_inputs)`` captures the model with ``torch.fx`` (or ``torch.export``
+where fx cannot trace it), gives every operation a value node and an error node, levels the
+graph, and returns a :class:`PCModule` whose ``learn(...)`` trains by PC inference; with the
+``zil`` rule its updates equal backprop's.
 
 Names and submodules are loaded on first use (PEP 562 ``__getattr__``): ``import pccompile`` does
 not import torch, so the ``pccompile`` command starts fast, and ``pccompile.plot`` or

@@ -470,3 +470,40 @@ def test_writing_a_value_node_into_a_constant_is_still_refused():
 
     with pytest.raises(pccompile.UnsupportedOpError, match="copies into an existing tensor"):
         pccompile.convert(Leak(), torch.randn(3, 4), capture="export")
+
+
+def test_the_batch_stays_free_other_sizes_are_fixed_with_a_clear_error():
+    """torch.export keeps dimension 0 dynamic where the model allows: a batch of another size
+    trains like BP without converting again; another sequence length is an InputError."""
+    model = _tiny_bert()
+    pcm = pccompile.convert(model.eval(), _ids(2, 8))
+    loss = lambda o, y: F.cross_entropy(o.logits, y)  # noqa: E731
+    rep = train_against_bp(
+        model,
+        [((_ids(3, 8, seed=4),), torch.tensor([0, 1, 2]))],
+        loss,
+        "zil",
+        train=False,
+        example_inputs=(_ids(2, 8),),
+    )
+    assert rep.ok(0.0), rep.problems(0.0)
+    with pytest.raises(pccompile.InputError, match="sizes the model was converted with"):
+        pcm.learn(_ids(2, 10), target=torch.tensor([0, 1]), loss_fn=loss)
+
+
+def test_bert_in_float32_is_bitwise_too():
+    torch.manual_seed(0)
+    model = _tiny_bert().float()
+    batches = [((_ids(2, 8, seed=s),), torch.tensor([0, 2])) for s in (2, 3)]
+    for train in (False, True):
+        rep = train_against_bp(
+            model, batches, lambda o, y: F.cross_entropy(o.logits, y), "zil", train=train
+        )
+        assert rep.bitwise, rep.problems(0.0)
+
+
+def test_a_module_torch_export_already_produced_converts():
+    net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2)).to(D)
+    exported = torch.export.export(net, (_randn(3, 4),)).module()
+    rep = train_against_bp(exported, [((_randn(3, 4),), _randn(3, 2, seed=2))], F.mse_loss, "zil")
+    assert rep.ok(0.0), rep.problems(0.0)

@@ -28,8 +28,9 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.utils._pytree as pytree
+from torch.export import Dim
 
-from ..errors import TraceError
+from ..errors import InputError, TraceError
 from ..ops.messages import module_path
 from ..preserve import preserved
 from .functionalize import functionalize
@@ -66,6 +67,8 @@ def capture_export(
         for n in graph.nodes
         if n.op in ("get_attr", "call_module")  # call_module: export's input guards
     }
+    if "_guards_fn" in root:
+        root["_guards_fn"] = _ShapeGuards(root["_guards_fn"])
     gm = fx.GraphModule(root, graph, class_name=f"PC{type(model).__name__}")
     gm._in_spec, gm._out_spec = flat._in_spec, flat._out_spec
     _name_after_modules(graph)
@@ -74,21 +77,33 @@ def capture_export(
 
 
 def _export(model: nn.Module, inputs: tuple, kwargs: dict | None, training: bool) -> Any:
-    """``torch.export.export``, non-strict, leaving the model as it was. A dataclass output
-    type torch's pytree does not know yet is registered (as ``torch.export.register_dataclass``
-    asks users to) and the export retried once."""
-    for attempt in (0, 1):
+    """``torch.export.export``, non-strict, leaving the model as it was. The batch dimension
+    (dimension 0 of every tensor input) is left to export to keep dynamic where the model
+    allows (``Dim.AUTO``), so batches of another size need no new conversion; a model export
+    cannot trace that way is exported with static shapes. A dataclass output type torch's
+    pytree does not know yet is registered (as ``torch.export.register_dataclass`` asks users
+    to) and the export retried."""
+    dynamic = pytree.tree_map(
+        lambda t: {0: Dim.AUTO} if isinstance(t, torch.Tensor) and t.dim() else None,
+        tuple(inputs),
+    )
+    attempts = [dynamic, None]
+    registered = False
+    while True:
+        shapes = attempts[0]
         try:
             with preserved(model, inputs, training=training), _quiet_torch_logs():
-                return torch.export.export(model, tuple(inputs), kwargs or None, strict=False)
+                return torch.export.export(
+                    model, tuple(inputs), kwargs or None, dynamic_shapes=shapes, strict=False
+                )
         except Exception as exc:
-            if (
-                attempt
-                or "not a known type" not in str(exc)
-                or not _register_dataclasses(model, inputs, kwargs, training)
-            ):
+            if "not a known type" in str(exc) and not registered:
+                registered = _register_dataclasses(model, inputs, kwargs, training)
+                if registered:
+                    continue
+            if len(attempts) == 1:
                 raise
-    raise AssertionError("unreachable")
+            attempts.pop(0)
 
 
 @contextlib.contextmanager
@@ -134,6 +149,25 @@ def _export_remedy(exc: BaseException) -> str:
         "Remedies: make the failing computation depend on sizes, not tensor values; see "
         "https://pytorch.org/docs/stable/export.html (limitations of torch.export)."
     )
+
+
+class _ShapeGuards(nn.Module):
+    """torch.export's input guards, with a pccompile error: sizes other than a dynamic batch
+    are fixed at conversion (the graph was specialised to them)."""
+
+    def __init__(self, guards: nn.Module):
+        super().__init__()
+        self.guards = guards
+
+    def forward(self, *args: Any) -> Any:
+        try:
+            return self.guards(*args)
+        except AssertionError as exc:
+            raise InputError(
+                f"The inputs do not have the sizes the model was converted with ({exc}). "
+                f"torch.export fixed them at conversion (only the batch dimension stays free, "
+                f"where the model allows); convert again with example inputs of these sizes."
+            ) from exc
 
 
 def unflatten_output(gm: fx.GraphModule, flat: Any) -> Any:
