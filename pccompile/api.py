@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from .engine import Plan, compile_plan
 from .errors import ConfigError, InputError, TraceError, UnsupportedOpError
-from .frontend.annotate import annotate, check_trace
+from .frontend.annotate import TracedRunError, annotate, check_trace
 from .frontend.capture import capture
 from .frontend.export import capture_export
 from .frontend.export import unflatten_output as _unflatten
@@ -70,7 +70,7 @@ def build_plan(model: nn.Module, inputs: tuple, training: bool, *, opts: Capture
     else:
         try:
             gm = _annotated_fx(model, inputs, training, opts)
-        except (TraceError, UnsupportedOpError) as fx_error:
+        except (TraceError, UnsupportedOpError, TracedRunError) as fx_error:
             if opts.capture == "fx" or opts.leaf_modules or opts.concrete_args:
                 raise
             try:

@@ -69,6 +69,11 @@ class NodeInfo:
     pads: tuple[fx.Node, fx.Node] | None = None  # identity vertices: the edge (u, c) they pad
 
 
+class TracedRunError(InputError):
+    """The captured graph fails on the example inputs (the module itself may not: a trace that
+    took a branch the inputs do not fit). ``capture="auto"`` then tries the other front end."""
+
+
 def is_float_tensor(x: Any) -> bool:
     return isinstance(x, torch.Tensor) and (x.is_floating_point() or x.is_complex())
 
@@ -306,7 +311,7 @@ def annotate(gm: fx.GraphModule, inputs: tuple, user_leaves: set[str]) -> Any:
     try:
         values = record_values(gm, inputs)
     except Exception as exc:
-        raise InputError(
+        raise TracedRunError(
             f"Running the traced model on the example inputs failed: {type(exc).__name__}: "
             f"{exc}. If the module itself runs on them, the trace took a branch the inputs do "
             f"not fit (e.g. `if arg is None` on an optional argument: fix it with "
