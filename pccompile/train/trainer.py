@@ -1,0 +1,267 @@
+"""The training loop: one PC-rule run (and optionally a BP copy beside it) over a data set.
+
+Reads: a model (trained in place: the PC module's parameters *are* the model's), a
+:class:`pccompile.data.Dataset` and a :class:`TrainConfig`.
+Writes: nothing on disk (:mod:`pccompile.train.outputs` does); :meth:`Trainer.state_dict` is the
+checkpoint.
+Invariants: the run depends only on the config, the model's initial state and the global RNG
+state at construction: the data order comes from a ``torch.Generator`` seeded with
+``config.seed``, and a checkpoint taken after epoch k restores model, optimizer, generator and the
+global RNG, so k epochs then a resume give the parameters of an uninterrupted run, bitwise. Under
+``compare_bp`` the BP copy starts from the same weights and RNG state at every step, and the PC
+run's RNG stream is the one it would have without the comparison.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..api import convert
+from ..data import Dataset
+from ..errors import ConfigError, InputError
+from ..module import PCModule
+from ..rules import make_rule
+
+__all__ = ["TrainConfig", "Trainer", "check_fits"]
+
+OPTIMIZERS = ("sgd", "adam")
+EVAL_CHUNK = 1024
+
+
+@dataclass
+class TrainConfig:
+    """How to train.
+
+    Attributes:
+        rule: the PC rule (``zil``, ``fpa``, ``il``, ``ipc``, or ``bp`` for plain autograd);
+            ``rule_options`` its options (``gamma``, ``steps``, ``mode``).
+        optimizer: ``sgd`` or ``adam``; ``lr``, ``momentum`` (SGD), ``weight_decay``.
+        epochs: epochs to train in all (a resume continues up to it).
+        batch_size: samples per optimizer step; the last partial batch of an epoch is dropped.
+        seed: seeds the data order (the model's init is the caller's, seeded likewise).
+        compare_bp: also train a BP copy from the same initial weights on the same batches.
+        limit_batches: train on at most this many batches per epoch (quick runs, tests).
+    """
+
+    rule: str = "zil"
+    rule_options: dict[str, Any] = field(default_factory=dict)
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    epochs: int = 1
+    batch_size: int = 64
+    seed: int = 0
+    compare_bp: bool = False
+    limit_batches: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer {self.optimizer!r}: choose one of {list(OPTIMIZERS)}.")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        if self.limit_batches is not None and self.limit_batches < 1:
+            raise ConfigError(f"limit_batches must be at least 1, got {self.limit_batches}.")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"lr must be a positive number, got {self.lr}.")
+        make_rule(self.rule, **self.rule_options)  # unknown rule or option: ConfigError now
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def check_fits(model: nn.Module, data: Dataset, batch_size: int) -> None:
+    """Run ``model`` on a first batch (no grad, RNG and mode restored) and check that its output
+    is a ``(batch, K)`` tensor of logits with ``K >= num_classes``, so cross-entropy fits.
+
+    Raises:
+        InputError: the model rejects the images, or its output does not fit the labels.
+    """
+    x = data.x_train[: min(batch_size, len(data.x_train))]
+    rng, training = torch.get_rng_state(), model.training
+    try:
+        with torch.no_grad():
+            model.eval()
+            out = model(x)
+    except Exception as exc:
+        msg = " ".join(str(exc).split())[:200]
+        raise InputError(
+            f"The model rejects {data.name}'s images of shape {tuple(x.shape)}: "
+            f"{type(exc).__name__}: {msg}; give a model made for them."
+        ) from None
+    finally:
+        model.train(training)
+        torch.set_rng_state(rng)
+    k = data.num_classes
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != len(x):
+        what = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise InputError(
+            f"The model's output {what} is not (batch, classes) logits for {k} classes; give a "
+            f"model whose output is (N, {k})."
+        )
+    if out.shape[1] < k:
+        raise InputError(
+            f"The model outputs {out.shape[1]} classes but {data.name} has {k}; give a model "
+            f"with {k} outputs (e.g. --num-classes {k})."
+        )
+
+
+def _optimizer(params: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Test loss and accuracy of ``model`` in eval mode (its mode is restored)."""
+    training = model.training
+    model.eval()
+    loss, correct = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(y), EVAL_CHUNK):
+            out = model(x[i : i + EVAL_CHUNK])
+            yb = y[i : i + EVAL_CHUNK]
+            loss += float(F.cross_entropy(out, yb, reduction="sum"))
+            correct += int((out.argmax(1) == yb).sum())
+    model.train(training)
+    n = max(len(y), 1)
+    return loss / n, correct / n
+
+
+def max_param_diff(a: nn.Module, b: nn.Module) -> float:
+    """The largest absolute difference between two models' parameters."""
+    return max(
+        (float((p - q).abs().max()) for p, q in zip(a.parameters(), b.parameters()) if p.numel()),
+        default=0.0,
+    )
+
+
+class Trainer:
+    """One training run of ``model`` on ``data`` with ``config``.
+
+    Converting happens here (on the first training batch's shape); ``model`` is trained in place.
+    Call :meth:`run_epoch` until :attr:`done`; :meth:`state_dict` / :meth:`load_state_dict`
+    checkpoint and resume it.
+    """
+
+    def __init__(self, model: nn.Module, data: Dataset, config: TrainConfig):
+        if len(data.y_train) < config.batch_size:
+            raise InputError(
+                f"{data.name} has {len(data.y_train)} training samples, fewer than one batch of "
+                f"{config.batch_size}; lower --batch-size."
+            )
+        check_fits(model, data, config.batch_size)
+        self.model, self.data, self.config = model, data, config
+        self.bp_model = copy.deepcopy(model) if config.compare_bp else None
+        model.train()
+        rule = make_rule(config.rule, **config.rule_options)
+        self.pcm: PCModule = convert(model, data.x_train[: config.batch_size], rule)
+        self.opt = _optimizer(model.parameters(), config)
+        self.bp_opt = _optimizer(self.bp_model.parameters(), config) if self.bp_model else None
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.epoch = 0
+        self.metrics: list[dict[str, Any]] = []
+
+    @property
+    def done(self) -> bool:
+        return self.epoch >= self.config.epochs
+
+    def batches_per_epoch(self) -> int:
+        n = len(self.data.y_train) // self.config.batch_size
+        return min(n, self.config.limit_batches) if self.config.limit_batches else n
+
+    def run_epoch(self, on_batch: Callable[[int, int, float], None] | None = None) -> dict:
+        """Train one epoch, evaluate on the test split, append and return its metrics row.
+
+        ``on_batch(i, n, loss)`` is called after each batch (a progress bar)."""
+        cfg, data = self.config, self.data
+        perm = torch.randperm(len(data.y_train), generator=self.generator)
+        n = self.batches_per_epoch()
+        losses, bp_losses, seconds, bp_seconds = [], [], 0.0, 0.0
+        for i in range(n):
+            idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            x, y = data.x_train[idx], data.y_train[idx]
+            rng = torch.get_rng_state()
+            t0 = time.perf_counter()
+            self.opt.zero_grad()
+            report = self.pcm.learn(x, target=y, loss_fn=F.cross_entropy)
+            self.opt.step()
+            seconds += time.perf_counter() - t0
+            losses.append(float(report.loss))
+            if self.bp_model is not None:
+                rng_pc = torch.get_rng_state()
+                torch.set_rng_state(rng)
+                t0 = time.perf_counter()
+                self.bp_opt.zero_grad()
+                loss = F.cross_entropy(self.bp_model(x), y)
+                loss.backward()
+                self.bp_opt.step()
+                bp_seconds += time.perf_counter() - t0
+                bp_losses.append(loss.detach().item())
+                torch.set_rng_state(rng_pc)
+            if on_batch is not None:
+                on_batch(i + 1, n, losses[-1])
+        self.epoch += 1
+        test_loss, test_acc = evaluate(self.model, data.x_test, data.y_test)
+        row: dict[str, Any] = {
+            "epoch": self.epoch,
+            "rule": cfg.rule,
+            "train_loss": sum(losses) / len(losses),
+            "test_loss": test_loss,
+            "test_acc": test_acc,
+            "seconds": seconds,
+            "batches": n,
+        }
+        if self.bp_model is not None:
+            bp_test_loss, bp_test_acc = evaluate(self.bp_model, data.x_test, data.y_test)
+            row.update(
+                bp_train_loss=sum(bp_losses) / len(bp_losses),
+                bp_test_loss=bp_test_loss,
+                bp_test_acc=bp_test_acc,
+                bp_seconds=bp_seconds,
+                max_param_diff=max_param_diff(self.model, self.bp_model),
+            )
+        self.metrics.append(row)
+        return row
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a bitwise resume needs (loadable with ``torch.load(weights_only=True)``)."""
+        state = {
+            "format": "pccompile-train",
+            "version": 1,
+            "config": self.config.as_dict(),
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "generator": self.generator.get_state(),
+            "rng": torch.get_rng_state(),
+            "metrics": copy.deepcopy(self.metrics),
+        }
+        if self.bp_model is not None:
+            state["bp_model"] = self.bp_model.state_dict()
+            state["bp_optimizer"] = self.bp_opt.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict` (model, optimizer, data order, global RNG, metrics)."""
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        if self.bp_model is not None:
+            self.bp_model.load_state_dict(state["bp_model"])
+            self.bp_opt.load_state_dict(state["bp_optimizer"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["rng"])
+        self.epoch = int(state["epoch"])
+        self.metrics = list(state["metrics"])
