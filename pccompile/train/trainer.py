@@ -142,7 +142,11 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
 def max_param_diff(a: nn.Module, b: nn.Module) -> float:
     """The largest absolute difference between two models' parameters."""
     return max(
-        (float((p - q).abs().max()) for p, q in zip(a.parameters(), b.parameters()) if p.numel()),
+        (
+            float((p.detach() - q.detach()).abs().max())
+            for p, q in zip(a.parameters(), b.parameters())
+            if p.numel()
+        ),
         default=0.0,
     )
 
