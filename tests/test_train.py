@@ -249,3 +249,58 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, ca
     args = ["train", *model, "--data", data, "--batch-size", "32", *extra, "-o", out]
     assert_usage_error(run(capsys, *args), *needles)
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------ torchrun
+NO_BN = """\
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Net(nn.Module):
+    def __init__(self, c=8):
+        super().__init__()
+        self.stem = nn.Conv2d(1, c, 3, padding=1)
+        conv = lambda: nn.Conv2d(c, c, 3, padding=1)  # noqa: E731
+        self.block = nn.Sequential(conv(), nn.ReLU(), conv())
+        self.head = nn.Linear(c, 10)
+
+    def forward(self, x):
+        h = F.relu(self.stem(x))
+        h = F.relu(h + self.block(h))
+        return self.head(h.mean((2, 3)))
+"""
+
+
+@pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+    reason="needs torch.distributed with gloo",
+)
+def test_torchrun_two_ranks_equal_one_process(tmp_path, capsys):
+    import os
+    import subprocess
+
+    (tmp_path / "nets.py").write_text(NO_BN)
+    model = f"{tmp_path / 'nets.py'}:Net"
+    opts = [model, *FAST, "--epochs", 2, "--compare", "bp", "--optimizer", "adam", "-q"]
+    assert run(capsys, "train", *opts, "-o", tmp_path / "one")[0] == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    cmd += ["-m", "pccompile", "train", *map(str, opts), "-o", str(tmp_path / "two")]
+    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = params(tmp_path / "one"), params(tmp_path / "two")
+    assert one.keys() == two.keys()
+    for k in one:
+        scale = one[k].abs().max().clamp_min(1e-12)
+        assert ((one[k] - two[k]).abs().max() / scale) <= 1e-5, k
+    metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert [m["ranks"] for m in metrics] == [2, 2]
+    assert all(m["max_param_diff"] == 0.0 for m in metrics)  # Z-IL == BP on each rank's shard
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [
+        "checkpoint.pt",
+        "curves.png",
+        "metrics.json",
+        "model.pt",
+    ]

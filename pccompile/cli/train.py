@@ -20,9 +20,10 @@ from typing import Any
 import torch
 
 from ..data import Dataset, load_dataset
+from ..distributed import init_from_env, is_main, world_size
 from ..io.weights import load_weights
 from ..modelspec import build_model, parse_spec
-from ..train import ResidualCNN, TrainConfig, check_train_outdir, fit
+from ..train import ResidualCNN, TrainConfig, batch_norms, check_train_outdir, fit
 from .common import EXIT_INTERRUPTED, EXIT_OK, emit
 
 __all__ = ["cmd_train", "config_from_args"]
@@ -104,7 +105,21 @@ def _line(row: dict[str, Any], epochs: int) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """``pccompile train``: train MODEL on --data with --rule into OUT."""
+    """``pccompile train``: train MODEL on --data with --rule into OUT (data-parallel over the
+    ranks when started by ``torchrun``; rank 0 prints and writes)."""
+    joined = init_from_env()
+    try:
+        if not is_main():
+            args.quiet, args.json = True, False
+        return _train(args)
+    finally:
+        if joined:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _train(args: argparse.Namespace) -> int:
     config = config_from_args(args)  # bad options: ConfigError, exit 2, before anything
     check_train_outdir(args.output, force=args.force, resume=args.resume)
     if args.threads is not None:
@@ -112,6 +127,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     data = load_dataset(args.data, seed=args.seed)
     model = _model(args, data)
     meta = {"model": args.model or "ResidualCNN", "data": data.name, "weights": args.weights}
+    if world_size() > 1:
+        emit(args, f"data-parallel over {world_size()} ranks (torch.distributed)")
+        if (bns := batch_norms(model)) and is_main() and not args.quiet:
+            print(
+                f"pccompile train: warning: {len(bns)} BatchNorm layer(s) normalise with each "
+                f"rank's batch statistics (no synchronised BatchNorm on CPU); the run differs "
+                f"from one process's.",
+                file=sys.stderr,
+            )
     bar = _Bar(args.quiet or args.json)
 
     def warn(text: str) -> None:

@@ -12,13 +12,14 @@ from __future__ import annotations
 from .curves import plot_curves
 from .models import ResidualCNN
 from .outputs import TRAIN_FILES, check_train_outdir, fit, load_checkpoint
-from .trainer import TrainConfig, Trainer, check_fits
+from .trainer import TrainConfig, Trainer, batch_norms, check_fits
 
 __all__ = [
     "TrainConfig",
     "Trainer",
     "ResidualCNN",
     "check_fits",
+    "batch_norms",
     "fit",
     "load_checkpoint",
     "check_train_outdir",

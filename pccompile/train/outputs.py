@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from ..data import Dataset
+from ..distributed import is_main
 from ..errors import ConfigError, InputError
 from ..io.atomic import atomic_output, check_output
 from .curves import plot_curves
@@ -139,22 +140,27 @@ def fit(
     state = load_checkpoint(out) if resume else None
     if state is not None:
         _check_resumable(state, config, meta)
-    trainer = Trainer(model, data, config)
+    trainer = Trainer(model, data, config)  # with several ranks: a barrier (a broadcast)
+    main = is_main()  # only rank 0 writes
     if state is not None:
         trainer.load_state_dict(state)
-    else:
+    elif main:
         out.mkdir(parents=True, exist_ok=True)
         for name in TRAIN_FILES:  # --force: what an earlier run left
             (out / name).unlink(missing_ok=True)
     while not trainer.done:
         row = trainer.run_epoch(on_batch)
+        if not main:
+            continue
         _save(out / CHECKPOINT, {**trainer.state_dict(), "meta": meta})
         _write_json(out / METRICS, trainer.metrics)
-        _save(out / MODEL, model.state_dict())
+        _save(out / MODEL, trainer.model.state_dict())
         if on_epoch is not None:
             on_epoch(row)
+    if not main:
+        return trainer
     if not (out / MODEL).exists():  # resumed a finished run
-        _save(out / MODEL, model.state_dict())
+        _save(out / MODEL, trainer.model.state_dict())
         _write_json(out / METRICS, trainer.metrics)
     try:
         plot_curves(trainer.metrics, out / CURVES)

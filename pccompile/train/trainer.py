@@ -28,11 +28,12 @@ import torch.nn.functional as F
 
 from ..api import convert
 from ..data import Dataset
+from ..distributed import DataParallel, all_mean, world_size
 from ..errors import ConfigError, InputError
 from ..module import PCModule
 from ..rules import make_rule
 
-__all__ = ["TrainConfig", "Trainer", "check_fits"]
+__all__ = ["TrainConfig", "Trainer", "check_fits", "batch_norms"]
 
 OPTIMIZERS = ("sgd", "adam")
 EVAL_CHUNK = 1024
@@ -117,6 +118,12 @@ def check_fits(model: nn.Module, data: Dataset, batch_size: int) -> None:
         )
 
 
+def batch_norms(model: nn.Module) -> list[str]:
+    """The BatchNorm submodules of ``model``: data-parallel on CPU they normalise with each
+    rank's batch statistics, not the global batch's (``nn.SyncBatchNorm`` needs CUDA)."""
+    return [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 def _optimizer(params: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -165,12 +172,19 @@ class Trainer:
                 f"{data.name} has {len(data.y_train)} training samples, fewer than one batch of "
                 f"{config.batch_size}; lower --batch-size."
             )
+        if config.batch_size % world_size():
+            raise ConfigError(
+                f"batch size {config.batch_size} does not split over {world_size()} ranks; "
+                f"give a multiple of {world_size()} (the global batch is split across ranks)."
+            )
         check_fits(model, data, config.batch_size)
-        self.model, self.data, self.config = model, data, config
         self.bp_model = copy.deepcopy(model) if config.compare_bp else None
         model.train()
         rule = make_rule(config.rule, **config.rule_options)
+        self.model, self.data, self.config = model, data, config
         self.pcm: PCModule = convert(model, data.x_train[: config.batch_size], rule)
+        self.dp = DataParallel(self.pcm)  # one process: does nothing
+        self.bp_dp = DataParallel(self.bp_model) if self.bp_model is not None else None
         self.opt = _optimizer(model.parameters(), config)
         self.bp_opt = _optimizer(self.bp_model.parameters(), config) if self.bp_model else None
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -195,14 +209,14 @@ class Trainer:
         losses, bp_losses, seconds, bp_seconds = [], [], 0.0, 0.0
         for i in range(n):
             idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            x, y = data.x_train[idx], data.y_train[idx]
+            x, y = self.dp.shard(data.x_train[idx]), self.dp.shard(data.y_train[idx])
             rng = torch.get_rng_state()
             t0 = time.perf_counter()
             self.opt.zero_grad()
-            report = self.pcm.learn(x, target=y, loss_fn=F.cross_entropy)
+            report = self.dp.learn(x, target=y, loss_fn=F.cross_entropy)  # + all-reduce
             self.opt.step()
             seconds += time.perf_counter() - t0
-            losses.append(float(report.loss))
+            losses.append(all_mean(float(report.loss)))
             if self.bp_model is not None:
                 rng_pc = torch.get_rng_state()
                 torch.set_rng_state(rng)
@@ -210,9 +224,10 @@ class Trainer:
                 self.bp_opt.zero_grad()
                 loss = F.cross_entropy(self.bp_model(x), y)
                 loss.backward()
+                self.bp_dp.sync()
                 self.bp_opt.step()
                 bp_seconds += time.perf_counter() - t0
-                bp_losses.append(loss.detach().item())
+                bp_losses.append(all_mean(loss.detach().item()))
                 torch.set_rng_state(rng_pc)
             if on_batch is not None:
                 on_batch(i + 1, n, losses[-1])
@@ -226,6 +241,7 @@ class Trainer:
             "test_acc": test_acc,
             "seconds": seconds,
             "batches": n,
+            "ranks": world_size(),
         }
         if self.bp_model is not None:
             bp_test_loss, bp_test_acc = evaluate(self.bp_model, data.x_test, data.y_test)
