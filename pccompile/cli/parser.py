@@ -30,6 +30,7 @@ examples:
   pccompile convert torchvision:resnet18 -o out/r18           # weights, graph, code, manifest
   pccompile inspect models.py:make_net --input-shape 8,3,32,32 --format png -o graph.png
   pccompile export  torchvision:resnet18 -o r18.onnx --graph energy   # needs pccompile[onnx]
+  pccompile train   --data digits --rule zil --epochs 10 --compare bp -o runs/zil
 
 MODEL is torchvision:NAME (never downloads weights), package.module:factory (importable from
 the current folder, as with python -m), or path/to/file.py:factory; the factory's code runs.
@@ -89,7 +90,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``pccompile`` argument parser (subcommands convert, verify, inspect, export,
-    completion)."""
+    completion, train)."""
     common, rule = _common_options(), _rule_options()
     parser = argparse.ArgumentParser(
         prog="pccompile",
@@ -104,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verify(sub, common, rule)
     _add_inspect(sub, common)
     _add_export(sub, common)
-    _add_train(sub)
     _add_completion(sub)
+    _add_train(sub)  # after completion: the completion script's command list keeps its order
     return parser
 
 
