@@ -16,8 +16,11 @@ Writes: ``p.grad`` (averaged over ranks, in place) and the module's buffers (bro
 Invariants: every rank calls the same collectives in the same order (the same model, the same
 number of steps); gradients are averaged in buckets of at most ``bucket_mb`` MiB per dtype, so
 the mean over ranks of per-rank means over equal shards is the global batch's mean gradient.
+BatchNorm: :func:`global_batchnorm` swaps ``nn.BatchNorm*d`` for :class:`GlobalBatchNorm`, whose
+training-mode statistics are the global batch's on any backend (``nn.SyncBatchNorm`` runs on CUDA
+only); convert with ``leaf_modules=[GlobalBatchNorm]`` so it stays one vertex.
 Not done: overlapping the all-reduce with the level-by-level schedule (it starts after ``learn``
-returns), and synchronised BatchNorm batch statistics (see docs/train.md).
+returns; see docs/train.md).
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ __all__ = [
     "broadcast_state",
     "all_mean",
     "DataParallel",
+    "GlobalBatchNorm",
+    "global_batchnorm",
 ]
 
 BUCKET_MB = 25
@@ -167,3 +172,80 @@ class DataParallel:
         all_reduce_grads(self.module.parameters(), self.group, self.bucket_mb)
         if self.broadcast_buffers:
             broadcast_state(self.module, 0, self.group, buffers_only=True)
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over the ranks; its backward sums the cotangents over the ranks (every rank's output
+    depends on every rank's input)."""
+
+    @staticmethod
+    def forward(ctx: Any, t: torch.Tensor) -> torch.Tensor:
+        out = t.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+        g = g.clone()
+        dist.all_reduce(g)
+        return g
+
+
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training-mode statistics are the global batch's: summed over the ranks
+    with a differentiable all-reduce (so its backward all-reduces too), on any backend (gloo on
+    CPU, where ``nn.SyncBatchNorm`` does not run). With one process, or in eval mode, it is
+    ``nn.BatchNorm*d`` exactly. Convert a model's BatchNorm layers with :func:`global_batchnorm`.
+    """
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {x.dim()}D input)")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and _active()):
+            return super().forward(x)
+        dims = [0, *range(2, x.dim())]
+        local = x.numel() // x.shape[1]
+        count = torch.tensor([float(local)], dtype=torch.float64)
+        dist.all_reduce(count)
+        total = int(count.item())
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        mean = _AllReduceSum.apply(x.sum(dims)) / total
+        xc = x - mean.view(shape)
+        var = _AllReduceSum.apply((xc * xc).sum(dims)) / total
+        y = xc * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = (
+                    1.0 / float(self.num_batches_tracked)
+                    if self.momentum is None
+                    else self.momentum
+                )
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                unbiased = var.detach() * (total / max(total - 1, 1))
+                self.running_var.mul_(1 - m).add_(unbiased, alpha=m)
+        return y
+
+
+def global_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every ``nn.BatchNorm1d/2d/3d`` in ``module`` (in place; the root is returned,
+    replaced if it is one) by a :class:`GlobalBatchNorm` with the same parameters, buffers and
+    state-dict keys."""
+    if type(module) in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
+        new = GlobalBatchNorm(
+            module.num_features,
+            module.eps,
+            module.momentum,
+            module.affine,
+            module.track_running_stats,
+        )
+        new.load_state_dict(module.state_dict())
+        new.train(module.training)
+        return new
+    for name, child in module.named_children():
+        setattr(module, name, global_batchnorm(child))
+    return module

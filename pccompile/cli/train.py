@@ -129,13 +129,8 @@ def _train(args: argparse.Namespace) -> int:
     meta = {"model": args.model or "ResidualCNN", "data": data.name, "weights": args.weights}
     if world_size() > 1:
         emit(args, f"data-parallel over {world_size()} ranks (torch.distributed)")
-        if (bns := batch_norms(model)) and is_main() and not args.quiet:
-            print(
-                f"pccompile train: warning: {len(bns)} BatchNorm layer(s) normalise with each "
-                f"rank's batch statistics (no synchronised BatchNorm on CPU); the run differs "
-                f"from one process's.",
-                file=sys.stderr,
-            )
+        if bns := batch_norms(model):
+            emit(args, f"{len(bns)} BatchNorm layer(s) use the global batch's statistics")
     bar = _Bar(args.quiet or args.json)
 
     def warn(text: str) -> None:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ..api import convert
 from ..data import Dataset
-from ..distributed import DataParallel, all_mean, world_size
+from ..distributed import DataParallel, GlobalBatchNorm, all_mean, global_batchnorm, world_size
 from ..errors import ConfigError, InputError
 from ..module import PCModule
 from ..rules import make_rule
@@ -119,9 +119,10 @@ def check_fits(model: nn.Module, data: Dataset, batch_size: int) -> None:
 
 
 def batch_norms(model: nn.Module) -> list[str]:
-    """The BatchNorm submodules of ``model``: data-parallel on CPU they normalise with each
-    rank's batch statistics, not the global batch's (``nn.SyncBatchNorm`` needs CUDA)."""
-    return [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    """The ``nn.BatchNorm1d/2d/3d`` submodules of ``model``: data-parallel, the trainer makes
+    them :class:`pccompile.distributed.GlobalBatchNorm` (the global batch's statistics)."""
+    kinds = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+    return [n for n, m in model.named_modules() if type(m) in kinds]
 
 
 def _optimizer(params: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -178,11 +179,15 @@ class Trainer:
                 f"give a multiple of {world_size()} (the global batch is split across ranks)."
             )
         check_fits(model, data, config.batch_size)
+        leaves: list = []
+        if world_size() > 1 and batch_norms(model):  # statistics of the global batch
+            model, leaves = global_batchnorm(model), [GlobalBatchNorm]
         self.bp_model = copy.deepcopy(model) if config.compare_bp else None
         model.train()
         rule = make_rule(config.rule, **config.rule_options)
         self.model, self.data, self.config = model, data, config
-        self.pcm: PCModule = convert(model, data.x_train[: config.batch_size], rule)
+        example = data.x_train[: config.batch_size // world_size()]
+        self.pcm: PCModule = convert(model, example, rule, leaf_modules=leaves)
         self.dp = DataParallel(self.pcm)  # one process: does nothing
         self.bp_dp = DataParallel(self.bp_model) if self.bp_model is not None else None
         self.opt = _optimizer(model.parameters(), config)
