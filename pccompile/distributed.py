@@ -119,11 +119,12 @@ def broadcast_state(module: nn.Module, src: int = 0, group: Any = None, buffers_
             dist.broadcast(t, src, group=group)
 
 
-def all_mean(value: float, group: Any = None) -> float:
-    """The mean of a float over the ranks (itself without a process group)."""
+def all_mean(value: float, group: Any = None, device: Any = "cpu") -> float:
+    """The mean of a float over the ranks (itself without a process group); ``device``: where
+    the backend reduces (a CUDA device for nccl)."""
     if not _active(group):
         return value
-    t = torch.tensor([value], dtype=torch.float64)
+    t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t, group=group)
     return float(t) / dist.get_world_size(group)
 
@@ -207,7 +208,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
             return super().forward(x)
         dims = [0, *range(2, x.dim())]
         local = x.numel() // x.shape[1]
-        count = torch.tensor([float(local)], dtype=torch.float64)
+        count = torch.tensor([float(local)], dtype=torch.float64, device=x.device)
         dist.all_reduce(count)
         total = int(count.item())
         shape = [1, -1] + [1] * (x.dim() - 2)

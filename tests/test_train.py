@@ -89,6 +89,7 @@ def test_compare_bp_outputs_are_valid(tmp_path, capsys):
 
 def test_resume_equals_an_uninterrupted_run_bitwise(tmp_path, capsys):
     opts = [*FAST, "--optimizer", "adam", "--weight-decay", "1e-4", "--compare", "bp"]
+    opts += ["--device", "cpu"]
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert run(capsys, "train", *opts, "--epochs", 2, "-o", straight)[0] == 0
     assert run(capsys, "train", *opts, "--epochs", 1, "-o", split)[0] == 0
@@ -223,6 +224,8 @@ def _wrong_model(tmp_path: Path) -> str:
         ("three_classes", ["outputs 3 classes", "10"]),
         ("wrong_input", ["rejects", "(32, 1, 8, 8)"]),
         ("bad_option", ["Option(s) ['gamma'] do not apply to rule 'bp'"]),
+        ("bad_device", ["device 'cuda:99'"]),
+        ("not_a_device", ["'gpu' is not a torch device"]),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, case, needles):
@@ -245,6 +248,10 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, ca
         model = [f"{_wrong_model(tmp_path)}:wrong_input"]
     elif case == "bad_option":
         extra = ["--rule", "bp", "--gamma", "0.5"]
+    elif case == "bad_device":
+        extra = ["--device", "cuda:99"]
+    elif case == "not_a_device":
+        extra = ["--device", "gpu"]
     out = tmp_path / "out"
     args = ["train", *model, "--data", data, "--batch-size", "32", *extra, "-o", out]
     assert_usage_error(run(capsys, *args), *needles)

@@ -310,6 +310,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--limit-batches", type=int, metavar="N", help="at most N batches per epoch (quick runs)"
     )
     t.add_argument("--threads", type=int, metavar="N", help="torch.set_num_threads(N)")
+    t.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu, cuda or cuda:N (under torchrun, cuda is each rank's LOCAL_RANK GPU)",
+    )
     o = p.add_argument_group("output")
     o.add_argument("-o", "--output", required=True, metavar="OUT", help="directory to write")
     o.add_argument("--force", action="store_true", help="replace an OUT that pccompile train wrote")

@@ -44,7 +44,17 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         seed=args.seed,
         compare_bp=args.compare == "bp",
         limit_batches=args.limit_batches,
+        device=_device(args.device),
     )
+
+
+def _device(name: str) -> str:
+    """Under torchrun, ``cuda`` means this rank's GPU (``LOCAL_RANK``)."""
+    import os
+
+    if name == "cuda" and world_size() > 1:
+        return f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    return name
 
 
 def _model(args: argparse.Namespace, data: Dataset) -> torch.nn.Module:

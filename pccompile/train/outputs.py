@@ -65,7 +65,7 @@ def load_checkpoint(out: str | os.PathLike) -> dict[str, Any]:
     path = Path(out)
     path = path / CHECKPOINT if path.is_dir() else path
     try:
-        state = torch.load(path, weights_only=True)
+        state = torch.load(path, weights_only=True, map_location="cpu")
     except FileNotFoundError:
         raise InputError(f"{str(path)!r} does not exist; nothing to resume.") from None
     except Exception as exc:
@@ -81,7 +81,7 @@ def _check_resumable(state: dict, config: TrainConfig, meta: dict) -> None:
     differ = [
         f"{k} {saved.get(k)!r} -> {now[k]!r}"
         for k in now
-        if k != "epochs" and saved.get(k) != now[k]
+        if k not in ("epochs", "device") and saved.get(k) != now[k]
     ]
     saved_meta = state.get("meta", {})
     differ += [

@@ -52,6 +52,8 @@ class TrainConfig:
         seed: seeds the data order (the model's init is the caller's, seeded likewise).
         compare_bp: also train a BP copy from the same initial weights on the same batches.
         limit_batches: train on at most this many batches per epoch (quick runs, tests).
+        device: where the model and each batch live (``cpu``, ``cuda``, ``cuda:1``); the data
+            set stays in host memory and the data order is drawn on the CPU.
     """
 
     rule: str = "zil"
@@ -65,6 +67,7 @@ class TrainConfig:
     seed: int = 0
     compare_bp: bool = False
     limit_batches: int | None = None
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -77,20 +80,34 @@ class TrainConfig:
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"lr must be a positive number, got {self.lr}.")
         make_rule(self.rule, **self.rule_options)  # unknown rule or option: ConfigError now
+        try:
+            dev = torch.device(self.device)
+        except (RuntimeError, ValueError):
+            raise ConfigError(
+                f"device {self.device!r} is not a torch device (cpu, cuda, cuda:1)."
+            ) from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device {self.device!r}: CUDA is not available here; use cpu.")
+        if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device {self.device!r}: there are {torch.cuda.device_count()} CUDA devices."
+            )
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def check_fits(model: nn.Module, data: Dataset, batch_size: int) -> None:
+def check_fits(
+    model: nn.Module, data: Dataset, batch_size: int, device: str | torch.device = "cpu"
+) -> None:
     """Run ``model`` on a first batch (no grad, RNG and mode restored) and check that its output
     is a ``(batch, K)`` tensor of logits with ``K >= num_classes``, so cross-entropy fits.
 
     Raises:
         InputError: the model rejects the images, or its output does not fit the labels.
     """
-    x = data.x_train[: min(batch_size, len(data.x_train))]
-    rng, training = torch.get_rng_state(), model.training
+    x = data.x_train[: min(batch_size, len(data.x_train))].to(device)
+    rng, training = get_rng(device), model.training
     try:
         with torch.no_grad():
             model.eval()
@@ -103,7 +120,7 @@ def check_fits(model: nn.Module, data: Dataset, batch_size: int) -> None:
         ) from None
     finally:
         model.train(training)
-        torch.set_rng_state(rng)
+        set_rng(rng, device)
     k = data.num_classes
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != len(x):
         what = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
@@ -131,15 +148,29 @@ def _optimizer(params: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+def get_rng(device: str | torch.device = "cpu") -> tuple:
+    """The global RNG states a step may draw from: the CPU's, and ``device``'s if it is CUDA."""
+    dev = torch.device(device)
+    return (torch.get_rng_state(), torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None)
+
+
+def set_rng(state: tuple, device: str | torch.device = "cpu") -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], torch.device(device))
+
+
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: str | torch.device = "cpu"
+) -> tuple[float, float]:
     """Test loss and accuracy of ``model`` in eval mode (its mode is restored)."""
     training = model.training
     model.eval()
     loss, correct = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(y), EVAL_CHUNK):
-            out = model(x[i : i + EVAL_CHUNK])
-            yb = y[i : i + EVAL_CHUNK]
+            out = model(x[i : i + EVAL_CHUNK].to(device))
+            yb = y[i : i + EVAL_CHUNK].to(device)
             loss += float(F.cross_entropy(out, yb, reduction="sum"))
             correct += int((out.argmax(1) == yb).sum())
     model.train(training)
@@ -178,7 +209,9 @@ class Trainer:
                 f"batch size {config.batch_size} does not split over {world_size()} ranks; "
                 f"give a multiple of {world_size()} (the global batch is split across ranks)."
             )
-        check_fits(model, data, config.batch_size)
+        self.device = torch.device(config.device)
+        model.to(self.device)
+        check_fits(model, data, config.batch_size, self.device)
         leaves: list = []
         if world_size() > 1 and batch_norms(model):  # statistics of the global batch
             model, leaves = global_batchnorm(model), [GlobalBatchNorm]
@@ -186,7 +219,7 @@ class Trainer:
         model.train()
         rule = make_rule(config.rule, **config.rule_options)
         self.model, self.data, self.config = model, data, config
-        example = data.x_train[: config.batch_size // world_size()]
+        example = data.x_train[: config.batch_size // world_size()].to(self.device)
         self.pcm: PCModule = convert(model, example, rule, leaf_modules=leaves)
         self.dp = DataParallel(self.pcm)  # one process: does nothing
         self.bp_dp = DataParallel(self.bp_model) if self.bp_model is not None else None
@@ -214,17 +247,18 @@ class Trainer:
         losses, bp_losses, seconds, bp_seconds = [], [], 0.0, 0.0
         for i in range(n):
             idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            x, y = self.dp.shard(data.x_train[idx]), self.dp.shard(data.y_train[idx])
-            rng = torch.get_rng_state()
+            x = self.dp.shard(data.x_train[idx]).to(self.device)
+            y = self.dp.shard(data.y_train[idx]).to(self.device)
+            rng = get_rng(self.device)
             t0 = time.perf_counter()
             self.opt.zero_grad()
             report = self.dp.learn(x, target=y, loss_fn=F.cross_entropy)  # + all-reduce
             self.opt.step()
             seconds += time.perf_counter() - t0
-            losses.append(all_mean(float(report.loss)))
+            losses.append(all_mean(float(report.loss), device=self.device))
             if self.bp_model is not None:
-                rng_pc = torch.get_rng_state()
-                torch.set_rng_state(rng)
+                rng_pc = get_rng(self.device)
+                set_rng(rng, self.device)
                 t0 = time.perf_counter()
                 self.bp_opt.zero_grad()
                 loss = F.cross_entropy(self.bp_model(x), y)
@@ -232,12 +266,12 @@ class Trainer:
                 self.bp_dp.sync()
                 self.bp_opt.step()
                 bp_seconds += time.perf_counter() - t0
-                bp_losses.append(all_mean(loss.detach().item()))
-                torch.set_rng_state(rng_pc)
+                bp_losses.append(all_mean(loss.detach().item(), device=self.device))
+                set_rng(rng_pc, self.device)
             if on_batch is not None:
                 on_batch(i + 1, n, losses[-1])
         self.epoch += 1
-        test_loss, test_acc = evaluate(self.model, data.x_test, data.y_test)
+        test_loss, test_acc = evaluate(self.model, data.x_test, data.y_test, self.device)
         row: dict[str, Any] = {
             "epoch": self.epoch,
             "rule": cfg.rule,
@@ -249,7 +283,9 @@ class Trainer:
             "ranks": world_size(),
         }
         if self.bp_model is not None:
-            bp_test_loss, bp_test_acc = evaluate(self.bp_model, data.x_test, data.y_test)
+            bp_test_loss, bp_test_acc = evaluate(
+                self.bp_model, data.x_test, data.y_test, self.device
+            )
             row.update(
                 bp_train_loss=sum(bp_losses) / len(bp_losses),
                 bp_test_loss=bp_test_loss,
@@ -272,6 +308,7 @@ class Trainer:
             "optimizer": self.opt.state_dict(),
             "generator": self.generator.get_state(),
             "rng": torch.get_rng_state(),
+            "cuda_rng": get_rng(self.device)[1],
             "metrics": copy.deepcopy(self.metrics),
         }
         if self.bp_model is not None:
@@ -287,6 +324,6 @@ class Trainer:
             self.bp_model.load_state_dict(state["bp_model"])
             self.bp_opt.load_state_dict(state["bp_optimizer"])
         self.generator.set_state(state["generator"])
-        torch.set_rng_state(state["rng"])
+        set_rng((state["rng"], state.get("cuda_rng")), self.device)
         self.epoch = int(state["epoch"])
         self.metrics = list(state["metrics"])
