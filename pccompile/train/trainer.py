@@ -215,8 +215,8 @@ class Trainer:
         leaves: list = []
         if world_size() > 1 and batch_norms(model):  # statistics of the global batch
             model, leaves = global_batchnorm(model), [GlobalBatchNorm]
-        self.bp_model = copy.deepcopy(model) if config.compare_bp else None
         model.train()
+        self.bp_model = copy.deepcopy(model) if config.compare_bp else None
         rule = make_rule(config.rule, **config.rule_options)
         self.model, self.data, self.config = model, data, config
         example = data.x_train[: config.batch_size // world_size()].to(self.device)
