@@ -130,8 +130,9 @@ def fit(
             matplotlib).
 
     Example:
+        >>> from pccompile.data import load_dataset
         >>> torch.manual_seed(0)
-        >>> data = pccompile.data.load_dataset("digits")
+        >>> data = load_dataset("digits")
         >>> fit(ResidualCNN(), data, TrainConfig(epochs=2, rule="zil"), "runs/zil")
     """
     out = Path(out)
