@@ -1,5 +1,7 @@
 """Data sets that need no download: scikit-learn's embedded digits, and loaders for MNIST and
-CIFAR-10 files already on disk (IDX and CIFAR binary formats; nothing is unpickled).
+CIFAR-10 files already on disk (IDX and CIFAR binary formats; nothing is unpickled), and image
+folders (``torchvision.datasets.ImageFolder`` layout). :func:`load_dataset` picks one from a name
+or a directory, as ``pccompile train --data`` does.
 
 scikit-learn is optional (the ``data`` extra: ``pip install 'pccompile[data]'``); only
 :func:`digits` needs it, and imports it when called."""
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +19,7 @@ import torch
 from .errors import InputError
 from .extras import require
 
-__all__ = ["digits", "load_mnist", "load_cifar10"]
+__all__ = ["Dataset", "digits", "load_mnist", "load_cifar10", "load_image_folder", "load_dataset"]
 
 
 def digits(
@@ -102,3 +105,149 @@ def load_cifar10(root: str | Path, train: bool = True) -> tuple[torch.Tensor, to
     data = np.concatenate(chunks)
     x = torch.from_numpy(data[:, 1:].copy()).float().div_(255.0).reshape(-1, 3, 32, 32)
     return x, torch.from_numpy(data[:, 0].astype(np.int64))
+
+
+_IMAGE_SUFFIXES = (
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+    ".gif",
+    ".ppm",
+    ".pgm",
+    ".tif",
+    ".tiff",
+    ".webp",
+)
+_MNIST_FILE = "train-images-idx3-ubyte"
+_CIFAR_FILE = "data_batch_1.bin"
+
+
+@dataclass
+class Dataset:
+    """A classification data set held in memory: a training and a test split.
+
+    Attributes:
+        name: what it is (``digits``, ``mnist``, ``cifar10``, ``imagefolder``) and where from.
+        x_train, y_train, x_test, y_test: images ``(N, C, H, W)`` and ``torch.long`` labels.
+        num_classes: the number of classes (labels lie in ``[0, num_classes)``).
+        classes: the class names, where the data set has them.
+    """
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    classes: list[str] | None = None
+
+
+def _class_dirs(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _read_images(root: Path, classes: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    from PIL import Image, UnidentifiedImageError
+
+    images, labels, size, mode = [], [], None, None
+    for label, name in enumerate(classes):
+        files = sorted(f for f in (root / name).rglob("*") if f.suffix.lower() in _IMAGE_SUFFIXES)
+        for f in files:
+            try:
+                with Image.open(f) as im:
+                    mode = mode or ("L" if im.mode in ("L", "1", "I;16", "I") else "RGB")
+                    arr = np.asarray(im.convert(mode), dtype=np.uint8)
+            except (UnidentifiedImageError, OSError) as exc:
+                raise InputError(f"{f} is not a readable image ({exc}); remove it.") from None
+            if size is None:
+                size = arr.shape
+            elif arr.shape != size:
+                raise InputError(
+                    f"{f} is {arr.shape[1]}x{arr.shape[0]}, the folder's first image "
+                    f"{size[1]}x{size[0]}; resize the images to one size first."
+                )
+            images.append(arr)
+            labels.append(label)
+    if not images:
+        raise InputError(f"No images ({', '.join(_IMAGE_SUFFIXES[:3])} ...) under {root}.")
+    x = torch.from_numpy(np.stack(images)).float().div_(255.0)
+    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()
+    return x, torch.tensor(labels, dtype=torch.long)
+
+
+def load_image_folder(root: str | Path, *, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
+    """An image folder in ``torchvision.datasets.ImageFolder``'s layout, read into memory.
+
+    Either ``root/train/CLASS/*.png`` and ``root/test/CLASS/*.png`` (or ``val/``), or
+    ``root/CLASS/*.png`` split into train and test by a generator seeded with ``seed``. Images
+    must all have one size; grey images give one channel, others three, scaled to [0, 1].
+
+    Raises:
+        InputError: no class folders, no images, an unreadable image, images of several sizes.
+    """
+    root = Path(root)
+    test_dir = next((root / n for n in ("test", "val") if (root / n).is_dir()), None)
+    if (root / "train").is_dir() and test_dir is not None:
+        classes = [p.name for p in _class_dirs(root / "train")]
+        if not classes:
+            raise InputError(f"{root / 'train'} has no class folders (train/CLASS/image.png).")
+        xtr, ytr = _read_images(root / "train", classes)
+        xte, yte = _read_images(test_dir, [c for c in classes if (test_dir / c).is_dir()])
+        return Dataset(f"imagefolder {root}", xtr, ytr, xte, yte, len(classes), classes)
+    classes = [p.name for p in _class_dirs(root)]
+    if not classes:
+        raise InputError(
+            f"{root} is neither MNIST (IDX files), CIFAR-10 (binary batches) nor an image folder "
+            f"(CLASS/image.png, or train/CLASS/ and test/CLASS/); check --data."
+        )
+    x, y = _read_images(root, classes)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    n_test = int(round(test_fraction * len(y)))
+    te, tr = perm[:n_test], perm[n_test:]
+    return Dataset(f"imagefolder {root}", x[tr], y[tr], x[te], y[te], len(classes), classes)
+
+
+def _found(root: Path, name: str) -> Path | None:
+    for sub in ("", "raw", "MNIST/raw", "cifar-10-batches-bin"):
+        folder = root / sub if sub else root
+        if (folder / name).exists() or (folder / (name + ".gz")).exists():
+            return folder
+    return None
+
+
+def load_dataset(data: str | Path, *, seed: int = 0) -> Dataset:
+    """The data set ``data`` names: ``"digits"`` (embedded, needs the ``data`` extra), or a
+    directory holding MNIST's IDX files, CIFAR-10's binary batches, or an image folder. Nothing
+    is ever downloaded.
+
+    Raises:
+        InputError: an unknown name, a missing directory, a directory in none of the formats,
+            or files in a format that does not read.
+        ConfigError: ``digits`` without scikit-learn.
+    """
+    text = str(data)
+    if text == "digits":
+        xtr, ytr, xte, yte = digits(seed=seed)
+        return Dataset("digits", xtr, ytr, xte, yte, 10, [str(i) for i in range(10)])
+    root = Path(text).expanduser()
+    if not root.exists():
+        if "/" in text or "\\" in text or text.startswith("."):
+            raise InputError(f"--data {text!r}: no such directory; give an existing folder.")
+        raise InputError(
+            f"--data {text!r} is not a data set pccompile knows, nor a directory; use digits, or "
+            f"a folder of MNIST/CIFAR-10 files or images already on disk (nothing is downloaded)."
+        )
+    if not root.is_dir():
+        raise InputError(f"--data {text!r} is a file, not a directory; give its folder.")
+    if (folder := _found(root, _MNIST_FILE)) is not None:
+        xtr, ytr = load_mnist(folder, train=True)
+        xte, yte = load_mnist(folder, train=False)
+        return Dataset(f"mnist {folder}", xtr, ytr, xte, yte, 10, [str(i) for i in range(10)])
+    if (folder := _found(root, _CIFAR_FILE)) is not None:
+        if not (folder / "test_batch.bin").exists():
+            raise InputError(f"CIFAR-10 in {folder} has no test_batch.bin; copy it there.")
+        xtr, ytr = load_cifar10(folder, train=True)
+        xte, yte = load_cifar10(folder, train=False)
+        return Dataset(f"cifar10 {folder}", xtr, ytr, xte, yte, 10)
+    return load_image_folder(root, seed=seed)

@@ -1,4 +1,5 @@
-"""The ``pccompile`` command line (also ``python -m pccompile``): convert, verify, inspect, export.
+"""The ``pccompile`` command line (also ``python -m pccompile``): convert, verify, inspect, export,
+train.
 
 ``build_parser()`` builds the argparse parser (:mod:`pccompile.cli.parser`); ``main(argv) -> int``
 runs one command (:mod:`pccompile.cli.commands`) and returns its exit code, so tests call it

@@ -1,4 +1,5 @@
-"""The ``pccompile`` argument parser: subcommands convert, verify, inspect, export, completion.
+"""The ``pccompile`` argument parser: subcommands convert, verify, inspect, export, train,
+completion.
 
 Reads nothing, writes nothing: :func:`build_parser` only describes the options, with examples
 and defaults in ``--help``; each subcommand's ``handler`` default is the *name* of its function
@@ -29,6 +30,7 @@ examples:
   pccompile convert torchvision:resnet18 -o out/r18           # weights, graph, code, manifest
   pccompile inspect models.py:make_net --input-shape 8,3,32,32 --format png -o graph.png
   pccompile export  torchvision:resnet18 -o r18.onnx --graph energy   # needs pccompile[onnx]
+  pccompile train   --data digits --rule zil --epochs 10 --compare bp -o runs/zil
 
 MODEL is torchvision:NAME (never downloads weights), package.module:factory (importable from
 the current folder, as with python -m), or path/to/file.py:factory; the factory's code runs.
@@ -56,6 +58,12 @@ examples:
   pccompile export torchvision:resnet18 -o r18.onnx                  # needs pccompile[onnx]
   pccompile export torchvision:resnet18 -o r18_energy.onnx --graph energy
 the batch dimension is dynamic where the model allows it (the JSON report says so).""",
+    "train": """\
+examples:
+  pccompile train --data digits --rule zil --epochs 10 -o runs/zil --compare bp
+  pccompile train torchvision:resnet18 --data ~/data/cifar-10-batches-bin --optimizer adam -o r18
+  pccompile train --data digits --epochs 20 -o runs/zil --resume     # continue runs/zil
+writes OUT/metrics.json, model.pt, curves.png and checkpoint.pt (every epoch, atomically).""",
     "completion": """\
 examples:
   eval "$(pccompile completion bash)"                                   # this shell
@@ -82,7 +90,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``pccompile`` argument parser (subcommands convert, verify, inspect, export,
-    completion)."""
+    completion, train)."""
     common, rule = _common_options(), _rule_options()
     parser = argparse.ArgumentParser(
         prog="pccompile",
@@ -98,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inspect(sub, common)
     _add_export(sub, common)
     _add_completion(sub)
+    _add_train(sub)  # after completion: the completion script's command list keeps its order
     return parser
 
 
@@ -253,6 +262,70 @@ def _add_export(sub: argparse._SubParsersAction, common: Parser) -> None:
     )
     p.add_argument("--force", action="store_true", help="replace an existing FILE")
     p.set_defaults(handler=f"{_COMMANDS}:cmd_export")
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a model with a PC rule on a data set (resumable; --compare bp)",
+        description="Train MODEL (default: a small residual CNN) on --data with a PC rule.",
+        epilog=EXAMPLES["train"],
+        formatter_class=HelpFormatter,
+    )
+    m = p.add_argument_group("model and data")
+    m.add_argument(
+        "model", metavar="MODEL", nargs="?", help=f"one of {FORMS} (default: a residual CNN)"
+    )
+    m.add_argument(
+        "--data",
+        required=True,
+        metavar="D",
+        help="digits (embedded, needs pccompile[data]), or a directory of MNIST IDX files, "
+        "CIFAR-10 binary batches or images (CLASS/x.png, or train/ and test/); never downloads",
+    )
+    m.add_argument("--num-classes", type=int, metavar="N", help="passed to the model factory")
+    m.add_argument("--weights", metavar="FILE", help="initial state_dict for MODEL")
+    m.add_argument("--seed", type=int, default=0, help="seed of the init and the data order")
+    r = p.add_argument_group("rule")
+    r.add_argument(
+        "--rule", choices=["zil", "fpa", "il", "ipc", "bp"], default="zil", help="learning rule"
+    )
+    r.add_argument("--gamma", type=float, help="inference step size (exact only at 1)")
+    r.add_argument("--steps", type=int, help="inference steps (default: the rule's)")
+    r.add_argument("--mode", choices=["auto", "efficient", "faithful"], help="schedule (zil/fpa)")
+    r.add_argument(
+        "--compare",
+        choices=["bp"],
+        help="also train a BP copy from the same weights on the same batches; metrics get bp_* "
+        "columns and max_param_diff",
+    )
+    t = p.add_argument_group("training")
+    t.add_argument("--epochs", type=int, default=1, help="epochs in all (a resume continues)")
+    t.add_argument("--batch-size", type=int, default=64, help="batch size (last partial dropped)")
+    t.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd", help="optimizer")
+    t.add_argument("--lr", type=float, help="learning rate (default: 0.05 sgd, 0.001 adam)")
+    t.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    t.add_argument("--weight-decay", type=float, default=0.0, help="weight decay")
+    t.add_argument(
+        "--limit-batches", type=int, metavar="N", help="at most N batches per epoch (quick runs)"
+    )
+    t.add_argument("--threads", type=int, metavar="N", help="torch.set_num_threads(N)")
+    t.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu, cuda or cuda:N (under torchrun, cuda is each rank's LOCAL_RANK GPU)",
+    )
+    o = p.add_argument_group("output")
+    o.add_argument("-o", "--output", required=True, metavar="OUT", help="directory to write")
+    o.add_argument("--force", action="store_true", help="replace an OUT that pccompile train wrote")
+    o.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    o.add_argument("-q", "--quiet", action="store_true", help="no progress, no per-epoch lines")
+    o.add_argument("-v", "--verbose", action="count", default=0, help="log on stderr")
+    o.add_argument("--json", action="store_true", help="print one JSON object to stdout")
+    o.add_argument(
+        "--debug", action="store_true", help="show tracebacks (the exit code stays the same)"
+    )
+    p.set_defaults(handler="pccompile.cli.train:cmd_train")
 
 
 def _add_completion(sub: argparse._SubParsersAction) -> None:
