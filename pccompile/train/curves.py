@@ -14,7 +14,7 @@ from ..extras import require
 from ..io.atomic import atomic_output
 from ..io.render import _MPL, figure_format
 
-__all__ = ["plot_curves"]
+__all__ = ["plot_curves", "plot_runs"]
 
 
 def plot_curves(metrics: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:
@@ -50,5 +50,31 @@ def plot_curves(metrics: Sequence[dict[str, Any]], path: str | os.PathLike) -> N
         fig.suptitle(
             f"{rule} vs bp: max |theta_{rule} - theta_bp| after the last epoch {diffs[-1]:.1e}"
         )
+    with atomic_output(path, overwrite=True) as tmp:
+        fig.savefig(tmp, format=fmt, dpi=110)
+
+
+def plot_runs(runs: dict[str, Sequence[dict[str, Any]]], path: str | os.PathLike) -> None:
+    """Several runs on one picture: training loss (left) and test accuracy (right) per epoch,
+    one line per run (``{"bp": rows, "zil": rows, ...}``, rows as in ``metrics.json``)."""
+    fmt = figure_format(path)
+    require("plot", "plot_runs", _MPL)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 3.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    panels = fig.subplots(1, 2)
+    styles = {"bp": {"lw": 5, "alpha": 0.35}}  # thick and pale, so a run on top of it shows
+    for ax, key, label in zip(
+        panels, ("train_loss", "test_acc"), ("training loss", "test accuracy")
+    ):
+        for name, rows in runs.items():
+            style = styles.get(name, {"marker": "o", "ms": 3})
+            ax.plot([r["epoch"] for r in rows], [r[key] for r in rows], label=name, **style)
+        ax.set_xlabel("epoch")
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
     with atomic_output(path, overwrite=True) as tmp:
         fig.savefig(tmp, format=fmt, dpi=110)
