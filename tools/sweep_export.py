@@ -717,7 +717,7 @@ def markdown(results: list[dict], converts: list[dict], meta: dict) -> str:
         "`bitwise` (every `.grad`, parameter and buffer equal to BP's after every micro-batch "
         "and step, same RNG), the worst relative difference (bold beyond 1e-5 in float32, "
         "1e-9 in float64), `BP cannot` (the BP copy itself raises: not a pccompile failure), "
-        "`timeout`, or the exception pccompile raised.",
+        "`timeout`, or the exception pccompile raised; an empty cell was not run.",
         "",
     ]
     for dtype in dtypes:
