@@ -206,8 +206,8 @@ def test_fx_untraceable_families_train_like_bp(name, mode, rule):
     _check(name, mode, rule)
 
 
-# Faithful Z-IL (every value node updated at every inference step) costs about depth/4 times the
-# efficient schedule here (27 s for cpubone_nano, depth 113); the two shallowest run it.
+# Faithful Z-IL (every value node updated at every inference step) costs 10-20 times the
+# efficient schedule at depth ~115 (cpubone_nano, raft_small); the two shallowest run it.
 FAITHFUL = ["cpubone_nano", "raft_small"]
 
 

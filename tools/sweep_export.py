@@ -760,9 +760,8 @@ def markdown(results: list[dict], converts: list[dict], meta: dict) -> str:
             err = (err if len(err) <= 240 else err[:237] + "...").replace("|", "\\|")
             out.append(f"* `{model}`: {err}" + (f" ({at})" if at else "") + f"; {', '.join(where)}")
         out.append("")
-    fx = [
-        (c["model"], c["fx_error"]) for c in converts if c.get("fx_error") and c["mode"] == "eval"
-    ]
+    fx = {c["model"]: c["fx_error"] for c in converts if c.get("fx_error") and c["mode"] == "eval"}
+    fx = sorted(fx.items(), key=lambda kv: order[kv[0]])
     if fx:
         out += ["Why `capture='auto'` fell back to torch.export (the fx attempt's error):", ""]
         out += [f"* `{m}`: {e.replace('|', chr(92) + '|')[:300]}" for m, e in fx]
