@@ -19,6 +19,13 @@ Usage (one torch thread; the sweep is CPU-only)::
         --modes train --rules zil/efficient,zil/faithful --schedules acc1,acc2 --dtype float64
     OMP_NUM_THREADS=1 .venv/bin/python tools/sweep_timm.py --resume --budget 500   # in chunks
     OMP_NUM_THREADS=1 .venv/bin/python tools/sweep_timm.py --remedy --resume   # + leaf_modules=
+    OMP_NUM_THREADS=1 .venv/bin/python tools/sweep_timm.py --capture auto --models mobilevit
+
+``--capture`` picks the front end (default ``fx``: the tables of ``tests/test_timm.py`` and
+docs/reliability.md are symbolic tracing's). ``auto`` is what ``pccompile.convert`` does by
+default: fx, and torch.export where fx cannot capture the model; the families fx cannot trace
+then convert through export (``tools/sweep_export.py`` and ``tests/test_export_zoo.py`` run
+them, docs/export.md has their table).
 
 Writes ``<out>.json`` (every case, with tracebacks) and ``<out>.md`` (the table). ``--resume``
 keeps the cases already in ``<out>.json`` and runs only the missing ones; ``--budget`` stops
@@ -376,6 +383,7 @@ def run_case(
     timeout: float | None = None,
     dtype: torch.dtype | None = None,
     remedy: bool = False,
+    capture: str = "fx",
 ):
     row: dict[str, Any] = {
         "family": entry.family,
@@ -388,13 +396,16 @@ def run_case(
         "accumulate": SCHEDULES[schedule].accumulate,
         "dtype": str(dtype or torch.float32).removeprefix("torch."),
         "remedy": _remedy_text(entry) if remedy else "",
+        "capture": capture,
     }
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             with alarm(timeout):
-                rep = check(entry, mode, rule, schedule, dtype=dtype, remedy=remedy)
+                rep = check(
+                    entry, mode, rule, schedule, dtype=dtype, remedy=remedy, capture=capture
+                )
         except CaseTimeout as e:
             row.update(status="timeout", error=f"CaseTimeout: {e}")
         except Exception as e:  # a loud failure: recorded, the sweep goes on
@@ -537,6 +548,8 @@ def markdown(rows: list[dict], meta: dict, tol: float) -> str:
         status = r["status"] if r["status"] in ("bitwise", "close") else f"**{r['status']}**"
         steps = f"{r['steps']}x{r['accumulate']}"
         model = r["model"] + (f" (remedy: {r['remedy']})" if r.get("remedy") else "")
+        if r.get("capture", "fx") != "fx":
+            model += f" (capture={r['capture']})"
         out.append(
             f"| {r['family']} | {model} | {r['mode']} | {r['rule']} | {r['schedule']} | "
             f"{steps} | {_fmt_diff(r)} | {bufs} | {status} | {r['seconds']:.1f} | {_detail(r)} |"
@@ -604,6 +617,12 @@ def main(argv: list[str] | None = None) -> int:
         help="only the models with a TraceError remedy, converted with it (leaf_modules=, "
         "concrete_args=)",
     )
+    ap.add_argument(
+        "--capture",
+        default="fx",
+        choices=["fx", "auto", "export"],
+        help="front end (default fx; auto = pccompile.convert's default: fx, then torch.export)",
+    )
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--tol", type=float, default=TOL, help="silent-divergence threshold")
     ap.add_argument("--timeout-per-case", type=float, default=300.0, help="seconds (0: none)")
@@ -636,6 +655,10 @@ def main(argv: list[str] | None = None) -> int:
     models = select(_split(args.models), args.quick)
     if args.remedy:
         models = [m for m in models if m.has_remedy]
+    if args.remedy and args.capture == "export":
+        ap.error(
+            "--remedy (leaf_modules=, concrete_args=) is for torch.fx; not with --capture export"
+        )
 
     out = Path(args.out)
     jpath, mpath = out.with_suffix(".json"), out.with_suffix(".md")
@@ -647,7 +670,15 @@ def main(argv: list[str] | None = None) -> int:
         runs = previous["meta"].get("runs", [previous["meta"].get("argv")])
     dtype = getattr(torch, args.dtype)
     done = {
-        (r["model"], r["mode"], r["rule"], r["schedule"], r["dtype"], bool(r.get("remedy")))
+        (
+            r["model"],
+            r["mode"],
+            r["rule"],
+            r["schedule"],
+            r["dtype"],
+            bool(r.get("remedy")),
+            r.get("capture", "fx"),
+        )
         for r in rows
     }
     meta = {
@@ -671,6 +702,7 @@ def main(argv: list[str] | None = None) -> int:
             order.get(r["model"], len(order)),
             r["model"],
             bool(r.get("remedy")),
+            r.get("capture", "fx"),
             r.get("dtype", "float32"),
             list(MODES).index(r["mode"]),
             RULES.index(r["rule"]),
@@ -696,7 +728,8 @@ def main(argv: list[str] | None = None) -> int:
         for mode in modes:
             for rule in rules:
                 for schedule in schedules:
-                    if (entry.name, mode, rule, schedule, args.dtype, args.remedy) in done:
+                    key = (entry.name, mode, rule, schedule, args.dtype, args.remedy, args.capture)
+                    if key in done:
                         continue
                     if args.budget and time.perf_counter() - t_start > args.budget:
                         save()
@@ -711,6 +744,7 @@ def main(argv: list[str] | None = None) -> int:
                         args.timeout_per_case or None,
                         dtype,
                         args.remedy,
+                        args.capture,
                     )
                     rows.append(row)
                     ran += 1
