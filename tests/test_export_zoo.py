@@ -32,7 +32,7 @@ import pytest
 import torch
 
 import pccompile
-from pccompile.errors import InputError, TraceError
+from pccompile.errors import TraceError
 
 timm = pytest.importorskip("timm")
 
@@ -92,20 +92,6 @@ KNOWN_FAILURES: dict[tuple, tuple[type[BaseException], str]] = {
     ("mvit_v2_s", ANY, ANY): (
         TraceError,
         _COPY.format(code="attn[:, :, 1:, 1:] += rel_pos; x[:, :, 1:, :] += shortcut[...]"),
-    ),
-    ("nest_tiny", "train", ANY): (
-        InputError,
-        "DropPath's `x.new_empty(shape).bernoulli_(keep_prob)` is aten.bernoulli_.float; "
-        "functionalisation rewrites it to aten.bernoulli.default, which takes no probability, "
-        "so running the graph raises (ops/aten.py aten_inplace_twin falls back to .default)",
-    ),
-    ("swin3d_t", ANY, ANY): (
-        InputError,
-        "the fx attempt fails with InputError ('immutable_list' object does not support "
-        "mutation: the fx.wrap-ed _get_window_and_shift_size mutates its list arguments), and "
-        "capture='auto' falls back to export only on TraceError/UnsupportedOpError; export "
-        "itself then fails too (TraceError: `attn_mask[d, h, w] = count`, a fill_ into slices "
-        "of x.new_zeros that the out-of-place rewrite would drop)",
     ),
 }
 
