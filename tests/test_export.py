@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 import pccompile
 from pccompile import ConfigError, TraceError
+from pccompile.ops_catalogue.aten_sources import VAE, CausalSelfAttention, ZerosCellLoop
 from pccompile.testing import Habits, train_against_bp
 
 D = torch.float64
@@ -186,49 +187,9 @@ def test_a_model_returning_a_cache_gets_the_use_cache_remedy():
 
 
 # ---------------------------------------------------------------------- everyday idioms
-class CausalSelfAttention(nn.Module):
-    """nn.MultiheadAttention with a causal mask built from the input's length, and dropout."""
-
-    def __init__(self):
-        super().__init__()
-        self.attn = nn.MultiheadAttention(8, 2, dropout=0.2, batch_first=True)
-        self.out = nn.Linear(8, 3)
-
-    def forward(self, x):
-        n = x.shape[1]
-        mask = torch.triu(torch.ones(n, n, dtype=torch.bool, device=x.device), diagonal=1)
-        h, _ = self.attn(x, x, x, attn_mask=mask, need_weights=False)
-        return self.out(h + x)
-
-
-class ZerosCellLoop(nn.Module):
-    """The RNN habit: a state of zeros sized from the batch, then a cell per time step."""
-
-    def __init__(self):
-        super().__init__()
-        self.cell = nn.GRUCell(3, 5)
-        self.out = nn.Linear(5, 2)
-
-    def forward(self, x):
-        h = torch.zeros(x.shape[0], 5, dtype=x.dtype)
-        for t in range(x.shape[1]):
-            h = self.cell(x[:, t], h)
-        return self.out(h)
-
-
-class VAE(nn.Module):
-    """Reparameterisation with randn_like: the noise is replayed, so the updates equal BP's."""
-
-    def __init__(self):
-        super().__init__()
-        self.enc, self.dec = nn.Linear(6, 4), nn.Linear(2, 6)
-
-    def forward(self, x):
-        mu, logvar = self.enc(x).chunk(2, dim=-1)
-        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-        return self.dec(z), mu, logvar
-
-
+# CausalSelfAttention (MultiheadAttention, a causal torch.ones mask, dropout), ZerosCellLoop
+# (torch.zeros(x.shape[0], H) before a GRUCell loop) and VAE (randn_like) live with the ATen
+# catalogue's source models, which collect their ops: pccompile/ops_catalogue/aten_sources.py.
 def _vae_loss(out, x):
     recon, mu, logvar = out
     return F.mse_loss(recon, x) - 0.5 * torch.mean(1 + logvar - mu.pow(2) - logvar.exp())
