@@ -20,7 +20,12 @@ import torch.nn.functional as F
 
 import pccompile
 from pccompile import ConfigError, TraceError
-from pccompile.ops_catalogue.aten_sources import VAE, CausalSelfAttention, ZerosCellLoop
+from pccompile.ops_catalogue.aten_sources import (
+    VAE,
+    CausalSelfAttention,
+    ZerosCellLoop,
+    build_source,
+)
 from pccompile.testing import Habits, train_against_bp
 
 D = torch.float64
@@ -64,17 +69,7 @@ def _logits_xent(out, y):
 
 
 def _tiny_bert():
-    cfg = transformers.BertConfig(
-        vocab_size=50,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=32,
-        num_labels=3,
-    )
-    torch.manual_seed(0)
-    return transformers.BertForSequenceClassification(cfg).to(D)
+    return build_source("bert")[0]  # the ATen catalogue's tiny BERT: seeded, float64
 
 
 def test_bert_sequence_classification_equals_bp_bitwise():
@@ -96,18 +91,7 @@ def test_bert_sequence_classification_equals_bp_bitwise():
 
 
 def test_gpt2_causal_lm_equals_bp_bitwise():
-    cfg = transformers.GPT2Config(
-        vocab_size=50,
-        n_embd=16,
-        n_layer=2,
-        n_head=2,
-        n_positions=32,
-        use_cache=False,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    torch.manual_seed(0)
-    model = transformers.GPT2LMHeadModel(cfg).to(D)
+    model = build_source("gpt2")[0]
     with pytest.raises(TraceError, match=r"takes \*args or \*\*kwargs"):  # its own cause
         pccompile.convert(model, _ids(2, 8), capture="fx")
     pcm = pccompile.convert(model, _ids(2, 8))
@@ -119,40 +103,14 @@ def test_gpt2_causal_lm_equals_bp_bitwise():
 
 @pytest.mark.slow
 def test_llama_causal_lm_equals_bp():
-    cfg = transformers.LlamaConfig(
-        vocab_size=50,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=32,
-        use_cache=False,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(cfg).to(D)
+    model = build_source("llama")[0]
     batches = [((_ids(2, 8, seed=s),), _ids(2, 8, seed=s + 10)) for s in (2, 3)]
     _check(model, batches, _logits_xent, bitwise=False)
 
 
 @pytest.mark.slow
 def test_bart_seq2seq_equals_bp_bitwise():
-    cfg = transformers.BartConfig(
-        vocab_size=50,
-        d_model=16,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=32,
-        decoder_ffn_dim=32,
-        max_position_embeddings=32,
-        use_cache=False,
-    )
-    torch.manual_seed(0)
-    model = transformers.BartForConditionalGeneration(cfg).to(D)
+    model = build_source("bart")[0]
 
     def batch(s):
         return (_ids(2, 8, seed=s), None, _ids(2, 6, seed=s + 1)), _ids(2, 6, seed=s + 2)
@@ -162,18 +120,7 @@ def test_bart_seq2seq_equals_bp_bitwise():
 
 @pytest.mark.slow
 def test_hf_vit_equals_bp_bitwise():
-    cfg = transformers.ViTConfig(
-        image_size=16,
-        patch_size=4,
-        num_channels=3,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        num_labels=3,
-    )
-    torch.manual_seed(0)
-    model = transformers.ViTForImageClassification(cfg).to(D)
+    model = build_source("hf-vit")[0]
     g = torch.Generator().manual_seed(1)
     batches = [((torch.randn(2, 3, 16, 16, generator=g, dtype=D),), torch.tensor([0, 2]))] * 2
     _check(model, batches, lambda o, y: F.cross_entropy(o.logits, y), bitwise=True)
