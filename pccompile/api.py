@@ -3,6 +3,7 @@
 nn.Module --capture--> fx.GraphModule (in-place ops functionalized)
           --unroll--> one vertex per RNN time step
           --annotate--> roles and rules per node  --check_trace--> same output as eager
+          --group_layers--> one vertex per layer (granularity="layer")
           --level_graph--> levels per vertex, identity vertices inserted as FX nodes
           --compile_plan--> Plan (the schedule) --> PCModule
 
@@ -26,10 +27,11 @@ from .frontend.annotate import TracedRunError, annotate, check_trace
 from .frontend.capture import capture
 from .frontend.export import capture_export
 from .frontend.export import unflatten_output as _unflatten
+from .frontend.layers import Granularity, check_granularity, group_layers
 from .frontend.level import level_graph, set_levels
 from .frontend.unroll import unroll_recurrent
 from .module import PCModule
-from .rules import RuleConfig, make_rule
+from .rules import RuleConfig, make_rule, rule_of
 
 __all__ = ["convert", "unconvert", "CaptureOptions"]
 
@@ -46,14 +48,18 @@ class CaptureOptions:
             leaf modules, unrolled RNNs). ``"export"``: ``torch.export`` (ATen vertices; follows
             data-dependent sizes and any Python the model runs on tensors' metadata).
             ``"auto"``: fx, and export when fx cannot capture or annotate the model.
+        granularity: ``"op"``: a value node per op. ``"layer"``: one per layer, a parametric op
+            and the parameter-free ops after it (:mod:`pccompile.frontend.layers`).
     """
 
     leaf_modules: tuple[type | str, ...] = ()
     concrete_args: dict[str, Any] | None = None
     level: bool = True
     capture: Literal["auto", "fx", "export"] = "auto"
+    granularity: Granularity = "op"
 
     def __post_init__(self) -> None:
+        check_granularity(self.granularity)
         if self.capture not in ("auto", "fx", "export"):
             raise ConfigError(f"capture must be 'auto', 'fx' or 'export', got {self.capture!r}.")
         if self.capture == "export" and (self.leaf_modules or self.concrete_args):
@@ -80,6 +86,8 @@ def build_plan(model: nn.Module, inputs: tuple, training: bool, *, opts: Capture
                     f"Neither front end can convert {type(model).__name__}.\n"
                     f"1. torch.fx: {fx_error}\n2. torch.export: {export_error}"
                 ) from export_error
+    if opts.granularity == "layer":
+        group_layers(gm)
     if opts.level:
         level_graph(gm)
     else:
@@ -112,8 +120,9 @@ def convert(
     loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
     leaf_modules: Iterable[type | str] = (),
     concrete_args: dict[str, Any] | None = None,
-    level: bool = True,
+    level: bool | None = None,
     capture: Literal["auto", "fx", "export"] = "auto",
+    granularity: Granularity | None = None,
     **rule_options: Any,
 ) -> PCModule:
     """Convert ``model`` into a PC-trainable :class:`PCModule`.
@@ -126,9 +135,15 @@ def convert(
         loss_fn: default ``loss_fn(output, target) -> scalar`` for :meth:`PCModule.learn`.
         leaf_modules: module classes or qualified names to keep as one opaque vertex each.
         concrete_args: arguments fixed at trace time.
-        level: run the levelling pass (identity vertices on skip edges). Required for exact Z-IL.
+        level: run the levelling pass (identity vertices on skip edges). Required for exact Z-IL;
+            default: the rule's choice (on for the exact rules, off for ``il``/``ipc``, whose
+            networks in the literature have no identity vertices).
         capture: the front end: ``"auto"`` (torch.fx, then torch.export if fx cannot capture
             the model), ``"fx"`` or ``"export"`` (see :class:`CaptureOptions`).
+        granularity: ``"op"`` (a value node per op) or ``"layer"`` (one per parametric op and
+            the parameter-free ops after it, as PC research code draws a network). Default: the
+            rule's choice, ``"layer"`` for ``il``/``ipc`` (the error front reaches a layer per
+            inference step) and ``"op"`` for the exact rules (exact at either).
         **rule_options: fields of the rule's config (``gamma=``, ``steps=``, ``mode=`` ...).
 
     Returns:
@@ -158,7 +173,11 @@ def convert(
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     if isinstance(example_inputs, list):
         raise InputError("Pass several example inputs as a tuple, not a list.")
-    opts = CaptureOptions(tuple(leaf_modules), concrete_args, level, capture)
+    if granularity is None:
+        granularity = rule_of(cfg).granularity
+    if level is None:
+        level = not rule_of(cfg).approximate
+    opts = CaptureOptions(tuple(leaf_modules), concrete_args, level, capture, granularity)
     return PCModule(model, inputs, cfg, loss_fn, functools.partial(build_plan, opts=opts), opts)
 
 

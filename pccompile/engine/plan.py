@@ -56,6 +56,7 @@ class Vertex:
     source: int = -1  # identity vertices: the vertex they copy
     load: Callable[[list, list], tuple[tuple, dict]] | None = None
     feeds: tuple[bool, ...] = ()  # per parent: can feedback to it reach a parameter?
+    input_slots: tuple[int, ...] = ()  # env slots of the model inputs it reads
 
 
 @dataclass(eq=False)
@@ -118,6 +119,9 @@ def compile_plan(gm: fx.GraphModule, training: bool) -> Plan:
                 params=_with_module_params(reads.params, module),
                 param_leaves=tuple(reads.param_leaves),
                 load=_make_loader(node, reads.sources),
+                input_slots=tuple(
+                    i for k, i in reads.sources.values() if k == "env" and roles[i] == "input"
+                ),
                 **common,
             )
         )

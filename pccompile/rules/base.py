@@ -53,6 +53,8 @@ class Rule:
     name: ClassVar[str]
     config: ClassVar[type]
     autograd: ClassVar[bool] = False
+    granularity: ClassVar[str] = "op"  # convert's default vertex granularity for this rule
+    approximate: ClassVar[bool] = False  # runs engine.inference (clamp=, infer)
 
     def schedule(self, plan: Plan, cfg: Any, trace: bool) -> Schedule:
         raise NotImplementedError
