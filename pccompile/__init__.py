@@ -24,8 +24,10 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
         InputError,
         PCCompileError,
         TraceError,
+        UnreachedWarning,
         UnsupportedOpError,
     )
+    from .engine.inference import Inference
     from .io.artifact import load_converted, save_converted
     from .module import PCModule
     from .rules import BP, FPA, IL, IPC, ZIL, LearnReport, RuleConfig, Trace, make_rule
@@ -39,6 +41,7 @@ __all__ = [
     "CaptureOptions",
     "LearnReport",
     "Trace",
+    "Inference",
     "BP",
     "ZIL",
     "FPA",
@@ -52,6 +55,7 @@ __all__ = [
     "ConfigError",
     "InputError",
     "ExactnessError",
+    "UnreachedWarning",
 ]
 
 # public name -> the submodule that defines it
@@ -62,6 +66,7 @@ _HOME = {
     "load_converted": "io.artifact",
     "save_converted": "io.artifact",
     "PCModule": "module",
+    "Inference": "engine.inference",
     **{n: "rules" for n in ("LearnReport", "Trace", "BP", "ZIL", "FPA", "IL", "IPC")},
     **{n: "rules" for n in ("RuleConfig", "make_rule")},
     **{
@@ -73,6 +78,7 @@ _HOME = {
             "ConfigError",
             "InputError",
             "ExactnessError",
+            "UnreachedWarning",
         )
     },
 }

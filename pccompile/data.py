@@ -23,9 +23,16 @@ __all__ = ["Dataset", "digits", "load_mnist", "load_cifar10", "load_image_folder
 
 
 def digits(
-    dtype: torch.dtype = torch.float32, *, test_fraction: float = 0.2, seed: int = 0
+    dtype: torch.dtype = torch.float32,
+    *,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    stratify: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """scikit-learn's 8x8 handwritten digits (1797 images, 10 classes), shipped in its wheel.
+
+    ``stratify=True`` splits with scikit-learn's ``train_test_split`` keeping the class
+    proportions (the split PC papers' digits experiments use); otherwise a seeded permutation.
 
     Returns:
         ``x_train, y_train, x_test, y_test``; images shaped ``(N, 1, 8, 8)`` scaled to [0, 1] and
@@ -41,10 +48,19 @@ def digits(
     bunch = load_digits()
     x = torch.tensor(bunch.images, dtype=torch.float64) / 16.0
     y = torch.tensor(bunch.target, dtype=torch.long)
-    g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(len(y), generator=g)
-    n_test = int(round(test_fraction * len(y)))
-    test, train = perm[:n_test], perm[n_test:]
+    if stratify:
+        from sklearn.model_selection import train_test_split
+
+        idx = torch.arange(len(y)).numpy()
+        tr, te = train_test_split(
+            idx, test_size=test_fraction, stratify=bunch.target, random_state=seed
+        )
+        train, test = torch.as_tensor(tr), torch.as_tensor(te)
+    else:
+        g = torch.Generator().manual_seed(seed)
+        perm = torch.randperm(len(y), generator=g)
+        n_test = int(round(test_fraction * len(y)))
+        test, train = perm[:n_test], perm[n_test:]
     mean, std = x[train].mean(), x[train].std()
     x = ((x - mean) / std).unsqueeze(1).to(dtype)
     return x[train], y[train], x[test], y[test]

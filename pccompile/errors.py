@@ -15,6 +15,7 @@ __all__ = [
     "ExactnessError",
     "CheckFailedError",
     "ModelSpecError",
+    "UnreachedWarning",
 ]
 
 
@@ -49,3 +50,8 @@ class CheckFailedError(PCCompileError):
 
 class ModelSpecError(PCCompileError, ValueError):
     """A MODEL spec, input shape or weights file cannot be used (message: what and the fix)."""
+
+
+class UnreachedWarning(UserWarning):
+    """Approximate inference ended before the error reached some parameters (their gradient is
+    zero): ``steps`` is smaller than their distance from the output."""

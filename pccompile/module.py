@@ -10,6 +10,7 @@ training mode, because tracing bakes ``self.training`` branches into the graph.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -20,10 +21,12 @@ from torch.utils._pytree import tree_map
 
 from .checks import check_inputs, check_target
 from .engine import Plan, feed_forward
-from .errors import ConfigError, ExactnessError, InputError, PCCompileError
+from .errors import ConfigError, ExactnessError, InputError, PCCompileError, UnreachedWarning
 from .frontend.annotate import complete_inputs
 from .graph import pc_graph
+from .engine.inference import Inference, run_inference
 from .rules import LearnReport, RuleConfig, Trace, make_rule, rule_of
+from .rules.il import setup_of
 from .rules.bp import detach
 
 __all__ = ["PCModule"]
@@ -156,6 +159,7 @@ class PCModule(nn.Module):
         rule: str | RuleConfig | None = None,
         trace: bool | str = False,
         require_exact: bool = False,
+        clamp: dict[str, Any] | None = None,
         **options: Any,
     ) -> LearnReport:
         """Run one PC learning step on a batch and accumulate ``+dL/dtheta`` into ``p.grad``.
@@ -168,6 +172,8 @@ class PCModule(nn.Module):
             trace: record per-step energies and error norms per vertex (runs the faithful
                 schedule); ``"errors"`` also keeps the error tensors themselves.
             require_exact: raise :class:`ExactnessError` if the rule's setting cannot equal BP.
+            clamp: vertex name -> value to hold that vertex's value node at during inference
+                (partial clamping; ``il`` and ``ipc`` only).
             **options: rule options for this step (``gamma=``, ``steps=`` ...).
 
         Returns:
@@ -201,18 +207,112 @@ class PCModule(nn.Module):
         tr = None
         if trace or schedule.mode == "faithful":  # faithful schedules report the energy per step
             tr = Trace(keep_errors=trace == "errors", per_vertex=bool(trace))
-        grads = pc_rule.run(plan, ff, cfg, schedule, target, loss_fn, tr)
+        if clamp and not pc_rule.approximate:
+            raise ConfigError(
+                f"clamp= holds value nodes fixed during approximate inference (rules 'il', "
+                f"'ipc'); rule {cfg.name!r} computes BP's gradient and has nothing to clamp."
+            )
+        extra = {"clamp": clamp} if pc_rule.approximate else {}
+        grads = pc_rule.run(plan, ff, cfg, schedule, target, loss_fn, tr, **extra)
         grads.finish(plan, ff)
         grads.write(plan)
+        run = grads.run
+        unreached = list(run.unreached) if run is not None else []
+        if unreached:
+            layers = plan.gm.meta.get("pc_granularity") == "layer"
+            hint = "" if layers else " or convert with granularity='layer'"
+            warnings.warn(
+                f"{cfg.name}: with steps={schedule.steps} the error never reaches "
+                f"{_few(unreached)}, so their parameters get a zero gradient. Raise steps (the "
+                f"error travels one vertex per step){hint}.",
+                UnreachedWarning,
+                stacklevel=2,
+            )
+        energy = None if tr is None else tr.energy
+        if run is not None:
+            energy = run.energy
+            if tr is not None:
+                tr.energy[:] = run.energy
         return LearnReport(
             cfg.name,
             schedule.mode,
             float(ff.loss.detach()),
             schedule.steps,
-            None if tr is None else tr.energy,
+            energy,
             tr if trace else None,
             tree_map(detach, ff.output),
+            unreached,
         )
+
+
+    # ------------------------------------------------------------------ inference
+    def infer(
+        self,
+        *inputs: Any,
+        target: Any = None,
+        loss_fn: Callable | None = None,
+        clamp: dict[str, Any] | None = None,
+        free_inputs: tuple[int, ...] = (),
+        steps: int = 20,
+        gamma: float = 0.1,
+        output: str = "clamp",
+        output_precision: float = 1.0,
+        precision: dict[str, float] | None = None,
+        energies: dict[str, Callable] | None = None,
+        value_optimizer: Callable | None = None,
+    ) -> Inference:
+        """PC inference without learning: minimise the energy over the free value nodes and
+        return them. Nothing is written to ``p.grad``.
+
+        The value nodes start at the feed-forward pass of ``inputs``. With ``target`` the output
+        is clamped to it (its energy ``B * loss_fn``); ``clamp`` holds any vertex at a given
+        value; ``free_inputs`` makes model inputs free value nodes that start where ``inputs``
+        puts them: given a class at the output, inference then generates an input
+        (generative inference). Without ``target`` or ``clamp`` the feed-forward pass is
+        already the energy's minimum (test-time inference is the forward pass).
+
+        Args:
+            *inputs: the model's inputs (the starting point of free ones).
+            target, loss_fn: the output's clamp and its energy (default: convert's loss_fn).
+            clamp: vertex name -> value held fixed (``pcm.plan.vertices`` lists the names).
+            free_inputs: positions of inputs to infer.
+            steps, gamma: inference steps and step size (plain steps ``x -= gamma dF/dx``).
+            output, output_precision, precision, energies: as in :class:`pccompile.IL`.
+            value_optimizer: ``params -> torch.optim.Optimizer`` over the value nodes.
+
+        Returns:
+            An :class:`~pccompile.Inference`: ``values`` (vertex name -> tensors), ``inputs``,
+            ``energy`` per step, ``output``.
+        """
+        cfg = make_rule(
+            "il",
+            gamma=gamma,
+            steps=steps,
+            output=output,
+            output_precision=output_precision,
+            precision=precision or {},
+            energies=energies or {},
+            value_optimizer=value_optimizer,
+        )
+        loss_fn = self._pc_loss_fn if loss_fn is None else loss_fn
+        if target is not None and loss_fn is None:
+            raise ConfigError("infer(target=...) needs loss_fn=..., or convert(..., loss_fn=...).")
+        plan = self._plan(self.training, inputs)
+        inputs = complete_inputs(plan.gm, inputs)
+        check_inputs(inputs, plan.n_inputs, self._device())
+        ff_loss = _no_loss if target is None else _checked(loss_fn)
+        ff = feed_forward(plan, inputs, target, ff_loss, record_state=True)
+        setup = setup_of(cfg, steps, clamp)
+        setup.free_inputs = tuple(free_inputs)
+        return run_inference(plan, ff, target, None if target is None else loss_fn, setup)
+
+def _no_loss(output: Any, target: Any) -> torch.Tensor:
+    return torch.zeros(())
+
+
+def _few(names: list[str], k: int = 5) -> str:
+    shown = ", ".join(names[:k])
+    return f"{len(names)} vertices ({shown}{', ...' if len(names) > k else ''})"
 
 
 def _with_root_hooks(model: nn.Module, gm: Any, args: tuple, kwargs: dict) -> Any:

@@ -174,7 +174,7 @@ def test_learn_leaves_buffers_counter_and_rng_where_bp_does(name):
     state after the rule equal those after bp; the dropout masks are BP's (same seed)."""
     opts = {**EXACT, **APPROX}[name]
     rule = name.split("-")[0]
-    pcm = pccompile.convert(net(), batch()[0])
+    pcm = pccompile.convert(net(), batch()[0], rule=rule)  # il/ipc: layer vertices
     x, y = batch(3)
     counter = int(pcm.bn.num_batches_tracked)
     cmp = compare_to_bp(pcm, (x,), y, F.cross_entropy, rule, seed=4, **opts)

@@ -34,6 +34,7 @@ class Grads:
         self.params: dict[torch.nn.Parameter, Tensor] = {}
         self.leaves: dict[int, Tensor] = {}
         self.written = True  # False: the rule applied its updates itself (iPC with lr > 0)
+        self.run = None  # the approximate rules' inference run (engine.inference.Run)
         self._owned: dict[
             int, Tensor
         ] = {}  # id -> tensor allocated here (kept alive: ids stay unique)
@@ -80,8 +81,10 @@ class Grads:
         if not self.written:
             return
         given: set[tuple[int, int]] = set()  # memory handed to a p.grad in this write
+        live = {id(p) for p in plan.live_params}
+        others = [p for p in self.params if id(p) not in live]  # e.g. a learned energy's
         with torch.no_grad():
-            for p in plan.live_params:
+            for p in (*plan.live_params, *others):
                 g = self.params.get(p)
                 if g is None:
                     g = torch.zeros_like(p)

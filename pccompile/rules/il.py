@@ -1,48 +1,83 @@
 """IL: inference learning (Whittington & Bogacz 2017), an approximation of BP.
 
-``steps`` synchronous inference steps (:mod:`pccompile.rules.sync`) of size ``gamma`` on the full
-energy ``F = sum 1/2 ||eps||^2 + w * L`` (``w`` the output precision), predictions re-evaluated
-from the current value nodes at every step; then every parameter from the final state, the
-update multiplied by ``1/w`` so that small precisions approach BP.
+``steps`` fused inference steps (:mod:`pccompile.engine.inference`) of size ``gamma`` on the
+energy ``F = sum_v pi_v E_v(x_v, mu_v) + w * B * L(out, y)``, every prediction re-evaluated from
+the current value nodes at each step; then every parameter's gradient from the final state,
+``p.grad += dF/dtheta / (w * B)`` (``B`` the batch size, ``w`` the output precision).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
-from ..engine import Plan
+from ..engine import Grads, Plan
+from ..engine.inference import Setup, run_inference
 from ..errors import ConfigError
 from .base import Rule, Schedule, check_gamma, check_steps
-from .sync import run_sync
 
-__all__ = ["IL", "ILRule", "default_steps"]
+__all__ = ["IL", "ILRule", "default_steps", "check_approximate"]
+
+OUTPUTS = ("clamp", "free")
 
 
 @dataclass(frozen=True)
 class IL:
-    """Standard inference learning: ``steps`` inference steps of size ``gamma`` on the full
-    energy, then every weight from the final state. Approximates BP.
+    """Standard inference learning: ``steps`` inference steps of size ``gamma`` on the energy,
+    then every weight's gradient from the final state. Approximates BP.
 
     Args:
-        output_precision: weight ``1/k`` of the loss term in the energy; the parameter update is
-            multiplied by ``k`` so that small precisions approach BP (Whittington & Bogacz).
-        init: ``"forward"`` starts value nodes at the feed-forward pass.
+        gamma: inference step size (per sample: the energy sums over the batch).
+        steps: inference steps ``T`` (default: ``max(depth + 1, 20)``).
+        output: ``"clamp"``: the output is clamped to the target, its energy the loss on the
+            prediction. ``"free"``: a free output value node with its own error, the loss on it.
+        output_precision: ``w``, the weight of the loss term in the energy. The gradient is
+            divided by ``w``, so small ``w`` (errors in the small-perturbation regime) approaches
+            BP; ``w = 1`` is the usual PC energy.
+        precision: vertex name -> precision ``pi_v`` of its energy term (default 1).
+        energies: vertex name -> energy ``E_v(x, mu)`` (batch-summed; default squared error;
+            see :mod:`pccompile.energies`).
+        value_optimizer: ``params -> torch.optim.Optimizer`` for the value nodes (default:
+            plain steps of ``gamma``).
+        init: ``"forward"``: value nodes start at the feed-forward pass.
     """
 
     gamma: float = 0.1
     steps: int | None = None
+    output: Literal["clamp", "free"] = "clamp"
     output_precision: float = 1.0
+    precision: Mapping[str, float] = field(default_factory=dict)
+    energies: Mapping[str, Callable] = field(default_factory=dict)
+    value_optimizer: Callable | None = None
     init: Literal["forward"] = "forward"
     name: str = "il"
 
     def __post_init__(self) -> None:
-        check_gamma(self.gamma, "IL")
-        check_steps(self.steps, "IL")
-        if not (isinstance(self.output_precision, (int, float)) and self.output_precision > 0):
-            raise ConfigError(f"IL: output_precision must be > 0, got {self.output_precision!r}.")
-        if self.init != "forward":
-            raise ConfigError(f"IL: init must be 'forward', got {self.init!r}.")
+        check_approximate(self, "IL")
+
+
+def check_approximate(cfg: Any, name: str) -> None:
+    """Validate the options IL and iPC share."""
+    check_gamma(cfg.gamma, name)
+    check_steps(cfg.steps, name)
+    if not (isinstance(cfg.output_precision, (int, float)) and cfg.output_precision > 0):
+        raise ConfigError(f"{name}: output_precision must be > 0, got {cfg.output_precision!r}.")
+    if cfg.output not in OUTPUTS:
+        raise ConfigError(f"{name}: output must be one of {OUTPUTS}, got {cfg.output!r}.")
+    if cfg.init != "forward":
+        raise ConfigError(f"{name}: init must be 'forward', got {cfg.init!r}.")
+    for k, v in dict(cfg.precision).items():
+        if not (isinstance(v, (int, float)) and v > 0):
+            raise ConfigError(f"{name}: precision[{k!r}] must be a number > 0, got {v!r}.")
+    for k, fn in dict(cfg.energies).items():
+        if not callable(fn):
+            raise ConfigError(f"{name}: energies[{k!r}] must be callable (x, mu) -> energy.")
+    if cfg.value_optimizer is not None and not callable(cfg.value_optimizer):
+        raise ConfigError(
+            f"{name}: value_optimizer must be a callable params -> torch.optim.Optimizer, e.g. "
+            f"lambda xs: torch.optim.Adam(xs, lr=0.1)."
+        )
 
 
 def default_steps(plan: Plan) -> int:
@@ -50,9 +85,24 @@ def default_steps(plan: Plan) -> int:
     return max(plan.depth + 1, 20)
 
 
+def setup_of(cfg: Any, steps: int, clamp: Mapping | None = None) -> Setup:
+    return Setup(
+        gamma=cfg.gamma,
+        steps=steps,
+        output=cfg.output,
+        output_precision=float(cfg.output_precision),
+        precision=dict(cfg.precision),
+        energies=dict(cfg.energies),
+        clamp=dict(clamp or {}),
+        value_optimizer=cfg.value_optimizer,
+    )
+
+
 class ILRule(Rule):
     name = "il"
     config = IL
+    granularity = "layer"
+    approximate = True
 
     def steps(self, plan: Plan, cfg: IL) -> int:
         return default_steps(plan) if cfg.steps is None else cfg.steps
@@ -60,19 +110,19 @@ class ILRule(Rule):
     def schedule(self, plan: Plan, cfg: IL, trace: bool) -> Schedule:
         return Schedule("faithful", self.steps(plan, cfg), records_state=True)
 
-    def run(self, plan, ff, cfg: IL, schedule: Schedule, target, loss_fn, trace):
-        everyone = {v.vid for v in plan.hidden}
-        steps, w = schedule.steps, float(cfg.output_precision)
-        return run_sync(
+    def run(self, plan, ff, cfg: IL, schedule: Schedule, target, loss_fn, trace, clamp=None):
+        steps = schedule.steps
+        out: list[Grads] = []
+        run = run_inference(
             plan,
             ff,
             target,
             loss_fn,
-            n_updates=steps,
-            gamma=cfg.gamma,
-            weights_at=lambda s: everyone if s == steps else None,
-            recompute=True,
-            output_weight=w,
-            param_scale=-1.0 / w,
+            setup_of(cfg, steps, clamp),
+            params_at=lambda s: s == steps,
+            on_params=lambda s, g: out.append(g),
             trace=trace,
         )
+        grads = out[0] if out else Grads()
+        grads.run = run
+        return grads

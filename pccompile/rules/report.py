@@ -75,6 +75,8 @@ class LearnReport:
         energy: total energy per step, where the schedule tracks it (faithful modes).
         trace: the full per-vertex :class:`Trace` when ``trace=True`` was asked.
         output: the model's output on the batch (detached).
+        unreached: vertices with parameters the error never reached in ``steps`` (their
+            gradient is zero; ``learn`` also warns).
     """
 
     rule: str
@@ -84,3 +86,4 @@ class LearnReport:
     energy: list[float] | None = None
     trace: Trace | None = None
     output: Any = None
+    unreached: list[str] = field(default_factory=list)

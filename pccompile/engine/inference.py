@@ -1,0 +1,421 @@
+"""The fused inference step of approximate PC (IL, iPC) and of generative inference.
+
+Reads: a compiled plan, its feed-forward pass, the target and loss, and a :class:`Setup` (which
+value nodes are free and which clamped, each vertex's energy and precision, the output's
+formulation). Writes: the value nodes' trajectory, the energy per step and, on request, the
+parameter gradients of the energy (through :class:`~pccompile.engine.grads.Grads`).
+
+One step evaluates every prediction ``mu_v = g_v(x_parents)`` from the current value nodes in one
+pass over the plan, sums the energy ``F`` and takes all of ``dF/dx`` in one autograd call; the
+value nodes then move down that gradient, by plain steps ``x -= gamma * dF/dx`` or by any
+``torch.optim`` optimiser over them. ``dF/dx_v = pi_v dE_v/dx_v - sum_c J_{c,v}^T (pi_c dE_c/dmu_c)``:
+for squared errors, ``eps_v - sum_c J^T eps_c``, the PC update. Parameter gradients are taken only
+where the rule reads them; value nodes are autograd leaves, so ``dF/dtheta_v`` involves vertex
+``v``'s own prediction and error only: the local PC weight update.
+
+Conventions (docs/pc.md): ``F`` sums per-sample energies over the batch,
+``F = sum_v pi_v E_v(x_v, mu_v) + w * B * L(out, y)``, with ``L`` the loss function's batch mean
+(PyTorch's default reduction), ``B`` the batch size and ``w`` the output precision; gradients are
+written as ``p.grad = dF/dtheta / (w * B)``. So ``gamma`` acts per sample whatever the batch size,
+a weight learning rate means what it means for BP, and at ``w -> 0`` the update approaches BP.
+
+Event-driven skipping: from the feed-forward initialisation an error travels one vertex per step;
+a vertex whose error cannot be non-zero yet contributes no energy term (and is not evaluated), and
+a vertex reading only clamped inputs keeps its feed-forward prediction. Neither skip changes a
+number.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn as nn
+from torch.utils._pytree import tree_flatten
+
+from ..energies import squared_error
+from ..errors import ConfigError, InputError
+from ..frontend.annotate import is_float_tensor
+from .evaluate import FeedForward, call_vertex, rebuild
+from .grads import Grads
+from .plan import Plan, Vertex
+
+__all__ = ["Setup", "Inference", "run_inference", "reach"]
+
+Tensor = torch.Tensor
+NEVER = 1 << 30
+
+
+@dataclass
+class Setup:
+    """What one inference run is asked to do (validated by :func:`resolve`).
+
+    output: ``"clamp"``: the output is clamped to the target; its energy is the loss on the
+        prediction (no free output node). ``"free"``: the output vertex keeps a free value node
+        with its own error, and the loss sits on that value node.
+    output_precision: ``w``, the weight of the loss term.
+    precision: vertex name -> ``pi_v`` (default 1).
+    energies: vertex name -> ``E_v(x, mu)`` returning the batch-summed energy (default
+        :func:`squared_error`); an ``nn.Module`` energy's own parameters are learned with the
+        model's (their gradient is written like the weights').
+    clamp: vertex name -> value(s) it is held at (partial clamping).
+    free_inputs: positions of model inputs that become free value nodes (generative inference).
+    value_optimizer: ``params -> torch.optim.Optimizer`` over the value nodes (default: plain
+        steps of ``gamma``).
+    """
+
+    gamma: float = 0.1
+    steps: int = 20
+    output: Literal["clamp", "free"] = "clamp"
+    output_precision: float = 1.0
+    precision: Mapping[str, float] = field(default_factory=dict)
+    energies: Mapping[str, Callable] = field(default_factory=dict)
+    clamp: Mapping[str, Any] = field(default_factory=dict)
+    free_inputs: tuple[int, ...] = ()
+    value_optimizer: Callable | None = None
+
+
+@dataclass
+class Inference:
+    """The result of an inference run (:func:`run_inference`, ``PCModule.infer``).
+
+    Attributes:
+        values: vertex name -> its value node(s) at the end (a list of tensors per vertex).
+        inputs: the model inputs at the end (free ones inferred, clamped ones as given).
+        energy: ``F`` at every evaluation (``steps + 1`` of them).
+        unreached: vertices with parameters the error never reached.
+        output: the model output read from the final value nodes.
+    """
+
+    values: dict[str, list[Tensor]]
+    inputs: list[Tensor]
+    energy: list[float]
+    unreached: list[str]
+    output: Any = None
+
+
+@dataclass(eq=False)
+class _Net:
+    """The plan seen by the approximate rules: which vertices hold free value nodes."""
+
+    plan: Plan
+    order: list[Vertex]  # hidden vertices in graph order
+    predicted: set[int]  # vertices read straight from their prediction (clamped output)
+    clamped: dict[int, list[Tensor]]
+    free: list[Vertex]
+    first_move: dict[int, int]  # m(v): first evaluation at which x_v may differ from x0
+    first_error: dict[int, int]  # e(v): first evaluation at which eps_v may be non-zero
+    input_slots: dict[int, int]  # free input position -> env slot
+
+
+def _resolve(plan: Plan, ff: FeedForward, setup: Setup) -> _Net:
+    order = [v for v in plan.vertices if v.kind != "output"]
+    names = {v.name: v for v in order}
+    for table, what in ((setup.precision, "precision"), (setup.energies, "energies")):
+        bad = sorted(set(table) - set(names))
+        if bad:
+            raise ConfigError(
+                f"{what}: no vertex named {bad}; the vertices are {sorted(names)} "
+                f"(pcm.plan.vertices, or `pccompile graph`)."
+            )
+    clamped: dict[int, list[Tensor]] = {}
+    for name, value in setup.clamp.items():
+        v = names.get(name)
+        if v is None:
+            raise ConfigError(f"clamp: no vertex named {name!r}; the vertices are {sorted(names)}.")
+        flat = [t for t in tree_flatten(value)[0] if is_float_tensor(t)]
+        ref = ff.flat[v.vid]
+        if len(flat) != len(ref) or any(a.shape != b.shape for a, b in zip(flat, ref)):
+            raise InputError(
+                f"clamp[{name!r}]: expected tensors of shapes {[tuple(t.shape) for t in ref]}, "
+                f"got {[tuple(t.shape) for t in flat]}."
+            )
+        clamped[v.vid] = [t.detach().to(b.dtype) for t, b in zip(flat, ref)]
+    predicted = set(plan.output.parents) if setup.output == "clamp" else set()
+    predicted -= set(clamped)
+    free = [v for v in order if v.vid not in predicted and v.vid not in clamped]
+    input_slots = {}
+    n_in = plan.n_inputs
+    slots = [i for i, r in enumerate(plan.roles) if r == "input"]
+    for k in setup.free_inputs:
+        if not (isinstance(k, int) and 0 <= k < n_in):
+            raise ConfigError(f"free_inputs: {k!r} is not an input position (0..{n_in - 1}).")
+        input_slots[k] = slots[k]
+    net = _Net(plan, order, predicted, clamped, free, {}, {}, input_slots)
+    _reach(net)
+    return net
+
+
+def _children(plan: Plan) -> dict[int, list[Vertex]]:
+    out: dict[int, list[Vertex]] = {v.vid: [] for v in plan.vertices}
+    for v in plan.vertices:
+        for p in [v.source] if v.kind == "identity" else v.parents:
+            out[p].append(v)
+    return out
+
+
+def _reach(net: _Net) -> None:
+    """When the error front can reach each vertex, from the feed-forward initialisation (a fixed
+    point over the graph; see the module docstring). Writes ``first_move`` and
+    ``first_error``."""
+    plan = net.plan
+    kids = _children(plan)
+    free_in = set(net.input_slots.values())
+    reads_free_input = {
+        v.vid for v in net.order if any(s in free_in for s in _env_reads(v))
+    }  # a free input moves at step 1 (it starts where the caller put it)
+    m = {v.vid: (0 if v.vid in net.clamped else NEVER) for v in net.order}
+    e = {v.vid: (0 if v.vid in net.clamped else NEVER) for v in net.order}
+    fb_in = NEVER  # first step any free input can receive feedback
+    changed = True
+    while changed:
+        changed = False
+        for v in net.order:
+            parents = [v.source] if v.kind == "identity" else list(v.parents)
+            moved = min([m[p] for p in parents] + [1 + fb_in if v.vid in reads_free_input else NEVER])
+            if v.vid in net.predicted:
+                new_m, new_e = moved, moved
+            else:
+                fb = min([_feedback(c, e, net) for c in kids[v.vid]] + [NEVER])
+                new_e = min(e[v.vid], moved, m[v.vid])
+                new_m = m[v.vid] if v.vid in net.clamped else min(m[v.vid], 1 + min(new_e, fb))
+                if v.vid not in net.clamped:
+                    new_e = min(new_e, new_m)
+            if (new_m, new_e) != (m[v.vid], e[v.vid]):
+                m[v.vid], e[v.vid], changed = new_m, new_e, True
+        if free_in:
+            readers = [v for v in net.order if v.vid in reads_free_input]
+            new_fb = min([_feedback(v, e, net) for v in readers] + [NEVER])
+            new_fb = min(new_fb, 0 if _output_reads_input(plan, free_in) else NEVER)
+            if new_fb != fb_in:
+                fb_in, changed = new_fb, True
+    net.first_move, net.first_error = m, e
+
+
+def _feedback(c: Vertex, e: dict[int, int], net: _Net) -> int:
+    """First step at which the reader ``c`` passes feedback to the value nodes it reads."""
+    if c.kind == "output" or c.vid in net.predicted:  # the loss reads it from step 0
+        return 0
+    return e[c.vid]
+
+
+def _env_reads(v: Vertex) -> tuple[int, ...]:
+    return v.input_slots
+
+
+def _output_reads_input(plan: Plan, free_in: set[int]) -> bool:
+    return any(s in free_in for s in plan.output.input_slots)
+
+
+def reach(plan: Plan, ff: FeedForward, setup: Setup) -> dict[str, int]:
+    """Vertex name -> the first inference step at which its error can be non-zero (its
+    parameters are then reachable by ``steps >=`` that number)."""
+    net = _resolve(plan, ff, setup)
+    return {v.name: net.first_error[v.vid] for v in net.order}
+
+
+def _batch_size(inputs: list) -> int:
+    for t in inputs:
+        if isinstance(t, Tensor) and t.dim() > 0:
+            return int(t.shape[0])
+    return 1
+
+
+def run_inference(
+    plan: Plan,
+    ff: FeedForward,
+    target: Any,
+    loss_fn: Callable | None,
+    setup: Setup,
+    *,
+    params_at: Callable[[int], bool] = lambda s: False,
+    on_params: Callable[[int, Grads], None] | None = None,
+    params_move: bool = False,
+    trace: Any = None,
+    event_driven: bool = True,
+) -> Inference:
+    """Run ``setup.steps`` fused inference steps from the feed-forward pass ``ff``.
+
+    Args:
+        params_at: evaluation -> whether the parameter gradients are taken there
+            (IL: the last; iPC: every one).
+        on_params: called with each evaluation's :class:`Grads` (already scaled to
+            ``dF/dtheta / (w B)``); the caller writes or applies them.
+        params_move: ``on_params`` changes the parameters (iPC): every prediction is then
+            re-evaluated at every step.
+        event_driven: skip what the error front has not reached (False: evaluate everything at
+            every step; the same numbers, for tests).
+        trace: a :class:`~pccompile.rules.report.Trace` to record the energy per vertex in.
+    """
+    net = _resolve(plan, ff, setup)
+    reached = dict(net.first_error)
+    if not event_driven:
+        net.first_error = dict.fromkeys(net.first_error, 0)
+        net.first_move = dict.fromkeys(net.first_move, 0)
+    order = net.order
+    recorded = [v for v in order if v.vid not in net.predicted]
+    names = [(v.name, v.level) for v in recorded]
+    inputs = [ff.env[s] for s in (i for i, r in enumerate(plan.roles) if r == "input")]
+    batch = _batch_size(inputs)
+    w = float(setup.output_precision)
+    scale = 1.0 / (w * batch)
+    energies = {names_v: fn for names_v, fn in setup.energies.items()}
+    extra = [p for fn in energies.values() if isinstance(fn, nn.Module) for p in fn.parameters()]
+    extra = [p for p in extra if p.requires_grad]
+    by_name = {v.vid: v.name for v in order}
+    env = list(ff.env)
+    xs: dict[int, list[Tensor]] = {}
+    for v in net.free:
+        xs[v.vid] = [t.detach().clone().requires_grad_() for t in ff.flat[v.vid]]
+    x_inputs = {}
+    for k, slot in net.input_slots.items():
+        x_inputs[k] = env[slot] = ff.env[slot].detach().clone().requires_grad_()
+    movable = [t for v in net.free for t in xs[v.vid]] + list(x_inputs.values())
+    opt = setup.value_optimizer(movable) if setup.value_optimizer is not None and movable else None
+    energy_log: list[Tensor] = []
+    params = _param_inputs(plan, ff)
+    leaves: list = list(ff.leaves)
+    for v in order:
+        if v.vid in net.clamped:
+            leaves[v.vid] = rebuild(ff.leaves[v.vid], net.clamped[v.vid])
+        elif v.vid in xs:
+            leaves[v.vid] = rebuild(ff.leaves[v.vid], xs[v.vid])
+    reads_values = {v.vid: not event_driven or _reads_values(net, v) for v in order}
+    for s in range(setup.steps + 1):
+        want_params = params_at(s)
+        terms: list[Tensor] = []
+        per_vertex: dict | None = {} if trace is not None else None
+        for v in order:
+            vid = v.vid
+            recompute = params_move or want_params or reads_values[vid]
+            needs_term = net.first_error[vid] <= s and vid not in net.predicted
+            if vid in net.predicted:
+                mu = _predict(plan, ff, v, env, leaves, recompute)
+                leaves[vid] = rebuild(ff.leaves[vid], mu)
+                continue
+            if not needs_term:
+                continue
+            mu = _predict(plan, ff, v, env, leaves, recompute)
+            x = net.clamped.get(vid) or xs[vid]
+            fn = energies.get(by_name[vid], squared_error)
+            pi = setup.precision.get(by_name[vid], 1.0)
+            term = sum(fn(a, b) for a, b in zip(x, mu))
+            terms.append(term if pi == 1.0 else pi * term)
+            if per_vertex is not None:
+                per_vertex[vid] = [(a - b).detach() for a, b in zip(x, mu)]
+        output = plan.read_output(env, leaves)
+        loss = None
+        if target is not None and loss_fn is not None:
+            loss = loss_fn(output, target).reshape(())
+            terms.append((w * batch) * loss)
+        if not terms:  # nothing clamped: the feed-forward pass is the minimum (F = 0)
+            energy_log.append(torch.zeros(()))
+            continue
+        total = terms[0]
+        for t in terms[1:]:
+            total = total + t
+        energy_log.append(total.detach())
+        if trace is not None:
+            errors = [per_vertex.get(v.vid, []) for v in recorded]
+            trace.record(names, errors, 0.0 if loss is None else w * batch * float(loss.detach()))
+        moving = [] if s == setup.steps else _moving(net, xs, x_inputs, s)
+        wrt = moving + (params + extra if want_params else [])
+        if not wrt:
+            continue
+        grads = torch.autograd.grad(total, wrt, allow_unused=True)
+        if want_params and on_params is not None:
+            on_params(s, _param_grads(plan, params, extra, grads[len(moving) :], scale))
+        if moving:
+            _move(moving, grads[: len(moving)], setup.gamma, opt)
+    values = {by_name[vid]: [t.detach() for t in x] for vid, x in xs.items()}
+    values.update({by_name[vid]: list(x) for vid, x in net.clamped.items()})
+    unreached = [
+        v.name
+        for v in order
+        if (v.params or v.param_leaves)
+        and v.vid not in net.predicted
+        and reached[v.vid] > setup.steps
+    ]
+    return Inference(
+        values=values,
+        inputs=[
+            x_inputs[k].detach() if k in x_inputs else t for k, t in enumerate(inputs)
+        ],
+        energy=[float(e) for e in energy_log],
+        unreached=unreached,
+        output=plan.read_output(env, leaves),
+    )
+
+
+def _reads_values(net: _Net, v: Vertex) -> bool:
+    """Whether ``mu_v`` must be evaluated from the current value nodes: it reads a vertex (a
+    free one needs the feedback through ``mu_v``, a clamped one differs from its feed-forward
+    value) or a free input. A vertex reading only clamped inputs keeps its feed-forward
+    prediction, evaluated once."""
+    if v.kind == "identity" or v.parents:
+        return True
+    free_in = set(net.input_slots.values())
+    return any(x in free_in for x in v.input_slots)
+
+
+def _predict(plan, ff, v, env, leaves, recompute: bool) -> list[Tensor]:
+    """``mu_v`` from the current value nodes, or the feed-forward one (detached) when nothing
+    it reads has moved and no parameter gradient is taken."""
+    if v.kind == "identity":
+        src = leaves[v.source]
+        return [t for t in tree_flatten(src)[0] if is_float_tensor(t)]
+    if not recompute:
+        return [t.detach() for t in ff.mu[v.vid]]
+    with torch.enable_grad():
+        out = call_vertex(
+            plan, v, env, leaves, recompute=True, state=ff.state.get(v.vid), devices=ff.devices
+        )
+    return [t for t in tree_flatten(out)[0] if is_float_tensor(t)]
+
+
+def _moving(net: _Net, xs: dict, x_inputs: dict, s: int) -> list[Tensor]:
+    """The value nodes whose gradient may be non-zero at evaluation ``s``."""
+    out = [t for v in net.free if net.first_move[v.vid] <= s + 1 for t in xs[v.vid]]
+    return out + list(x_inputs.values())
+
+
+def _param_inputs(plan: Plan, ff: FeedForward) -> list[Tensor]:
+    """The tensors parameter gradients are taken for: the parameters the vertices read
+    directly, then the parameter transforms' leaves (carried to their parameters by
+    :meth:`Grads.finish`)."""
+    direct = list(dict.fromkeys(p for v in plan.vertices for p in v.params))
+    return direct + [ff.env[s] for s in plan.boundary]
+
+
+def _param_grads(plan: Plan, params: list, extra: list, grads: tuple, scale: float) -> Grads:
+    out = Grads()
+    n_direct = len(params) - len(plan.boundary)
+    for p, g in zip(params[:n_direct], grads):
+        if g is not None:
+            out.add_param(p, g, scale)
+    for s, g in zip(plan.boundary, grads[n_direct : len(params)]):
+        if g is not None:
+            out.add_leaf(s, g, scale)
+    for p, g in zip(extra, grads[len(params) :]):
+        if g is not None:
+            out.add_param(p, g, scale)
+    return out
+
+
+def _move(xs: list[Tensor], grads: tuple, gamma: float, opt) -> None:
+    with torch.no_grad():
+        if opt is not None:
+            for x, g in zip(xs, grads):
+                x.grad = None if g is None else g
+            opt.step()
+            return
+        for x, g in zip(xs, grads):
+            if g is not None:
+                x.sub_(g, alpha=gamma)
+
+
+def finite(energy: list[float]) -> bool:
+    return all(math.isfinite(e) for e in energy)

@@ -1,0 +1,316 @@
+"""Approximate PC as researchers use it: layer vertices, the energy convention, output
+formulations, clamping, precisions and energies, generative inference, value-node optimisers and
+the unreached-parameter warning (docs/pc.md)."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import pccompile
+from pccompile import IL, IPC, UnreachedWarning
+from pccompile.data import digits
+from pccompile.energies import Gaussian, bernoulli, cross_entropy, squared_error
+from pccompile.testing import Habits, train_against_bp
+
+from helpers import F64_TOL
+
+
+def mlp(dtype=torch.float64) -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 12), nn.Tanh(), nn.Linear(12, 5)
+    )
+    return net.to(dtype)
+
+
+def cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.Dropout(0.2),
+        nn.Flatten(),
+        nn.Linear(6 * 2 * 2, 5),
+    ).double()
+
+
+def batch(n=6, dtype=torch.float64, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 1, 4, 4, generator=g, dtype=dtype), torch.randint(0, 5, (n,), generator=g)
+
+
+def grads(model) -> list[torch.Tensor]:
+    return [p.grad.detach().clone() for p in model.parameters()]
+
+
+# ------------------------------------------------------------------------- granularity
+def test_layer_granularity_groups_a_parametric_op_with_the_ops_after_it():
+    pcm = pccompile.convert(mlp(), batch()[0], rule="il")
+    names = [v.name for v in pcm.plan.vertices]
+    assert names == ["layer_1", "layer_3", "_5", "output"]  # flatten joins the first layer
+    assert pcm.capture_options.granularity == "layer" and pcm.capture_options.level is False
+    ops = pccompile.convert(mlp(), batch()[0], rule="il", granularity="op")
+    assert len(ops.plan.vertices) == 7
+    x = batch()[0]
+    assert torch.equal(pcm(x), mlp()(x))  # the grouped graph computes what the model computes
+
+
+def test_layer_granularity_keeps_joins_and_stateful_members():
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=5).double()
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    pcm = pccompile.convert(model, x, rule="il")
+    kinds = {v.name: v.rule.kind for v in pcm.plan.vertices if v.rule is not None}
+    assert kinds["layer_conv1"] == "stateful"  # conv1 + bn1 + relu + maxpool: BN protects buffers
+    assert sum(1 for v in pcm.plan.vertices if v.kind == "op") < 40  # 60 op vertices at "op"
+    model.eval()
+    assert torch.equal(pcm.eval()(x), model(x))
+
+
+@pytest.mark.parametrize("mode", ["efficient", "faithful"])
+def test_zil_is_exact_on_layer_vertices_over_training_steps(mode):
+    """A layer vertex is one function of its parents: Z-IL stays BP on it, in both schedules,
+    over 3 SGD steps with momentum, accumulation, clipping and set_to_none=False."""
+    model = cnn()
+    data = [((batch(seed=s)[0],), batch(seed=s)[1]) for s in range(2)]
+    habits = Habits(steps=3, accumulate=2, clip=1.0, momentum=0.9, set_to_none=False)
+    rep = train_against_bp(
+        model, data, F.cross_entropy, "zil", habits=habits, mode=mode,
+        convert_options={"granularity": "layer"},
+    )
+    assert rep.ok(F64_TOL), rep.problems(F64_TOL)
+
+
+def test_granularity_is_validated():
+    with pytest.raises(pccompile.ConfigError, match="granularity"):
+        pccompile.convert(mlp(), batch()[0], granularity="block")
+
+
+# ------------------------------------------------------------------------- conventions
+def test_il_at_zero_steps_gives_bp_for_the_output_layer_and_warns_for_the_rest():
+    model = mlp()
+    x, y = batch()
+    pcm = pccompile.convert(model, x, rule="il")
+    with pytest.warns(UnreachedWarning, match="layer_1, layer_3"):
+        rep = pcm.learn(x, target=y, loss_fn=F.cross_entropy, steps=0)
+    assert rep.unreached == ["layer_1", "layer_3"]
+    pc = grads(model)
+    model.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    bp = grads(model)
+    assert all(torch.count_nonzero(g) == 0 for g in pc[:4])
+    for a, b in zip(pc[4:], bp[4:]):  # output layer: dF/dtheta / B = dL/dtheta exactly
+        assert torch.allclose(a, b, rtol=F64_TOL, atol=0)
+
+
+@pytest.mark.parametrize("rule", ["il", "ipc"])
+def test_gradients_and_gamma_do_not_depend_on_the_batch_size(rule):
+    """F sums per-sample energies; p.grad = dF/dtheta / B. The batch repeated 3 times gives the
+    same value-node dynamics per sample and the same gradient (iPC's lr means the same)."""
+    model = mlp()
+    x, y = batch()
+    pcm = pccompile.convert(model, x, rule=rule)
+    pcm.learn(x, target=y, loss_fn=F.cross_entropy, steps=6, gamma=0.2)
+    one = grads(model)
+    model.zero_grad()
+    x3, y3 = x.repeat(3, 1, 1, 1), y.repeat(3)
+    r3 = pcm.learn(x3, target=y3, loss_fn=F.cross_entropy, steps=6, gamma=0.2)
+    three = grads(model)
+    for a, b in zip(one, three):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-14)
+    r1 = pcm.learn(x, target=y, loss_fn=F.cross_entropy, steps=6, gamma=0.2)
+    assert r3.energy[-1] == pytest.approx(3 * r1.energy[-1], rel=1e-10)
+
+
+def test_output_formulations_clamped_and_free():
+    model = mlp()
+    x, y = batch()
+    pcm = pccompile.convert(model, x, rule="il")
+    clamp = pcm.infer(x, target=y, loss_fn=F.cross_entropy, steps=5)
+    free = pcm.infer(x, target=y, loss_fn=F.cross_entropy, steps=5, output="free")
+    assert "_5" not in clamp.values and "_5" in free.values  # free: an output value node
+    assert clamp.energy[0] == free.energy[0] == pytest.approx(6 * F.cross_entropy(model(x), y).item())
+    # a free output node absorbs part of the error: its hidden nodes move less
+    moved = lambda r: (r.values["layer_3"][0] - model[:5](x)).norm()
+    assert moved(free) < moved(clamp)
+
+
+def test_unreached_parameters_warn_with_op_vertices_and_not_with_layers():
+    model = mlp()
+    x, y = batch()
+    ops = pccompile.convert(model, x, rule="il", granularity="op")
+    with pytest.warns(UnreachedWarning) as rec:
+        rep = ops.learn(x, target=y, loss_fn=F.cross_entropy, steps=3)
+    assert rep.unreached and "zero gradient" in str(rec[0].message)
+    assert torch.count_nonzero(model[1].weight.grad) == 0  # the first Linear: truly unreached
+    model.zero_grad()
+    layers = pccompile.convert(model, x, rule="il")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rep = layers.learn(x, target=y, loss_fn=F.cross_entropy, steps=3)
+    assert rep.unreached == [] and torch.count_nonzero(model[1].weight.grad) > 0
+
+
+# ------------------------------------------------------------------ clamping, precision
+def test_partial_clamping_holds_a_vertex_and_its_error_drives_its_parents():
+    model = mlp()
+    x, y = batch()
+    pcm = pccompile.convert(model, x, rule="il")
+    held = torch.full((6, 12), 0.5, dtype=torch.float64)
+    r = pcm.infer(x, clamp={"layer_3": held}, steps=8)  # no target: only the clamp
+    assert torch.equal(r.values["layer_3"][0], held)
+    mu = model[:5](x)
+    assert r.energy[0] == pytest.approx(squared_error(held, mu).item(), rel=1e-12)
+    assert r.energy[-1] < r.energy[0]  # layer_1 moved toward explaining the clamp
+    # learning with a clamp: layer_3's own weights learn from (held - mu) at T = 0
+    model.zero_grad()
+    with pytest.warns(UnreachedWarning, match="layer_1"):  # its error arrives at step 1
+        pcm.learn(x, target=y, loss_fn=F.cross_entropy, steps=0, clamp={"layer_3": held})
+    lin = model[3]
+    h = model[:3](x).detach()
+    pre = h @ lin.weight.T + lin.bias
+    eps = (held - torch.tanh(pre)) * (1 - torch.tanh(pre) ** 2)
+    assert torch.allclose(lin.weight.grad, -(eps.T @ h) / 6, rtol=1e-12, atol=0)
+    with pytest.raises(pccompile.ConfigError, match="no vertex named"):
+        pcm.infer(x, clamp={"nope": held})
+    with pytest.raises(pccompile.InputError, match="shapes"):
+        pcm.infer(x, clamp={"layer_3": held[:, :3]})
+    with pytest.raises(pccompile.ConfigError, match="clamp="):
+        pcm.learn(x, target=y, loss_fn=F.cross_entropy, rule="zil", clamp={"layer_3": held})
+
+
+def test_precision_scales_a_vertex_term_and_equals_a_gaussian_of_that_variance():
+    model = mlp()
+    x, y = batch()
+    pcm = pccompile.convert(model, x, rule="il", loss_fn=F.cross_entropy)
+    base = pcm.infer(x, target=y, steps=3)
+    prec = pcm.infer(x, target=y, steps=3, precision={"layer_3": 4.0})
+    gauss = pcm.infer(x, target=y, steps=3, energies={"layer_3": Gaussian(0.25)})
+    assert base.energy[0] == prec.energy[0]  # every hidden error is zero at the start
+    assert prec.energy[1] != base.energy[1]
+    # same gradients: the Gaussian differs by the constant 1/2 log var per element
+    const = 0.5 * torch.log(torch.tensor(0.25, dtype=torch.float64)).item() * 6 * 12
+    for a, b in zip(prec.energy[1:], gauss.energy[1:]):
+        assert b == pytest.approx(a + const, rel=1e-12)
+    for k in prec.values:
+        assert torch.allclose(prec.values[k][0], gauss.values[k][0], rtol=1e-12, atol=1e-14)
+    with pytest.raises(pccompile.ConfigError, match="precision"):
+        pcm.infer(x, target=y, precision={"layer_3": -1.0})
+
+
+def test_a_learned_variance_gets_its_local_gradient():
+    model = mlp()
+    x, y = batch()
+    g = Gaussian(2.0, learn=True).double()
+    pcm = pccompile.convert(model, x, rule="il")
+    rule = IL(steps=4, energies={"layer_3": g})
+    pcm.learn(x, target=y, loss_fn=F.cross_entropy, rule=rule)
+    assert g.log_var.grad is not None and g.log_var.grad.shape == ()
+    # d/dlogvar of sum 1/2 e^2 e^-lv + 1/2 lv, divided by B, at the final errors
+    r = pcm.infer(x, target=y, loss_fn=F.cross_entropy, steps=4, energies={"layer_3": g})
+    e = r.values["layer_3"][0] - torch.tanh(model[3](r.values["layer_1"][0]))
+    want = (0.5 * (-(e * e) / 2.0 + 1.0)).sum() / 6
+    assert g.log_var.grad.item() == pytest.approx(want.item(), rel=1e-10)
+
+
+@pytest.mark.parametrize("energy", [cross_entropy, bernoulli])
+def test_custom_energies_drive_inference(energy):
+    model = mlp()
+    x, y = batch()
+    pcm = pccompile.convert(model, x, rule="il")
+    soft = torch.softmax(torch.randn(6, 12, dtype=torch.float64), 1)
+    r = pcm.infer(x, clamp={"layer_3": soft}, energies={"layer_3": energy}, steps=10)
+    mu = model[:5](x)
+    assert r.energy[0] == pytest.approx(energy(soft, mu).item(), rel=1e-12)
+    assert r.energy[-1] < r.energy[0]
+
+
+# -------------------------------------------------------------- value-node optimisers
+def test_value_optimizer_sgd_equals_plain_steps_and_adam_differs():
+    model = mlp()
+    x, y = batch()
+    pcm = pccompile.convert(model, x, rule="il", loss_fn=F.cross_entropy)
+    plain = pcm.infer(x, target=y, steps=6, gamma=0.2)
+    sgd = pcm.infer(x, target=y, steps=6, value_optimizer=lambda xs: torch.optim.SGD(xs, lr=0.2))
+    adam = pcm.infer(x, target=y, steps=6, value_optimizer=lambda xs: torch.optim.Adam(xs, lr=0.05))
+    assert plain.energy == sgd.energy
+    assert all(torch.equal(plain.values[k][0], sgd.values[k][0]) for k in plain.values)
+    assert adam.energy != plain.energy and adam.energy[-1] < adam.energy[0]
+
+
+def test_test_time_inference_without_a_clamp_is_the_forward_pass():
+    model = mlp()
+    x, _ = batch()
+    pcm = pccompile.convert(model, x, rule="il")
+    r = pcm.infer(x, steps=5)
+    assert r.energy == [0.0] * 6
+    assert torch.equal(r.output, model(x))
+
+
+# --------------------------------------------------------------- generative inference
+def test_generative_inference_draws_the_clamped_class():
+    """Train the digits MLP with IL; clamp the output to a class and infer the input from a
+    blank image: the trained classifier labels the generated inputs as the clamped class."""
+    torch.set_num_threads(1)
+    xtr, ytr, xte, yte = digits(test_fraction=0.25, stratify=True)
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(),
+        nn.Linear(128, 10),
+    )
+    pcm = pccompile.convert(net, xtr[:64], rule=IL(steps=5), loss_fn=F.cross_entropy)
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(6):
+        perm = torch.randperm(len(ytr), generator=g)
+        for k in range(0, len(perm), 64):
+            i = perm[k : k + 64]
+            opt.zero_grad()
+            pcm.learn(xtr[i], target=ytr[i])
+            opt.step()
+    net.eval()
+    assert (net(xte).argmax(1) == yte).float().mean() > 0.93
+    labels = torch.arange(10).repeat(5)
+    r = pcm.infer(torch.zeros(50, 1, 8, 8), target=labels, free_inputs=(0,), steps=100)
+    gen = r.inputs[0]
+    assert r.energy[-1] < 0.2 * r.energy[0]
+    assert (net(gen).argmax(1) == labels).float().mean() >= 0.8
+    # recognisable: each class's generated mean is closest (cosine) to that class's data mean
+    means = torch.stack([xtr[ytr == c].mean(0) for c in range(10)]).flatten(1)
+    made = torch.stack([gen[labels == c].mean(0) for c in range(10)]).flatten(1)
+    cos = F.cosine_similarity(made[:, None], means[None], dim=2)
+    assert (cos.argmax(1) == torch.arange(10)).float().mean() >= 0.8
+
+
+# -------------------------------------------------------------- accuracy of the table
+def _acc(model, rule, steps, epochs, **kw):
+    from benchmarks.pc_accuracy import train
+
+    data = digits(test_fraction=0.25, stratify=True, seed=0)
+    return train(model, rule, steps, epochs=epochs, seed=0, ipc_lr=0.01, data=data, **kw)
+
+
+def test_il_reaches_the_peers_accuracy_on_the_digits_mlp_at_five_steps():
+    r = _acc("mlp", "il", 5, epochs=20)
+    assert r["best"] >= 0.95, r  # measured 0.973 (seed 0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "model,rule,steps,target",
+    [("mlp", "il", 20, 0.96), ("cnn", "il", 20, 0.95), ("mlp", "ipc", 20, 0.94)],
+)
+def test_approximate_pc_reaches_the_peers_accuracy(model, rule, steps, target):
+    r = _acc(model, rule, steps, epochs=20)
+    assert r["best"] >= target, r
