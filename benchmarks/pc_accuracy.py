@@ -57,8 +57,18 @@ def cnn() -> nn.Module:
 MODELS = {"mlp": mlp, "cnn": cnn}
 
 
-def train(model_name: str, rule: str, steps: int, *, epochs: int, seed: int, ipc_lr: float,
-          batch: int = 64, data=None, granularity: str | None = None) -> dict:
+def train(
+    model_name: str,
+    rule: str,
+    steps: int,
+    *,
+    epochs: int,
+    seed: int,
+    ipc_lr: float,
+    batch: int = 64,
+    data=None,
+    granularity: str | None = None,
+) -> dict:
     """Train one model with one rule; returns per-epoch test accuracies."""
     x_tr, y_tr, x_te, y_te = data
     torch.manual_seed(seed)
@@ -101,8 +111,9 @@ def train(model_name: str, rule: str, steps: int, *, epochs: int, seed: int, ipc
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", default=["mlp", "cnn"], choices=sorted(MODELS))
-    ap.add_argument("--runs", nargs="+", default=["bp:0", "il:20", "il:5", "ipc:20"],
-                    help="rule:T pairs")
+    ap.add_argument(
+        "--runs", nargs="+", default=["bp:0", "il:20", "il:5", "ipc:20"], help="rule:T pairs"
+    )
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--ipc-lr", type=float, default=0.01)
@@ -119,11 +130,22 @@ def main(argv: list[str] | None = None) -> int:
         for run in args.runs:
             rule, steps = run.split(":")
             for seed in args.seeds:
-                r = train(m, rule, int(steps), epochs=args.epochs, seed=seed,
-                          ipc_lr=args.ipc_lr, data=data, granularity=args.granularity)
+                r = train(
+                    m,
+                    rule,
+                    int(steps),
+                    epochs=args.epochs,
+                    seed=seed,
+                    ipc_lr=args.ipc_lr,
+                    data=data,
+                    granularity=args.granularity,
+                )
                 rows.append(r)
-                print(f"| {m} | {rule} | {steps} | {seed} | {r['final']:.3f} | {r['best']:.3f} "
-                      f"| {r['seconds']:.1f} |", flush=True)
+                print(
+                    f"| {m} | {rule} | {steps} | {seed} | {r['final']:.3f} | {r['best']:.3f} "
+                    f"| {r['seconds']:.1f} |",
+                    flush=True,
+                )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

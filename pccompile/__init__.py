@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from .api import CaptureOptions, convert, unconvert
+    from .engine.inference import Inference
     from .errors import (
         ConfigError,
         ExactnessError,
@@ -27,7 +28,6 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
         UnreachedWarning,
         UnsupportedOpError,
     )
-    from .engine.inference import Inference
     from .io.artifact import load_converted, save_converted
     from .module import PCModule
     from .rules import BP, FPA, IL, IPC, ZIL, LearnReport, RuleConfig, Trace, make_rule

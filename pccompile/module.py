@@ -21,13 +21,13 @@ from torch.utils._pytree import tree_map
 
 from .checks import check_inputs, check_target
 from .engine import Plan, feed_forward
+from .engine.inference import Inference, run_inference
 from .errors import ConfigError, ExactnessError, InputError, PCCompileError, UnreachedWarning
 from .frontend.annotate import complete_inputs
 from .graph import pc_graph
-from .engine.inference import Inference, run_inference
 from .rules import LearnReport, RuleConfig, Trace, make_rule, rule_of
-from .rules.il import setup_of
 from .rules.bp import detach
+from .rules.il import setup_of
 
 __all__ = ["PCModule"]
 
@@ -242,8 +242,8 @@ class PCModule(nn.Module):
             tr if trace else None,
             tree_map(detach, ff.output),
             unreached,
+            0.0 if run is None else run.compile_seconds,
         )
-
 
     # ------------------------------------------------------------------ inference
     def infer(
@@ -305,6 +305,7 @@ class PCModule(nn.Module):
         setup = setup_of(cfg, steps, clamp)
         setup.free_inputs = tuple(free_inputs)
         return run_inference(plan, ff, target, None if target is None else loss_fn, setup)
+
 
 def _no_loss(output: Any, target: Any) -> torch.Tensor:
     return torch.zeros(())

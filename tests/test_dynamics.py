@@ -261,7 +261,7 @@ def test_event_driven_fused_inference_equals_the_full_loop(name, granularity):
             loss_fn,
             Setup(gamma=0.3, steps=4),
             params_at=lambda s: s == 4,
-            on_params=lambda s, g: got.append(g),
+            on_params=lambda s, g, got=got: got.append(g),
             event_driven=event_driven,
         )
         model.load_state_dict(state)

@@ -10,14 +10,13 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from helpers import F64_TOL
 
 import pccompile
 from pccompile import IL, IPC, UnreachedWarning
 from pccompile.data import digits
 from pccompile.energies import Gaussian, bernoulli, cross_entropy, squared_error
 from pccompile.testing import Habits, train_against_bp
-
-from helpers import F64_TOL
 
 
 def mlp(dtype=torch.float64) -> nn.Module:
@@ -86,7 +85,12 @@ def test_zil_is_exact_on_layer_vertices_over_training_steps(mode):
     data = [((batch(seed=s)[0],), batch(seed=s)[1]) for s in range(2)]
     habits = Habits(steps=3, accumulate=2, clip=1.0, momentum=0.9, set_to_none=False)
     rep = train_against_bp(
-        model, data, F.cross_entropy, "zil", habits=habits, mode=mode,
+        model,
+        data,
+        F.cross_entropy,
+        "zil",
+        habits=habits,
+        mode=mode,
         convert_options={"granularity": "layer"},
     )
     assert rep.ok(F64_TOL), rep.problems(F64_TOL)
@@ -140,7 +144,9 @@ def test_output_formulations_clamped_and_free():
     clamp = pcm.infer(x, target=y, loss_fn=F.cross_entropy, steps=5)
     free = pcm.infer(x, target=y, loss_fn=F.cross_entropy, steps=5, output="free")
     assert "_5" not in clamp.values and "_5" in free.values  # free: an output value node
-    assert clamp.energy[0] == free.energy[0] == pytest.approx(6 * F.cross_entropy(model(x), y).item())
+    assert (
+        clamp.energy[0] == free.energy[0] == pytest.approx(6 * F.cross_entropy(model(x), y).item())
+    )
     # a free output node absorbs part of the error: its hidden nodes move less
     moved = lambda r: (r.values["layer_3"][0] - model[:5](x)).norm()
     assert moved(free) < moved(clamp)
@@ -266,7 +272,11 @@ def test_generative_inference_draws_the_clamped_class():
     xtr, ytr, xte, yte = digits(test_fraction=0.25, stratify=True)
     torch.manual_seed(0)
     net = nn.Sequential(
-        nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(64, 128),
+        nn.ReLU(),
+        nn.Linear(128, 128),
+        nn.ReLU(),
         nn.Linear(128, 10),
     )
     pcm = pccompile.convert(net, xtr[:64], rule=IL(steps=5), loss_fn=F.cross_entropy)
@@ -314,3 +324,63 @@ def test_il_reaches_the_peers_accuracy_on_the_digits_mlp_at_five_steps():
 def test_approximate_pc_reaches_the_peers_accuracy(model, rule, steps, target):
     r = _acc(model, rule, steps, epochs=20)
     assert r["best"] >= target, r
+
+
+# -------------------------------------------------------------------- compiled loop
+def _run(pcm, model, x, y, rule):
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    model.zero_grad()
+    rep = pcm.learn(x, target=y, loss_fn=F.cross_entropy, rule=rule)
+    out = [p.grad.clone() if p.grad is not None else p.detach().clone() for p in model.parameters()]
+    model.load_state_dict(state)
+    return rep, out
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [IL(steps=7, gamma=0.2), IL(steps=3, output="free"), IPC(steps=7, lr=0.05)],
+    ids=["il", "il-free-output", "ipc-lr"],
+)
+def test_compiled_loop_equals_the_eager_loop(rule):
+    """One torch.compile'd function for the whole loop (aot_eager here: the same graph,
+    compiled in seconds; inductor in the slow test) gives the eager loop's numbers: IL's
+    gradients, iPC's updated weights, the energy at every step."""
+    import dataclasses
+
+    model = mlp()
+    x, y = batch()
+    pcm = pccompile.convert(model, x, rule="il")
+    eager, a = _run(pcm, model, x, y, rule)
+    fast, b = _run(pcm, model, x, y, dataclasses.replace(rule, compile="aot_eager"))
+    assert fast.compile_seconds > 0
+    for u, v in zip(a, b):
+        assert torch.allclose(u, v, rtol=1e-12, atol=1e-15)
+    assert fast.energy == pytest.approx(eager.energy, rel=1e-13)
+    again, c = _run(pcm, model, x, y, dataclasses.replace(rule, compile="aot_eager"))
+    assert again.compile_seconds == 0.0  # cached: no recompilation for the same shapes
+    assert all(torch.equal(u, v) for u, v in zip(b, c))
+
+
+def test_compile_refuses_what_it_cannot_replay():
+    model = cnn()  # train-mode BatchNorm and dropout: state replayed by the eager loop only
+    x, y = batch()
+    pcm = pccompile.convert(model, x, rule="il")
+    with pytest.raises(pccompile.ConfigError, match="compile=True: vertex 'layer_0'"):
+        pcm.learn(x, target=y, loss_fn=F.cross_entropy, compile="aot_eager")
+    pcm = pccompile.convert(mlp(), x, rule="il")
+    with pytest.raises(pccompile.ConfigError, match="per-vertex trace"):
+        pcm.learn(x, target=y, loss_fn=F.cross_entropy, compile="aot_eager", trace=True)
+    with pytest.raises(pccompile.ConfigError, match="lr > 0"):
+        IPC(compile=True)
+
+
+@pytest.mark.slow
+def test_inductor_compiled_loop_equals_the_eager_loop():
+    model = mlp()
+    x, y = batch()
+    pcm = pccompile.convert(model, x, rule="il")
+    eager, a = _run(pcm, model, x, y, IL(steps=5))
+    comp, b = _run(pcm, model, x, y, IL(steps=5, compile=True))
+    for u, v in zip(a, b):
+        assert torch.allclose(u, v, rtol=1e-12, atol=1e-15)
+    assert comp.energy == pytest.approx(eager.energy, rel=1e-13)

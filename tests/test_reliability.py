@@ -260,9 +260,9 @@ def _loss_failing_on(n: int):
         ("zil", {"mode": "faithful"}, "loss"),  # the loss is re-evaluated at every step
         ("fpa", {}, "vjp"),
         ("il", {"steps": 4}, "loss"),
-        ("ipc", {"steps": 4}, "vjp"),
+        ("ipc", {"steps": 4}, "loss"),  # the fused step: the loss at every evaluation
     ],
-    ids=["zil-vjp", "zil-faithful-vjp", "zil-faithful-loss", "fpa-vjp", "il-loss", "ipc-vjp"],
+    ids=["zil-vjp", "zil-faithful-vjp", "zil-faithful-loss", "fpa-vjp", "il-loss", "ipc-loss"],
 )
 def test_failed_learn_step_leaves_grads_and_weights_untouched(
     monkeypatch, rule, opts, failure, start

@@ -8,8 +8,9 @@ parameter gradients of the energy (through :class:`~pccompile.engine.grads.Grads
 One step evaluates every prediction ``mu_v = g_v(x_parents)`` from the current value nodes in one
 pass over the plan, sums the energy ``F`` and takes all of ``dF/dx`` in one autograd call; the
 value nodes then move down that gradient, by plain steps ``x -= gamma * dF/dx`` or by any
-``torch.optim`` optimiser over them. ``dF/dx_v = pi_v dE_v/dx_v - sum_c J_{c,v}^T (pi_c dE_c/dmu_c)``:
-for squared errors, ``eps_v - sum_c J^T eps_c``, the PC update. Parameter gradients are taken only
+``torch.optim`` optimiser over them.
+``dF/dx_v = pi_v dE_v/dx_v - sum_c J_{c,v}^T (pi_c dE_c/dmu_c)``: for squared errors,
+``eps_v - sum_c J^T eps_c``, the PC update. Parameter gradients are taken only
 where the rule reads them; value nodes are autograd leaves, so ``dF/dtheta_v`` involves vertex
 ``v``'s own prediction and error only: the local PC weight update.
 
@@ -40,6 +41,7 @@ from ..energies import squared_error
 from ..errors import ConfigError, InputError
 from ..frontend.annotate import is_float_tensor
 from .evaluate import FeedForward, call_vertex, rebuild
+from .evaluate import _invoke as invoke
 from .grads import Grads
 from .plan import Plan, Vertex
 
@@ -88,6 +90,8 @@ class Inference:
         energy: ``F`` at every evaluation (``steps + 1`` of them).
         unreached: vertices with parameters the error never reached.
         output: the model output read from the final value nodes.
+        compile_seconds: what ``torch.compile`` took in this call (``compile=True``, first call
+            of a shape; 0 otherwise).
     """
 
     values: dict[str, list[Tensor]]
@@ -95,6 +99,7 @@ class Inference:
     energy: list[float]
     unreached: list[str]
     output: Any = None
+    compile_seconds: float = 0.0
 
 
 @dataclass(eq=False)
@@ -175,7 +180,9 @@ def _reach(net: _Net) -> None:
         changed = False
         for v in net.order:
             parents = [v.source] if v.kind == "identity" else list(v.parents)
-            moved = min([m[p] for p in parents] + [1 + fb_in if v.vid in reads_free_input else NEVER])
+            moved = min(
+                [m[p] for p in parents] + [1 + fb_in if v.vid in reads_free_input else NEVER]
+            )
             if v.vid in net.predicted:
                 new_m, new_e = moved, moved
             else:
@@ -287,7 +294,7 @@ def run_inference(
     for s in range(setup.steps + 1):
         want_params = params_at(s)
         terms: list[Tensor] = []
-        per_vertex: dict | None = {} if trace is not None else None
+        per_vertex: dict | None = {} if trace is not None and trace.per_vertex else None
         for v in order:
             vid = v.vid
             recompute = params_move or want_params or reads_values[vid]
@@ -318,7 +325,7 @@ def run_inference(
         for t in terms[1:]:
             total = total + t
         energy_log.append(total.detach())
-        if trace is not None:
+        if per_vertex is not None:
             errors = [per_vertex.get(v.vid, []) for v in recorded]
             trace.record(names, errors, 0.0 if loss is None else w * batch * float(loss.detach()))
         moving = [] if s == setup.steps else _moving(net, xs, x_inputs, s)
@@ -341,9 +348,7 @@ def run_inference(
     ]
     return Inference(
         values=values,
-        inputs=[
-            x_inputs[k].detach() if k in x_inputs else t for k, t in enumerate(inputs)
-        ],
+        inputs=[x_inputs[k].detach() if k in x_inputs else t for k, t in enumerate(inputs)],
         energy=[float(e) for e in energy_log],
         unreached=unreached,
         output=plan.read_output(env, leaves),
@@ -370,9 +375,14 @@ def _predict(plan, ff, v, env, leaves, recompute: bool) -> list[Tensor]:
     if not recompute:
         return [t.detach() for t in ff.mu[v.vid]]
     with torch.enable_grad():
-        out = call_vertex(
-            plan, v, env, leaves, recompute=True, state=ff.state.get(v.vid), devices=ff.devices
-        )
+        if v.rule.replays_rng or v.rule.protects_buffers:
+            state = ff.state.get(v.vid)
+            out = call_vertex(plan, v, env, leaves, recompute=True, state=state, devices=ff.devices)
+        else:  # a pure op: called directly
+            args, kwargs = v.load(env, leaves)
+            out = invoke(v.node, v.module, args, kwargs)
+    if isinstance(out, Tensor):
+        return [out]
     return [t for t in tree_flatten(out)[0] if is_float_tensor(t)]
 
 

@@ -128,17 +128,19 @@ def _partition(gm: fx.GraphModule) -> list[list[fx.Node]]:
         head = g[0]
         if len(g) == 1 and not _parametric(gm, head) and _reads_only_inputs(head):
             (user,) = head.users if len(head.users) == 1 else (None,)
-            if user is not None and user in group_of and group_of[user][0] is user:
-                if _vertex_inputs(user) == [head]:
-                    group_of[user].insert(0, head)
-                    groups.remove(g)
+            starts = user is not None and user in group_of and group_of[user][0] is user
+            if starts and _vertex_inputs(user) == [head]:
+                group_of[user].insert(0, head)
+                groups.remove(g)
     return groups
 
 
 def _module_name(gm: fx.GraphModule, nodes: list[fx.Node], used: set[str]) -> str:
     """``layer_<the parametric op's module path or node name>``, unique in ``gm``."""
     head = next((n for n in nodes if _parametric(gm, n)), nodes[0])
-    base = "layer_" + re.sub(r"\W", "_", str(head.target if head.op == "call_module" else head.name))
+    base = "layer_" + re.sub(
+        r"\W", "_", str(head.target if head.op == "call_module" else head.name)
+    )
     name, k = base, 1
     while name in used:
         k += 1

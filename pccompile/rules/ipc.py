@@ -25,7 +25,7 @@ from ..engine import Grads
 from ..engine.inference import run_inference
 from ..errors import ConfigError
 from .base import Schedule
-from .il import ILRule, check_approximate, setup_of
+from .il import ILRule, check_approximate, compiled, setup_of
 
 __all__ = ["IPC", "IPCRule"]
 
@@ -50,6 +50,7 @@ class IPC:
     energies: Mapping[str, Callable] = field(default_factory=dict)
     value_optimizer: Callable | None = None
     init: Literal["forward"] = "forward"
+    compile: bool | str = False
     name: str = "ipc"
 
     def __post_init__(self) -> None:
@@ -64,6 +65,11 @@ class IPC:
                 )
             if self.lr > 0:
                 raise ConfigError("IPC: give either optimizer= or lr=, not both.")
+        if self.compile and not self.lr > 0:
+            raise ConfigError(
+                "IPC(compile=True) runs the weight steps inside the compiled loop: give lr > 0 "
+                "(an optimizer object, or lr=0's averaging, run eagerly)."
+            )
 
 
 class IPCRule(ILRule):
@@ -74,6 +80,11 @@ class IPCRule(ILRule):
 
     def run(self, plan, ff, cfg: IPC, schedule: Schedule, target, loss_fn, trace, clamp=None):
         steps = schedule.steps
+        if cfg.compile:
+            setup = setup_of(cfg, steps, clamp)
+            return compiled(
+                plan, ff, target, loss_fn, setup, trace, "ipc", backend=cfg.compile, lr=cfg.lr
+            )
         averaged = Grads()
         moves = cfg.lr > 0 or cfg.optimizer is not None
 

@@ -77,6 +77,8 @@ class LearnReport:
         output: the model's output on the batch (detached).
         unreached: vertices with parameters the error never reached in ``steps`` (their
             gradient is zero; ``learn`` also warns).
+        compile_seconds: time ``torch.compile`` took in this step (``compile=True``: the first
+            step of each input shape; 0 otherwise).
     """
 
     rule: str
@@ -87,3 +89,4 @@ class LearnReport:
     trace: Trace | None = None
     output: Any = None
     unreached: list[str] = field(default_factory=list)
+    compile_seconds: float = 0.0
