@@ -68,6 +68,7 @@ def train(
     batch: int = 64,
     data=None,
     granularity: str | None = None,
+    output: str = "clamp",
 ) -> dict:
     """Train one model with one rule; returns per-epoch test accuracies."""
     x_tr, y_tr, x_te, y_te = data
@@ -77,9 +78,9 @@ def train(
     lr = ipc_lr if rule == "ipc" else 0.05
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     if rule == "ipc":
-        cfg = pccompile.IPC(gamma=0.1, steps=steps, optimizer=opt)
+        cfg = pccompile.IPC(gamma=0.1, steps=steps, optimizer=opt, output=output)
     elif rule == "il":
-        cfg = pccompile.IL(gamma=0.1, steps=steps)
+        cfg = pccompile.IL(gamma=0.1, steps=steps, output=output)
     else:
         cfg = rule
     g = torch.Generator().manual_seed(seed)
@@ -118,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--ipc-lr", type=float, default=0.01)
     ap.add_argument("--granularity", choices=["op", "layer"], default=None)
+    ap.add_argument("--output", choices=["clamp", "free"], default="clamp")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
@@ -139,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                     ipc_lr=args.ipc_lr,
                     data=data,
                     granularity=args.granularity,
+                    output=args.output,
                 )
                 rows.append(r)
                 print(

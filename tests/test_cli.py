@@ -131,6 +131,16 @@ def test_convert_lstm_json_is_one_object_and_reload_uses_the_given_weights(tmp_p
         assert torch.allclose(pcm.eval()(x), custom.eval()(x), atol=1e-6)
 
 
+def test_convert_il_records_layer_vertices_and_granularity_overrides(tmp_path, capsys):
+    for extra, want in (([], "layer"), (["--granularity", "op"], "op")):
+        out = tmp_path / want
+        code, _, err = run(capsys, "convert", *MLP, "--rule", "il", *extra, "-o", str(out))
+        assert code == 0, err
+        man = json.loads((out / "manifest.json").read_text())
+        assert man["granularity"] == want and man["level"] is False
+        assert load_converted(out).capture_options.granularity == want
+
+
 def test_convert_does_not_overwrite_without_force(tmp_path, capsys):
     out = tmp_path / "out"
     assert run(capsys, *["convert", *MLP, "-o", str(out)])[0] == 0

@@ -619,9 +619,21 @@ def test_save_converted_refuses_what_load_converted_could_not_rebuild(tmp_path):
         save_converted(pcm, tmp_path / "b", extra={"model": MLP_SPEC, "format": "mine/9"})
     with pytest.raises(ConfigError, match="JSON values"):
         save_converted(pcm, tmp_path / "c", extra={"model": MLP_SPEC, "when": object()})
-    unleveled = pccompile.convert(
-        build_model(parse_spec(MLP_SPEC)).model, torch.randn(3, 4), level=False
+    custom = pccompile.convert(
+        build_model(parse_spec(MLP_SPEC)).model,
+        torch.randn(3, 4),
+        pccompile.IL(energies={"layer_0": pccompile.energies.squared_error}),
     )
-    with pytest.raises(ArtifactError, match="level=False"):
-        save_converted(unleveled, tmp_path / "d", extra={"model": MLP_SPEC})
+    with pytest.raises(ArtifactError, match=r"\['energies'\]"):
+        save_converted(custom, tmp_path / "d", extra={"model": MLP_SPEC})
     assert _entries(tmp_path) == []
+
+
+def test_an_il_model_saves_and_loads_with_its_layer_vertices(tmp_path):
+    model = build_model(parse_spec(MLP_SPEC)).model
+    pcm = pccompile.convert(model, torch.randn(3, 4), pccompile.IL(steps=7, precision={"x": 2.0}))
+    save_converted(pcm, tmp_path / "il", extra={"model": MLP_SPEC})
+    back = pccompile.load_converted(tmp_path / "il")
+    assert back.capture_options.granularity == "layer" and back.capture_options.level is False
+    assert back.rule == pcm.rule
+    assert [v.name for v in back.plan.vertices] == [v.name for v in pcm.plan.vertices]

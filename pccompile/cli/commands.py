@@ -122,7 +122,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
                     habits=Habits(steps=args.train_steps),
                     train=bool(args.train_mode),
                     seed=args.seed,
-                    convert_options={"leaf_modules": args.leaf_module, "capture": args.capture},
+                    convert_options={
+                        "leaf_modules": args.leaf_module,
+                        "capture": args.capture,
+                        "granularity": args.granularity,
+                    },
                     progress=bar.note,
                 )
     run_problems = [] if run is None else run.problems(res.tol)

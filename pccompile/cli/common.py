@@ -176,7 +176,15 @@ def convert_loaded(args: argparse.Namespace, loaded: Loaded, rule: Any = "zil") 
     check_leaf_modules(loaded.model, args.leaf_module)
     x = loaded.inputs[0] if len(loaded.inputs) == 1 else loaded.inputs
     capture = getattr(args, "capture", "auto")
-    return convert(loaded.model, x, rule, leaf_modules=args.leaf_module, capture=capture)
+    granularity = getattr(args, "granularity", None)
+    return convert(
+        loaded.model,
+        x,
+        rule,
+        leaf_modules=args.leaf_module,
+        capture=capture,
+        granularity=granularity,
+    )
 
 
 def rule_from_args(args: argparse.Namespace) -> RuleConfig:

@@ -170,6 +170,13 @@ def _common_options() -> argparse.ArgumentParser:
         help="front end: torch.fx tracing, torch.export (ATen vertices; follows size-dependent "
         "code such as Hugging Face transformers), or auto (fx, then export if fx fails)",
     )
+    m.add_argument(
+        "--granularity",
+        choices=("op", "layer"),
+        default=None,
+        help="value nodes per op, or per layer (a parametric op and the ops after it); default: "
+        "the rule's (op for zil/fpa, layer for il/ipc)",
+    )
     m.add_argument("--seed", type=int, default=0, help="seed of weights init and random data")
     o = common.add_argument_group("output")
     o.add_argument("-q", "--quiet", action="store_true", help="no progress, no tables")

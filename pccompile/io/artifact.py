@@ -240,10 +240,19 @@ def _relative_path(path: str, outdir: Path) -> str:
 def _rebuild_entries(pcm: PCModule) -> dict[str, Any]:
     """dtype, training mode, example input shapes/dtypes and leaf modules: what convert needs."""
     opts, example = pcm.capture_options, pcm.example_inputs
-    if opts.concrete_args is not None or not opts.level:
+    if opts.concrete_args is not None:
         raise ArtifactError(
-            "save_converted cannot record concrete_args= or level=False; convert without them "
-            "to save the model (or save pcm.state_dict() and convert again yourself)."
+            "save_converted cannot record concrete_args=; convert without them to save the model "
+            "(or save pcm.state_dict() and convert again yourself)."
+        )
+    options = {k: v for k, v in dataclasses.asdict(pcm.rule).items() if k != "name"}
+    unrecordable = [
+        k for k in ("energies", "value_optimizer", "optimizer") if options.get(k) not in (None, {})
+    ]
+    if unrecordable:
+        raise ArtifactError(
+            f"save_converted cannot record the rule's {unrecordable} (Python objects); save "
+            f"with the rule's plain options and pass those to learn() after loading."
         )
     if not all(isinstance(t, torch.Tensor) for t in example):
         kinds = ", ".join(type(t).__name__ for t in example)
@@ -259,10 +268,9 @@ def _rebuild_entries(pcm: PCModule) -> dict[str, Any]:
         "input_dtypes": [_dtype_name(t.dtype) for t in example],
         "leaf_modules": _leaf_names(pcm, opts.leaf_modules),
         "capture": opts.capture,
-        "rule": {
-            "name": pcm.rule.name,
-            "options": {k: v for k, v in dataclasses.asdict(pcm.rule).items() if k != "name"},
-        },
+        "level": opts.level,
+        "granularity": opts.granularity,
+        "rule": {"name": pcm.rule.name, "options": options},
     }
 
 
@@ -375,6 +383,8 @@ def load_converted(outdir: str | os.PathLike, *, device: str | torch.device = "c
         rule,
         leaf_modules=man.get("leaf_modules", []),
         capture=man.get("capture", "auto"),  # manifests before the export front end: auto
+        level=man.get("level", True),  # older manifests: always levelled, op vertices
+        granularity=man.get("granularity", "op"),
     )
 
 
