@@ -12,6 +12,7 @@ starts from the vertex's recorded state and changes no state.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,7 @@ __all__ = [
 ]
 
 Tensor = torch.Tensor
+_NO_SWITCH = nullcontext()
 
 
 @dataclass
@@ -235,7 +237,10 @@ def feed_forward(
     states: dict[int, VertexState] = {}
     boundary = set(plan.boundary)
     boundary_out: dict[int, Any] = {}
-    devices = cuda_devices(inputs)
+    if all(type(x) is Tensor for x in inputs):  # cuda_devices(inputs) without the pytree walk
+        devices = sorted({x.device.index or 0 for x in inputs if x.is_cuda})
+    else:
+        devices = cuda_devices(inputs)
 
     def vertex(v: Vertex, env: list) -> Any:  # runs with grad enabled (see below)
         vid = v.vid
@@ -267,7 +272,7 @@ def feed_forward(
 
     # One grad-mode switch for the whole pass: walk runs the nodes that must not record a graph
     # (struct, meta, effects, vertices that cannot reach the output) under no_grad itself.
-    with torch.enable_grad():
+    with _NO_SWITCH if torch.is_grad_enabled() else torch.enable_grad():  # switching costs time
         env = walk(plan, inputs, vertex, param_op)
         output = plan.read_output(env, leaves)
         loss = scalar_loss(loss_fn(output, target))

@@ -84,6 +84,7 @@ class Plan:
     vertex_at: list[Vertex | None] = field(default_factory=list)
     # the inputs need no completion: plain positional placeholders, no defaults, no input spec
     plain_inputs: bool = False
+    out_spec: bool = True  # the output node holds flat values to unflatten (torch.export)
 
     @property
     def hidden(self) -> list[Vertex]:
@@ -92,7 +93,8 @@ class Plan:
     def read_output(self, env: list, values: list) -> Any:
         """The model's output from the current value nodes (its structure rebuilt for graphs
         captured by torch.export, whose output node holds flat values)."""
-        return unflatten_output(self.gm, self.output.load(env, values)[0][0])
+        flat = self.output.load(env, values)[0][0]
+        return flat if not self.out_spec else unflatten_output(self.gm, flat)
 
 
 def compile_plan(gm: fx.GraphModule, training: bool) -> Plan:
@@ -152,6 +154,7 @@ def compile_plan(gm: fx.GraphModule, training: bool) -> Plan:
             for i, n in enumerate(nodes)
         ],
         plain_inputs=_plain_inputs(gm),
+        out_spec=getattr(gm, "_out_spec", None) is not None,
     )
 
 

@@ -75,11 +75,15 @@ def vjp_pruned(v: Vertex, mus: list[Tensor], eps: list, flat: list, env: list, g
         n = len(flat[r])
         add_to(acc, r, res[k : k + n])
         k += n
+    table = grads.params
     for p in params:
         g = res[k]
         k += 1
         if g is not None:
-            grads.add_param(p, g, 1.0)
+            if p in table:
+                grads.add_param(p, g, 1.0)
+            else:  # Grads.add_param's first contribution at scale 1: borrowed as it is
+                table[p] = g
     for s in slots:
         g = res[k]
         k += 1
