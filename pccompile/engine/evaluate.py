@@ -237,10 +237,13 @@ def feed_forward(
     states: dict[int, VertexState] = {}
     boundary = set(plan.boundary)
     boundary_out: dict[int, Any] = {}
-    if all(type(x) is Tensor for x in inputs):  # cuda_devices(inputs) without the pytree walk
-        devices = sorted({x.device.index or 0 for x in inputs if x.is_cuda})
-    else:
-        devices = cuda_devices(inputs)
+    devices: list[int] = []  # cuda_devices(inputs), without the pytree walk for plain tensors
+    for x in inputs:
+        if type(x) is not Tensor:
+            devices = cuda_devices(inputs)
+            break
+        if x.is_cuda and (x.device.index or 0) not in devices:
+            devices = sorted(devices + [x.device.index or 0])
 
     def vertex(v: Vertex, env: list) -> Any:  # runs with grad enabled (see below)
         vid = v.vid
@@ -250,8 +253,11 @@ def feed_forward(
             return leaves[s]
         if record_state and (st := record_state_of(v, devices)) is not None:
             states[vid] = st
-        args, kwargs = v.load(env, leaves)  # call_vertex(recompute=False), inlined
-        out = _invoke(v.node, v.module, args, kwargs)
+        if v.call is not None:  # call_vertex(recompute=False), inlined
+            out = v.call(env, leaves)
+        else:
+            args, kwargs = v.load(env, leaves)
+            out = _invoke(v.node, v.module, args, kwargs)
         if type(out) is Tensor:  # leafify's common case, inlined
             leaf = out.detach().requires_grad_()
             leaves[vid], flat[vid], mu[vid] = leaf, [leaf], [out]

@@ -80,11 +80,12 @@ class Grads:
         if not self.written:
             return
         given: set[tuple[int, int]] = set()  # memory handed to a p.grad in this write
-        params = self.params
+        # by id: a Parameter key would cost a Python-level Tensor.__hash__ per lookup
+        params = {id(p): g for p, g in self.params.items()}
         # Grad mode is switched off only around the arithmetic (a switch costs as much as the
         # rest of a small model's write): stealing a tensor records nothing in any mode.
         for p in plan.live_params:
-            g = params.get(p)
+            g = params.get(id(p))
             if g is None:
                 with torch.no_grad():
                     g = torch.zeros_like(p)

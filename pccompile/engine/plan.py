@@ -57,6 +57,9 @@ class Vertex:
     load: Callable[[list, list], tuple[tuple, dict]] | None = None
     feeds: tuple[bool, ...] = ()  # per parent: can feedback to it reach a parameter?
     fed: tuple[int, ...] = ()  # the parents whose ``feeds`` is True, in order (pruned VJPs)
+    # ``(env, values) -> output``: load and call in one, for a call_module/call_function node
+    # whose only argument is a value node (None otherwise: use ``load``)
+    call: Callable[[list, list], Any] | None = None
 
 
 @dataclass(eq=False)
@@ -126,6 +129,7 @@ def compile_plan(gm: fx.GraphModule, training: bool) -> Plan:
                 params=_with_module_params(reads.params, module),
                 param_leaves=tuple(reads.param_leaves),
                 load=_make_loader(node, reads.sources),
+                call=_direct_call(node, reads.sources, module),
                 **common,
             )
         )
@@ -338,3 +342,22 @@ def _direct_loader(args: tuple, kwargs: dict, sources: dict[fx.Node, ArgSource])
         ), {}
 
     return load
+
+
+def _direct_call(
+    node: fx.Node, sources: dict[fx.Node, ArgSource], module: torch.nn.Module | None
+) -> Callable | None:
+    """``(env, values) -> fn(x)`` for a node calling a module or a function on one value node or
+    env slot and nothing else (the feed-forward pass's common vertex); None for anything else."""
+    if node.kwargs or len(node.args) != 1 or not isinstance(node.args[0], fx.Node):
+        return None
+    src = sources[node.args[0]]
+    if src.kind == "moved":
+        return None
+    i = src.index
+    fn = module if node.op == "call_module" else node.target
+    if fn is None or node.op not in ("call_module", "call_function"):
+        return None
+    if src.kind == "value":
+        return lambda env, values: fn(values[i])
+    return lambda env, values: fn(env[i])

@@ -59,20 +59,28 @@ def vjp_pruned(v: Vertex, mus: list[Tensor], eps: list, flat: list, env: list, g
             return
         cots = tuple(e for m, e in zip(mus, eps) if e is not None and m.requires_grad)
     parents, params, slots = v.fed, v.params, v.param_leaves
-    if len(parents) == 1:
-        (r,) = parents
-        pf = flat[r]
-        inputs = (*pf, *params)
+    if not parents:
+        inputs = params
+    elif len(parents) == 1:
+        inputs = (*flat[parents[0]], *params)
     else:
         inputs = tuple(t for r in parents for t in flat[r]) + params
     if slots:
         inputs += tuple(env[s] for s in slots)
     if not inputs:
         return
-    res = _grad(outs, inputs, cots, False)
+    try:  # _grad, inlined
+        res = _ENGINE.run_backward(outs, cots, False, False, inputs, True, False)
+    except TypeError:  # pragma: no cover - a future torch with another signature
+        res = _grad(outs, inputs, cots, False)
     k = 0
     for r in parents:
-        n = len(flat[r])
+        fl = flat[r]
+        if len(fl) == 1 and acc[r] is None:  # add_to's first feedback, inlined
+            acc[r] = [res[k]]
+            k += 1
+            continue
+        n = len(fl)
         add_to(acc, r, res[k : k + n])
         k += n
     table = grads.params
@@ -80,10 +88,11 @@ def vjp_pruned(v: Vertex, mus: list[Tensor], eps: list, flat: list, env: list, g
         g = res[k]
         k += 1
         if g is not None:
-            if p in table:
+            # One hash of p (a Python-level Tensor.__hash__): setdefault stores g if p is new.
+            n = len(table)
+            table.setdefault(p, g)
+            if len(table) == n:  # p had a contribution already: sum as Grads.add_param does
                 grads.add_param(p, g, 1.0)
-            else:  # Grads.add_param's first contribution at scale 1: borrowed as it is
-                table[p] = g
     for s in slots:
         g = res[k]
         k += 1
@@ -151,7 +160,8 @@ def output_feedback(
     """Add ``J_out^T e_out = -weight * dL/dx`` to the output's parents' accumulators (a negative
     ``weight`` gives ``+dL/dx``, for schedules that store error nodes sign-flipped)."""
     v = plan.output
-    inputs = [t for r in v.parents for t in flat[r]]
+    parents = v.parents
+    inputs = flat[parents[0]] if len(parents) == 1 else [t for r in parents for t in flat[r]]
     if not inputs:
         return
     if not loss.requires_grad:
