@@ -198,7 +198,8 @@ class PCModule(nn.Module):
             fixed = getattr(self._pc_options, "concrete_args", None) or {}
             return pc_rule.backward(self._pc_model, inputs, target, _checked(loss_fn), fixed)
         plan = self._plan(self.training, inputs)
-        inputs = complete_inputs(plan.gm, inputs)
+        if not (plan.plain_inputs and len(inputs) == plan.n_inputs):  # else nothing to complete
+            inputs = complete_inputs(plan.gm, inputs)
         check_inputs(inputs, plan.n_inputs, self._device())
         schedule = pc_rule.schedule(plan, cfg, bool(trace))
         ff = feed_forward(
@@ -240,7 +241,7 @@ class PCModule(nn.Module):
             schedule.steps,
             energy,
             tr if trace else None,
-            tree_map(detach, ff.output),
+            ff.output.detach() if type(ff.output) is torch.Tensor else tree_map(detach, ff.output),
             unreached,
             0.0 if run is None else run.compile_seconds,
         )

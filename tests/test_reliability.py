@@ -227,16 +227,22 @@ def _fail_vjp_on(monkeypatch, n: int) -> None:
     import pccompile.rules.propagate as propagate
     import pccompile.rules.sync as sync
 
-    real, calls = engine.vjp, [0]
+    calls = [0]
 
-    def vjp(*args, **kwargs):
-        calls[0] += 1
-        if calls[0] == n:
-            raise Boom(f"vjp call {n}")
-        return real(*args, **kwargs)
+    def failing(real):
+        def vjp(*args, **kwargs):
+            calls[0] += 1
+            if calls[0] == n:
+                raise Boom(f"vjp call {n}")
+            return real(*args, **kwargs)
 
+        return vjp
+
+    # vjp_pruned: the efficient schedules' fast path (rules/propagate.py)
     for mod in (engine, propagate, sync):
-        monkeypatch.setattr(mod, "vjp", vjp)
+        for name in ("vjp", "vjp_pruned"):
+            if hasattr(mod, name):
+                monkeypatch.setattr(mod, name, failing(getattr(mod, name)))
 
 
 def _loss_failing_on(n: int):

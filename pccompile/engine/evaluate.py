@@ -12,6 +12,7 @@ starts from the vertex's recorded state and changes no state.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,7 @@ __all__ = [
 ]
 
 Tensor = torch.Tensor
+_NO_SWITCH = nullcontext()
 
 
 @dataclass
@@ -186,12 +188,15 @@ def walk(
     value the env holds for a live vertex (its value node); ``on_param_op(slot, out)`` may replace
     a parameter transform's value. Vertices that cannot reach the output run under no_grad.
     """
-    nodes, roles, vid_of = plan.nodes, plan.roles, plan.vid_of_node
+    nodes, roles, vertex_at, slot_of = plan.nodes, plan.roles, plan.vertex_at, plan.slot_of
     env: list = [None] * len(nodes)
-    index = {n: i for i, n in enumerate(nodes)}
-    get = lambda n: env[index[n]]
+    get = lambda n: env[slot_of[n]]
     k_in = 0
     for i, node in enumerate(nodes):
+        v = vertex_at[i]
+        if v is not None:  # a live vertex or identity vertex
+            env[i] = on_vertex(v, env)
+            continue
         role = roles[i]
         if role == "input":
             env[i] = inputs[k_in]
@@ -205,8 +210,6 @@ def walk(
         elif role == "effect":  # the forward's buffer update, made once per pass
             with torch.no_grad():
                 fetch(plan.gm, node.args[0].target).copy_(get(node.args[1]))
-        elif role in ("vertex", "identity") and node in vid_of:
-            env[i] = on_vertex(plan.vertices[vid_of[node]], env)
         elif role == "param_op":
             with torch.enable_grad():
                 out = _invoke(
@@ -234,19 +237,33 @@ def feed_forward(
     states: dict[int, VertexState] = {}
     boundary = set(plan.boundary)
     boundary_out: dict[int, Any] = {}
-    devices = cuda_devices(inputs)
+    devices: list[int] = []  # cuda_devices(inputs), without the pytree walk for plain tensors
+    for x in inputs:
+        if type(x) is not Tensor:
+            devices = cuda_devices(inputs)
+            break
+        if x.is_cuda and (x.device.index or 0) not in devices:
+            devices = sorted(devices + [x.device.index or 0])
 
-    def vertex(v: Vertex, env: list) -> Any:
+    def vertex(v: Vertex, env: list) -> Any:  # runs with grad enabled (see below)
+        vid = v.vid
         if v.kind == "identity":  # starts as a copy of its source: same value node
             s = v.source
-            leaves[v.vid], flat[v.vid], mu[v.vid] = leaves[s], flat[s], flat[s]
+            leaves[vid], flat[vid], mu[vid] = leaves[s], flat[s], flat[s]
             return leaves[s]
         if record_state and (st := record_state_of(v, devices)) is not None:
-            states[v.vid] = st
-        with torch.enable_grad():
-            out = call_vertex(plan, v, env, leaves, recompute=False)
-        leaves[v.vid], flat[v.vid], mu[v.vid] = leafify(out)
-        return leaves[v.vid]
+            states[vid] = st
+        if v.call is not None:  # call_vertex(recompute=False), inlined
+            out = v.call(env, leaves)
+        else:
+            args, kwargs = v.load(env, leaves)
+            out = _invoke(v.node, v.module, args, kwargs)
+        if type(out) is Tensor:  # leafify's common case, inlined
+            leaf = out.detach().requires_grad_()
+            leaves[vid], flat[vid], mu[vid] = leaf, [leaf], [out]
+            return leaf
+        leaves[vid], flat[vid], mu[vid] = leafify(out)
+        return leaves[vid]
 
     def param_op(slot: int, out: Any) -> Any:
         if slot not in boundary:
@@ -259,8 +276,10 @@ def feed_forward(
         boundary_out[slot] = out
         return out.detach().requires_grad_()
 
-    env = walk(plan, inputs, vertex, param_op)
-    output = plan.read_output(env, leaves)
-    with torch.enable_grad():
+    # One grad-mode switch for the whole pass: walk runs the nodes that must not record a graph
+    # (struct, meta, effects, vertices that cannot reach the output) under no_grad itself.
+    with _NO_SWITCH if torch.is_grad_enabled() else torch.enable_grad():  # switching costs time
+        env = walk(plan, inputs, vertex, param_op)
+        output = plan.read_output(env, leaves)
         loss = scalar_loss(loss_fn(output, target))
     return FeedForward(env, leaves, flat, mu, states, devices, loss, output, boundary_out)

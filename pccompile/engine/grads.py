@@ -81,27 +81,34 @@ class Grads:
         if not self.written:
             return
         given: set[tuple[int, int]] = set()  # memory handed to a p.grad in this write
+        # by id: a Parameter key would cost a Python-level Tensor.__hash__ per lookup
+        params = {id(p): g for p, g in self.params.items()}
         live = {id(p) for p in plan.live_params}
         others = [p for p in self.params if id(p) not in live]  # e.g. a learned energy's
-        with torch.no_grad():
-            for p in (*plan.live_params, *others):
-                g = self.params.get(p)
-                if g is None:
+        # Grad mode is switched off only around the arithmetic (a switch costs as much as the
+        # rest of a small model's write): stealing a tensor records nothing in any mode.
+        for p in (*plan.live_params, *others):
+            g = params.get(id(p))
+            if g is None:
+                with torch.no_grad():
                     g = torch.zeros_like(p)
-                if p.grad is not None:
+            if p.grad is not None:
+                with torch.no_grad():
                     p.grad.add_(g)
-                    continue
-                key = memory_of(g)
-                # As AccumulateGrad: steal autograd's tensor only if it is whole (not a view into
-                # something larger), laid out like the parameter, and no other parameter's
-                # gradient holds the same memory; otherwise copy it into the parameter's layout.
-                whole = g._base is None or (g._base.numel() == g.numel() and g.is_contiguous())
-                steal = whole and g.dtype == p.dtype and g.stride() == p.stride()
-                if steal and (key not in given or g.numel() == 0):
-                    p.grad = g
-                else:
+                continue
+            key = memory_of(g)
+            # As AccumulateGrad: steal autograd's tensor only if it is whole (not a view into
+            # something larger), laid out like the parameter, and no other parameter's
+            # gradient holds the same memory; otherwise copy it into the parameter's layout.
+            base = g._base
+            whole = base is None or (base.numel() == g.numel() and g.is_contiguous())
+            steal = whole and g.dtype == p.dtype and g.stride() == p.stride()
+            if steal and (key not in given or g.numel() == 0):
+                p.grad = g
+            else:
+                with torch.no_grad():
                     p.grad = torch.empty_like(p, memory_format=torch.preserve_format).copy_(g)
-                given.add(key)
+            given.add(key)
 
 
 def memory_of(t: Tensor) -> tuple[int, int]:

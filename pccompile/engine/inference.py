@@ -378,6 +378,8 @@ def _predict(plan, ff, v, env, leaves, recompute: bool) -> list[Tensor]:
         if v.rule.replays_rng or v.rule.protects_buffers:
             state = ff.state.get(v.vid)
             out = call_vertex(plan, v, env, leaves, recompute=True, state=state, devices=ff.devices)
+        elif v.call is not None:  # a pure op on one value node: load and call in one
+            out = v.call(env, leaves)
         else:  # a pure op: called directly
             args, kwargs = v.load(env, leaves)
             out = invoke(v.node, v.module, args, kwargs)

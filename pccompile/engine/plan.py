@@ -15,7 +15,7 @@ constants, parameters and parameter transforms), or data movement (``moved``: tu
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
@@ -57,6 +57,10 @@ class Vertex:
     load: Callable[[list, list], tuple[tuple, dict]] | None = None
     feeds: tuple[bool, ...] = ()  # per parent: can feedback to it reach a parameter?
     input_slots: tuple[int, ...] = ()  # env slots of the model inputs it reads
+    fed: tuple[int, ...] = ()  # the parents whose ``feeds`` is True, in order (pruned VJPs)
+    # ``(env, values) -> output``: load and call in one, for a call_module/call_function node
+    # whose only argument is a value node (None otherwise: use ``load``)
+    call: Callable[[list, list], Any] | None = None
 
 
 @dataclass(eq=False)
@@ -79,6 +83,12 @@ class Plan:
     depth: int  # largest level of a non-input vertex
     leveled: bool  # every edge out of a non-input spans exactly one level
     written: frozenset[str]  # buffers the forward updates (effect nodes)
+    slot_of: dict[fx.Node, int] = field(default_factory=dict)  # node -> its env slot
+    # per env slot: the vertex (op or identity) evaluated there, None elsewhere
+    vertex_at: list[Vertex | None] = field(default_factory=list)
+    # the inputs need no completion: plain positional placeholders, no defaults, no input spec
+    plain_inputs: bool = False
+    out_spec: bool = True  # the output node holds flat values to unflatten (torch.export)
 
     @property
     def hidden(self) -> list[Vertex]:
@@ -87,7 +97,8 @@ class Plan:
     def read_output(self, env: list, values: list) -> Any:
         """The model's output from the current value nodes (its structure rebuilt for graphs
         captured by torch.export, whose output node holds flat values)."""
-        return unflatten_output(self.gm, self.output.load(env, values)[0][0])
+        flat = self.output.load(env, values)[0][0]
+        return flat if not self.out_spec else unflatten_output(self.gm, flat)
 
 
 def compile_plan(gm: fx.GraphModule, training: bool) -> Plan:
@@ -122,6 +133,7 @@ def compile_plan(gm: fx.GraphModule, training: bool) -> Plan:
                 input_slots=tuple(
                     i for k, i in reads.sources.values() if k == "env" and roles[i] == "input"
                 ),
+                call=_direct_call(node, reads.sources, module),
                 **common,
             )
         )
@@ -144,6 +156,23 @@ def compile_plan(gm: fx.GraphModule, training: bool) -> Plan:
         depth=gm.meta["pc_depth"],
         leveled=gm.meta["pc_leveled"],
         written=frozenset(n.args[0].target for n, r in zip(nodes, roles) if r == "effect"),
+        slot_of=slot,
+        vertex_at=[
+            vertices[vid[n]] if n in vid and roles[i] in ("vertex", "identity") else None
+            for i, n in enumerate(nodes)
+        ],
+        plain_inputs=_plain_inputs(gm),
+        out_spec=getattr(gm, "_out_spec", None) is not None,
+    )
+
+
+def _plain_inputs(gm: fx.GraphModule) -> bool:
+    """Whether :func:`~pccompile.frontend.annotate.complete_inputs` returns a correct count of
+    inputs unchanged: no input spec (torch.export), no ``*args``/``**kwargs``, no defaults."""
+    if getattr(gm, "_in_spec", None) is not None:
+        return False
+    return all(
+        not n.args and not n.target.startswith("*") for n in gm.graph.nodes if n.op == "placeholder"
     )
 
 
@@ -226,6 +255,7 @@ def _set_feeds(vertices: list[Vertex]) -> None:
         needs[v.vid] = bool(v.params or v.param_leaves) or any(needs[r] for r in v.parents)
     for v in vertices:
         v.feeds = tuple(needs[r] for r in v.parents)
+        v.fed = tuple(r for r in v.parents if needs[r])
 
 
 def fetch(gm: fx.GraphModule, target: str) -> Any:
@@ -258,6 +288,9 @@ def _make_loader(node: fx.Node, sources: dict[fx.Node, ArgSource]) -> Callable:
     node of its parent vertex, a slot of the environment, or (data movement) the same movement
     applied to the reader's own view of the values."""
     args, kwargs = node.args, node.kwargs
+    fast = _direct_loader(args, kwargs, sources)
+    if fast is not None:
+        return fast
     frame: list = [None, None]  # (env, values) of the current call
 
     def get(n: fx.Node) -> Any:
@@ -278,3 +311,57 @@ def _make_loader(node: fx.Node, sources: dict[fx.Node, ArgSource]) -> Callable:
             frame[0] = frame[1] = None
 
     return load
+
+
+_CONSTANTS = (int, float, bool, str, type(None), torch.dtype, torch.device)
+
+
+def _direct_loader(args: tuple, kwargs: dict, sources: dict[fx.Node, ArgSource]) -> Callable | None:
+    """The loader of :func:`_make_loader` for the common case, without ``map_arg``: positional
+    arguments only, each a value node, an env slot or a plain constant. None otherwise."""
+    if kwargs:
+        return None
+    spec = []
+    for a in args:
+        if isinstance(a, fx.Node):
+            src = sources[a]
+            if src.kind == "moved":
+                return None
+            spec.append((src.kind == "value", src.index))
+        elif type(a) in _CONSTANTS:
+            spec.append((None, a))
+        else:
+            return None
+    if len(spec) == 1 and spec[0][0] is not None:
+        is_value, i = spec[0]
+        if is_value:
+            return lambda env, values: ((values[i],), {})
+        return lambda env, values: ((env[i],), {})
+    spec = tuple(spec)
+
+    def load(env: list, values: list) -> tuple[tuple, dict]:
+        return tuple(
+            (values[x] if is_value else env[x]) if is_value is not None else x
+            for is_value, x in spec
+        ), {}
+
+    return load
+
+
+def _direct_call(
+    node: fx.Node, sources: dict[fx.Node, ArgSource], module: torch.nn.Module | None
+) -> Callable | None:
+    """``(env, values) -> fn(x)`` for a node calling a module or a function on one value node or
+    env slot and nothing else (the feed-forward pass's common vertex); None for anything else."""
+    if node.kwargs or len(node.args) != 1 or not isinstance(node.args[0], fx.Node):
+        return None
+    src = sources[node.args[0]]
+    if src.kind == "moved":
+        return None
+    i = src.index
+    fn = module if node.op == "call_module" else node.target
+    if fn is None or node.op not in ("call_module", "call_function"):
+        return None
+    if src.kind == "value":
+        return lambda env, values: fn(values[i])
+    return lambda env, values: fn(env[i])

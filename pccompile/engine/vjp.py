@@ -13,7 +13,7 @@ from ..errors import InputError
 from .grads import Grads
 from .plan import Plan, Vertex
 
-__all__ = ["add_to", "output_feedback", "vjp"]
+__all__ = ["add_to", "output_feedback", "vjp", "vjp_pruned"]
 
 Tensor = torch.Tensor
 
@@ -42,6 +42,62 @@ def vjp(
             parent_flat = [parent_flat[i] for i in keep]
             return _vjp(v, parents, mus, eps, parent_flat, env, grads, acc, retain, param_scale)
     return _vjp(v, v.parents, mus, eps, parent_flat, env, grads, acc, retain, param_scale)
+
+
+def vjp_pruned(v: Vertex, mus: list[Tensor], eps: list, flat: list, env: list, grads: Grads, acc):
+    """:func:`vjp` with ``prune=True``, ``param_scale=1.0``, ``retain=False`` (the efficient
+    schedules' call), reading the parents' value nodes from ``flat`` (per vertex id) itself:
+    the same autograd call and the same accumulation order, with less Python around it."""
+    if len(mus) == 1:
+        m, e = mus[0], eps[0]
+        if e is None or not m.requires_grad:
+            return
+        outs, cots = (m,), (e,)
+    else:
+        outs = tuple(m for m, e in zip(mus, eps) if e is not None and m.requires_grad)
+        if not outs:
+            return
+        cots = tuple(e for m, e in zip(mus, eps) if e is not None and m.requires_grad)
+    parents, params, slots = v.fed, v.params, v.param_leaves
+    if not parents:
+        inputs = params
+    elif len(parents) == 1:
+        inputs = (*flat[parents[0]], *params)
+    else:
+        inputs = tuple(t for r in parents for t in flat[r]) + params
+    if slots:
+        inputs += tuple(env[s] for s in slots)
+    if not inputs:
+        return
+    try:  # _grad, inlined
+        res = _ENGINE.run_backward(outs, cots, False, False, inputs, True, False)
+    except TypeError:  # pragma: no cover - a future torch with another signature
+        res = _grad(outs, inputs, cots, False)
+    k = 0
+    for r in parents:
+        fl = flat[r]
+        if len(fl) == 1 and acc[r] is None:  # add_to's first feedback, inlined
+            acc[r] = [res[k]]
+            k += 1
+            continue
+        n = len(fl)
+        add_to(acc, r, res[k : k + n])
+        k += n
+    table = grads.params
+    for p in params:
+        g = res[k]
+        k += 1
+        if g is not None:
+            # One hash of p (a Python-level Tensor.__hash__): setdefault stores g if p is new.
+            n = len(table)
+            table.setdefault(p, g)
+            if len(table) == n:  # p had a contribution already: sum as Grads.add_param does
+                grads.add_param(p, g, 1.0)
+    for s in slots:
+        g = res[k]
+        k += 1
+        if g is not None:
+            grads.add_leaf(s, g, 1.0)
 
 
 def _vjp(v, parents, mus, eps, parent_flat, env, grads, acc, retain, param_scale) -> None:
@@ -104,14 +160,13 @@ def output_feedback(
     """Add ``J_out^T e_out = -weight * dL/dx`` to the output's parents' accumulators (a negative
     ``weight`` gives ``+dL/dx``, for schedules that store error nodes sign-flipped)."""
     v = plan.output
-    inputs = [t for r in v.parents for t in flat[r]]
+    parents = v.parents
+    inputs = flat[parents[0]] if len(parents) == 1 else [t for r in parents for t in flat[r]]
     if not inputs:
         return
     if not loss.requires_grad:
         raise InputError("The loss does not depend on the model output; nothing to learn from.")
-    res = torch.autograd.grad(
-        loss, inputs, torch.full_like(loss, -weight), allow_unused=True, retain_graph=retain
-    )
+    res = _grad([loss], inputs, [torch.full_like(loss, -weight)], retain)
     k = 0
     for r in v.parents:
         n = len(flat[r])

@@ -46,6 +46,7 @@ __all__ = [
 RuleConfig = BP | ZIL | FPA | IL | IPC
 RULES: dict[str, Rule] = {r.name: r for r in (BPRule(), ZILRule(), FPARule(), ILRule(), IPCRule())}
 _CONFIGS = tuple(r.config for r in RULES.values())
+_DEFAULTS = {name: r.config() for name, r in RULES.items()}  # frozen: one instance each is enough
 
 
 def rule_of(cfg: RuleConfig) -> Rule:
@@ -60,10 +61,9 @@ def make_rule(rule: str | RuleConfig, **options) -> RuleConfig:
         ConfigError: unknown rule name or option.
     """
     if isinstance(rule, str):
-        found = RULES.get(rule.lower())
-        if found is None:
+        base = _DEFAULTS.get(rule.lower())
+        if base is None:
             raise ConfigError(f"Unknown rule {rule!r}; choose one of {sorted(RULES)}.")
-        base = found.config()
     elif isinstance(rule, _CONFIGS):
         base = rule
     else:

@@ -12,7 +12,8 @@ update: BP's cost. This is Z-IL's efficient mode on a leveled graph, and FPA's f
 
 from __future__ import annotations
 
-from ..engine import FeedForward, Grads, Plan, add_to, output_feedback, vjp
+from ..engine import FeedForward, Grads, Plan, add_to, output_feedback
+from ..engine.vjp import vjp_pruned
 
 __all__ = ["propagate"]
 
@@ -27,31 +28,23 @@ def propagate(plan: Plan, ff: FeedForward, *, gamma: float, last_level: int) -> 
     ``-eps`` gives a parameter's contribution with ``p.grad``'s sign directly, so parameter-sized
     gradients are kept as autograd returns them, never negated or copied.
     """
-    acc: list = [None] * len(plan.vertices)
+    vertices, flat, mu, env, leaves = plan.vertices, ff.flat, ff.mu, ff.env, ff.leaves
+    acc: list = [None] * len(vertices)
     grads = Grads()
-    output_feedback(plan, ff.loss, ff.flat, acc, weight=-1.0)
+    output_feedback(plan, ff.loss, flat, acc, weight=-1.0)
     for t in range(1, min(last_level, len(plan.by_level) - 1) + 1):
         for vid in plan.by_level[t]:
             fb, acc[vid] = acc[vid], None
-            v = plan.vertices[vid]
-            if fb is None:  # no error reached it (e.g. steps ran out before its level)
-                ff.release(v)
-                continue
-            # eps_v was 0 until the front arrived: eps_v <- 0 + gamma * (-0 + feedback).
-            neg_eps = fb if gamma == 1.0 else [None if f is None else gamma * f for f in fb]
-            if v.kind == "identity":
-                add_to(acc, v.source, neg_eps)
-            else:
-                vjp(
-                    v,
-                    ff.mu[vid],
-                    neg_eps,
-                    [ff.flat[r] for r in v.parents],
-                    ff.env,
-                    grads,
-                    acc,
-                    param_scale=1.0,
-                    prune=True,
-                )
-            ff.release(v)  # its children are done and its own graph is consumed
+            v = vertices[vid]
+            if fb is not None:  # else no error reached it (e.g. steps ran out before its level)
+                # eps_v was 0 until the front arrived: eps_v <- 0 + gamma * (-0 + feedback).
+                neg_eps = fb if gamma == 1.0 else [None if f is None else gamma * f for f in fb]
+                if v.kind == "identity":
+                    add_to(acc, v.source, neg_eps)
+                else:
+                    vjp_pruned(v, mu[vid], neg_eps, flat, env, grads, acc)
+            # ff.release(v), inlined: its children are done and its own graph is consumed
+            mu[vid] = flat[vid] = leaves[vid] = None
+            if v.slot >= 0:
+                env[v.slot] = None
     return grads
