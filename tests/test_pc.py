@@ -384,3 +384,14 @@ def test_inductor_compiled_loop_equals_the_eager_loop():
     for u, v in zip(a, b):
         assert torch.allclose(u, v, rtol=1e-12, atol=1e-15)
     assert comp.energy == pytest.approx(eager.energy, rel=1e-13)
+
+
+def test_compile_takes_eval_mode_batchnorm_and_dropout_as_pure():
+    model = cnn().eval()  # running statistics read, dropout off: nothing to replay
+    x, y = batch()
+    pcm = pccompile.convert(model, x, rule="il")
+    eager, a = _run(pcm, model, x, y, IL(steps=4))
+    comp, b = _run(pcm, model, x, y, IL(steps=4, compile="aot_eager"))
+    for u, v in zip(a, b):
+        assert torch.allclose(u, v, rtol=1e-12, atol=1e-15)
+    assert comp.energy == pytest.approx(eager.energy, rel=1e-13)

@@ -118,7 +118,7 @@ def energy_module(
             env[n] = mu
             continue
         v = by_vid[vid_of[n]]
-        if v.rule is not None and (v.rule.replays_rng or v.rule.protects_buffers):
+        if _replays_state(plan, v):
             _refuse(f"vertex {v.name!r} is {v.rule.kind} (random draws or buffers to replay).")
         if v.vid in net.predicted:
             env[n] = mu
@@ -138,6 +138,30 @@ def energy_module(
         if isinstance(fn, nn.Module):
             _refuse("energies with parameters (learned variances) are eager-only for now.")
     return gm, meta_slots, const_vids
+
+
+_EVAL_PURE = (  # modules whose state or randomness is used only in training mode
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.modules.dropout._DropoutNd,
+)
+
+
+def _replays_state(plan: Plan, v: Any) -> bool:
+    """Whether re-evaluating ``v`` needs the eager loop's recorded RNG or buffers. In eval mode
+    a vertex whose random or stateful members are all BatchNorm/InstanceNorm/Dropout modules is
+    a pure function (running statistics read, no draws)."""
+    if v.rule is None or not (v.rule.replays_rng or v.rule.protects_buffers):
+        return False
+    if plan.training or v.module is None:
+        return True
+    members = [m for m in v.module.modules() if not isinstance(m, fx.GraphModule)]
+    leaves = [m for m in members if not list(m.children())]
+    return not all(isinstance(m, _EVAL_PURE) or _stateless(m) for m in leaves)
+
+
+def _stateless(m: nn.Module) -> bool:
+    return not list(m.buffers(recurse=False)) and type(m).__module__.startswith("torch.nn")
 
 
 class CompiledLoop:
