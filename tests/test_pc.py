@@ -395,3 +395,47 @@ def test_compile_takes_eval_mode_batchnorm_and_dropout_as_pure():
     for u, v in zip(a, b):
         assert torch.allclose(u, v, rtol=1e-12, atol=1e-15)
     assert comp.energy == pytest.approx(eager.energy, rel=1e-13)
+
+
+class _LSTMHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm, self.head = nn.LSTM(6, 8, batch_first=True), nn.Linear(8, 3)
+
+    def forward(self, x):
+        out, _ = self.lstm(x)
+        return self.head(torch.tanh(out[:, -1]))
+
+
+@pytest.mark.parametrize("mode", ["efficient", "faithful"])
+def test_layer_vertices_on_an_unrolled_lstm_keep_zil_equal_to_bptt(mode):
+    """The input slice a time step reads joins that step's cell vertex; the cell's tuple output
+    is still read through data movement (regression: the fused cell was a dangling source)."""
+    torch.manual_seed(0)
+    model = _LSTMHead().double()
+    g = torch.Generator().manual_seed(2)
+    data = [((torch.randn(4, 5, 6, generator=g, dtype=torch.float64),), torch.randint(0, 3, (4,)))]
+    rep = train_against_bp(
+        model,
+        data,
+        F.cross_entropy,
+        "zil",
+        habits=Habits(steps=2, accumulate=1),
+        mode=mode,
+        convert_options={"granularity": "layer"},
+    )
+    assert rep.ok(F64_TOL), rep.problems(F64_TOL)
+    pcm = pccompile.convert(model, data[0][0][0], rule="il")
+    assert pcm.capture_options.granularity == "layer"
+    pcm.learn(*data[0][0], target=data[0][1], loss_fn=F.cross_entropy, steps=12)
+
+
+def test_many_compiled_loops_in_one_process_do_not_hit_dynamos_recompile_limit():
+    """Each (plan, setup, shape) is its own program with its own code object, so a sweep over
+    T compiles each once instead of counting as recompilations of one function (limit 8)."""
+    model = mlp()
+    x, y = batch()
+    pcm = pccompile.convert(model, x, rule="il")
+    for steps in range(2, 13):  # from 2: the error reaches every layer
+        rep = pcm.learn(x, target=y, loss_fn=F.cross_entropy, rule=IL(steps=steps, compile="eager"))
+        assert len(rep.energy) == steps + 1

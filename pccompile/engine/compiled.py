@@ -22,8 +22,10 @@ tensor outputs, value-node optimisers, traces, free inputs.
 from __future__ import annotations
 
 import functools
+import itertools
 import operator
 import time
+import types
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -42,6 +44,7 @@ from .plan import Plan
 __all__ = ["energy_module", "run_compiled", "CompiledLoop"]
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # plan -> {key: CompiledLoop}
+_SERIAL = itertools.count()
 
 
 def _refuse(why: str) -> None:
@@ -215,7 +218,11 @@ class CompiledLoop:
                 energies.append(f)
             return xs, grads_p, torch.stack(energies)
 
-        self.fn = torch.compile(loop, fullgraph=True, dynamic=False, backend=backend)
+        # A code object of its own: dynamo caches compiled frames per code object (at most 8
+        # variants each), and every loop here is a different program, not a recompilation.
+        code = loop.__code__.replace(co_name=f"pc_inference_loop_{next(_SERIAL)}")
+        fresh = types.FunctionType(code, loop.__globals__, code.co_name, None, loop.__closure__)
+        self.fn = torch.compile(fresh, fullgraph=True, dynamic=False, backend=backend)
 
     def __call__(self, params, xs, head, tail, consts, scale):
         t0 = time.perf_counter()

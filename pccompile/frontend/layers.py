@@ -162,6 +162,11 @@ def _fuse(gm: fx.GraphModule, nodes: list[fx.Node], name: str) -> None:
         depends_on_params=any(i.depends_on_params for i in infos),
     )
     fused.meta["pc_layer"] = [n.name for n in nodes]
+    end = nodes[-1]
+    for n in gm.graph.nodes:  # data movement that named the layer's last op as its source
+        info = n.meta.get("pc")
+        if info is not None and end in info.sources:
+            info.sources = tuple(fused if s is end else s for s in info.sources)
 
 
 def _combined_rule(rules: list[OpRule | None], targets: list) -> OpRule:
