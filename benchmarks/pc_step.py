@@ -111,8 +111,8 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("mlp", lambda: mlp((64, 128, 128, 10)), (64, 64)),
         ModelSpec("wide", lambda: mlp((512, 1024, 1024, 10)), (256, 512)),
         ModelSpec("cnn", cnn4, (64, 3, 32, 32)),
-        ModelSpec("resnet18", lambda: resnet18(True), (32, 3, 32, 32)),
         ModelSpec("lstm", LSTMClassifier, (64, 32, 32)),  # batch 64, sequence 32, features 32
+        ModelSpec("resnet18", lambda: resnet18(True), (32, 3, 32, 32)),  # last: longest compile
     ]
 }
 EVAL_MODE = {"resnet18"}  # compile=True refuses train-mode BatchNorm (and dropout)
@@ -472,30 +472,39 @@ def main(argv: list[str] | None = None) -> int:
         f"{machine['torch_threads']} thread(s), device {device}"
     )
     started, load_start, git = time.perf_counter(), loadavg(), git_info()
-    infos, rows = [], []
+    command = " ".join([Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)])
+
+    def save(rows: list[Row], infos: list[dict], complete: bool) -> dict:
+        """The JSON, rewritten after every model (a run cut short keeps what it measured)."""
+        payload = {
+            "benchmark": "pc_step",
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "command": command,
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "machine": machine,
+            "git": git,
+            "complete": complete,
+            "models": infos,
+            "rows": row_dicts(rows),
+            "wall_s": time.perf_counter() - started,
+            "loadavg_start": load_start,
+            "loadavg_end": loadavg(),
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(payload, indent=2))
+        return payload
+
+    infos: list[dict] = []
+    rows: list[Row] = []
     for name in args.models:
         info, r = bench_model(name, args, device)
         infos.append(info)
         rows.extend(r)
+        save(rows, infos, complete=False)
         gc.collect()
-    ds = row_dicts(rows)
+    payload = save(rows, infos, complete=True)
     print(f"\nOne training step vs one BP step ({device}, {args.threads} thread(s))\n")
-    print(tables(ds))
-    payload = {
-        "benchmark": "pc_step",
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)]),
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "machine": machine,
-        "git": git,
-        "models": infos,
-        "rows": ds,
-        "wall_s": time.perf_counter() - started,
-        "loadavg_start": load_start,
-        "loadavg_end": loadavg(),
-    }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(payload, indent=2))
+    print(tables(payload["rows"]))
     log(
         f"\nwrote {args.json} (total {payload['wall_s']:.0f} s; 1/5/15-min load average "
         f"{load_start} at the start, {payload['loadavg_end']} at the end)"
