@@ -15,10 +15,10 @@ Rows (issue 14; ``gamma = 0.1`` for IL and iPC)
       vertex per block (granularity ``layer``: the conv and the parameter-free ops after it).
     * ``resnet18``: torchvision, ``weights=None, num_classes=10``, 32x3x32x32, **eval mode**, its
       BatchNorms folded into the convolutions (``torch.fx.experimental.optimization.fuse``,
-      exact in eval mode): ``compile=True`` refuses every BatchNorm vertex, eval mode or not, so
-      folding is what lets the compiled loop run at all. IL with ``T`` = the converted plan's
+      exact in eval mode), the setting of the recorded run (the compiled loop then refused
+      BatchNorm vertices; it takes eval-mode ones now). IL with ``T`` = the converted plan's
       depth; its target is per inference step, ``time / (T * bp time)``. ``--resnet-bn`` keeps
-      the BatchNorms instead (eval mode; the compiled row is then reported n/a).
+      the BatchNorms instead (eval mode).
     * ``lstm``: ``workloads.LSTMClassifier`` (``nn.LSTM(32, 128)``, a Linear head), sequence 32,
       batch 64: zil.
 
