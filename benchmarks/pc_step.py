@@ -20,7 +20,8 @@ Rows (issue 14; ``gamma = 0.1`` for IL and iPC)
       depth; its target is per inference step, ``time / (T * bp time)``. ``--resnet-bn`` keeps
       the BatchNorms instead (eval mode).
     * ``lstm``: ``workloads.LSTMClassifier`` (``nn.LSTM(32, 128)``, a Linear head), sequence 32,
-      batch 64: zil.
+      batch 64: zil unrolled (one vertex per time step) and zil with ``granularity="layer"`` (the
+      ``nn.LSTM`` one vertex running torch's fused sequence kernel, row ``layer``).
 
     IL and iPC run on ``convert(model, x, rule="il")`` (one vertex per layer), zil on
     ``convert(model, x, rule="zil")`` (one vertex per op, levelled): both share the model's
@@ -115,6 +116,7 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("resnet18", lambda: resnet18(True), (32, 3, 32, 32)),  # last: longest compile
     ]
 }
+WHOLE_LAYER = {"lstm"}  # zil also with granularity="layer": the recurrent module one vertex
 EVAL_MODE = {"resnet18"}  # compile=True refuses train-mode BatchNorm (and dropout)
 
 # (model, rule, T) -> issue 14's target for the ratio to bp; "depth" = T is the plan's depth,
@@ -172,7 +174,9 @@ class Row:
     @property
     def label(self) -> str:
         t = "" if self.steps is None else f" T={self.steps}"
-        return f"{self.rule}{t} {self.loop}" if self.rule in ("il", "ipc") else self.rule
+        if self.rule in ("il", "ipc"):
+            return f"{self.rule}{t} {self.loop}"
+        return f"{self.rule} layer vertices" if self.loop == "layer" else self.rule
 
 
 def make_rows(name: str, args: argparse.Namespace, device: torch.device) -> tuple[list[Row], dict]:
@@ -216,6 +220,11 @@ def make_rows(name: str, args: argparse.Namespace, device: torch.device) -> tupl
             rows.append(
                 Row(name, "zil", None, "efficient", w, RuleSpec("zil", "zil"), target, False)
             )
+            if name in WHOLE_LAYER:  # also one vertex per nn.LSTM: torch's fused kernel
+                whole = pccompile.convert(model, x, rule="zil", granularity="layer")
+                w = Workload(spec, whole, x, y, whole.plan.depth)
+                row = Row(name, "zil", None, "layer", w, RuleSpec("zil", "zil"), target, False)
+                rows.append(row)
             continue
         assert w_il is not None
         t = w_il.depth if steps == DEPTH else steps
@@ -338,7 +347,9 @@ def row_dicts(rows: list[Row]) -> list[dict[str, Any]]:
                     "met": None if r.target is None or judged is None else judged <= r.target,
                     "compile_s": r.compile_s,
                     "first_call_s": r.first_call_s,
-                    "issue14": ISSUE.get((r.model, r.rule, DEPTH if r.per_step else r.steps)),
+                    "issue14": None
+                    if r.loop == "layer"
+                    else ISSUE.get((r.model, r.rule, DEPTH if r.per_step else r.steps)),
                 }
             )
     return out

@@ -99,7 +99,8 @@ def _annotated_fx(model: nn.Module, inputs: tuple, training: bool, opts: Capture
     gm, user_leaves = capture(
         model, training=training, leaf_modules=opts.leaf_modules, concrete_args=opts.concrete_args
     )
-    unroll_recurrent(gm, inputs, user_leaves)
+    if opts.granularity == "op":  # a layer vertex keeps nn.RNN/LSTM/GRU whole: torch's fused kernel
+        unroll_recurrent(gm, inputs, user_leaves)
     traced_out = annotate(gm, inputs, user_leaves)
     check_trace(model, inputs, traced_out, training, opts.concrete_args)
     return gm

@@ -270,15 +270,10 @@ def test_generative_inference_draws_the_clamped_class():
     blank image: the trained classifier labels the generated inputs as the clamped class."""
     torch.set_num_threads(1)
     xtr, ytr, xte, yte = digits(test_fraction=0.25, stratify=True)
+    from benchmarks.pc_accuracy import mlp as digits_mlp  # the table's MLP, 64-128-128-10
+
     torch.manual_seed(0)
-    net = nn.Sequential(
-        nn.Flatten(),
-        nn.Linear(64, 128),
-        nn.ReLU(),
-        nn.Linear(128, 128),
-        nn.ReLU(),
-        nn.Linear(128, 10),
-    )
+    net = digits_mlp()
     pcm = pccompile.convert(net, xtr[:64], rule=IL(steps=5), loss_fn=F.cross_entropy)
     opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
     g = torch.Generator().manual_seed(0)
@@ -407,14 +402,34 @@ class _LSTMHead(nn.Module):
         return self.head(torch.tanh(out[:, -1]))
 
 
-@pytest.mark.parametrize("mode", ["efficient", "faithful"])
-def test_layer_vertices_on_an_unrolled_lstm_keep_zil_equal_to_bptt(mode):
-    """The input slice a time step reads joins that step's cell vertex; the cell's tuple output
-    is still read through data movement (regression: the fused cell was a dangling source)."""
-    torch.manual_seed(0)
-    model = _LSTMHead().double()
+class _CellLoop(nn.Module):
+    """A hand-written loop over nn.LSTMCell: the first step reads only an input slice."""
+
+    def __init__(self):
+        super().__init__()
+        self.cell, self.head = nn.LSTMCell(6, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        state = None
+        for t in range(x.shape[1]):
+            state = self.cell(x[:, t], state)
+        return self.head(state[0])
+
+
+def _seqs():
     g = torch.Generator().manual_seed(2)
-    data = [((torch.randn(4, 5, 6, generator=g, dtype=torch.float64),), torch.randint(0, 3, (4,)))]
+    return [((torch.randn(4, 5, 6, generator=g, dtype=torch.float64),), torch.randint(0, 3, (4,)))]
+
+
+@pytest.mark.parametrize("mode", ["efficient", "faithful"])
+@pytest.mark.parametrize("which", ["nn.LSTM", "LSTMCell loop"])
+def test_layer_vertices_on_recurrent_models_keep_zil_equal_to_bptt(mode, which):
+    """Layer vertices keep an nn.LSTM whole (one vertex, torch's fused sequence kernel); in a
+    hand-written cell loop the first step's input slice joins the cell's vertex and the cell's
+    tuple output is still read through data movement (regression: a dangling source)."""
+    torch.manual_seed(0)
+    model = (_LSTMHead() if which == "nn.LSTM" else _CellLoop()).double()
+    data = _seqs()
     rep = train_against_bp(
         model,
         data,
@@ -426,7 +441,8 @@ def test_layer_vertices_on_an_unrolled_lstm_keep_zil_equal_to_bptt(mode):
     )
     assert rep.ok(F64_TOL), rep.problems(F64_TOL)
     pcm = pccompile.convert(model, data[0][0][0], rule="il")
-    assert pcm.capture_options.granularity == "layer"
+    if which == "nn.LSTM":
+        assert "lstm" in [v.name for v in pcm.plan.vertices]  # not unrolled
     pcm.learn(*data[0][0], target=data[0][1], loss_fn=F.cross_entropy, steps=12)
 
 
