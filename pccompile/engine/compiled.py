@@ -11,8 +11,9 @@ values of the feed-forward pass (masks, sizes) come in as inputs. Then the whole
 loop is one function of (parameters, value nodes, batch): ``torch.func.grad`` of that energy
 for the value nodes at every step, and for the parameters at the end (IL) or at every step
 (iPC), compiled by ``torch.compile(fullgraph=True)``. Same mathematics as the eager loop of
-:mod:`pccompile.engine.inference` (without its event-driven skips, which would make each step a
-different graph); results agree to rounding (tests).
+:mod:`pccompile.engine.inference`, with its event-driven skips for IL (inference step ``s`` uses
+the energy graph of the vertices the error front has reached by then, fixed at trace time);
+results agree to rounding (tests).
 
 Limits, each refused with a ConfigError naming the vertex: random or stateful vertices
 (dropout, train-mode BatchNorm: their replayed state is eager-only), vertices with several
@@ -52,7 +53,14 @@ def _refuse(why: str) -> None:
 
 
 def energy_module(
-    plan: Plan, net: Any, setup: Setup, loss_fn: Callable, batch: int, *, constants: bool
+    plan: Plan,
+    net: Any,
+    setup: Setup,
+    loss_fn: Callable,
+    batch: int,
+    *,
+    constants: bool,
+    active: frozenset[int] | None = None,
 ):
     """Generate the energy graph (see the module docstring).
 
@@ -62,6 +70,8 @@ def energy_module(
     feed-forward values of the env slots ``meta_slots`` and, with ``constants=True``, ``consts``
     the feed-forward predictions of the vertices ``const_vids``, which read only the clamped
     inputs (so the loop does not recompute them; their parameters then get no gradient).
+    ``active``: the vertices with an energy term (the others' errors are still zero at that
+    step: the error front has not reached them); None: every vertex.
     """
     src = plan.gm.graph
     g = fx.Graph()
@@ -110,6 +120,12 @@ def energy_module(
             w_b = float(setup.output_precision) * batch
             terms.append(g.call_function(operator.mul, (loss, w_b)))
             continue
+        if n in vid_of and role in ("vertex", "identity"):
+            v = by_vid[vid_of[n]]
+            skipped = active is not None and v.vid not in active and v.vid not in net.predicted
+            if skipped:  # no energy term yet, and readers read the value node
+                env[n] = clamps.get(v.vid, xs.get(v.vid))
+                continue
         if role == "identity" and n in vid_of:
             v = by_vid[vid_of[n]]
             mu = env[v.node.args[0]]
@@ -170,11 +186,13 @@ def _stateless(m: nn.Module) -> bool:
 class CompiledLoop:
     """One compiled ``T``-step loop (see the module docstring) and what it cost to build.
 
-    ``full`` evaluates every prediction (the parameter gradients are taken on it); ``fast``, used
-    for IL's inference steps, takes the predictions that read only clamped inputs as constants.
+    ``full`` evaluates every prediction (the parameter gradients are taken on it); ``fast[s]``,
+    used for IL's inference step ``s``, takes the predictions that read only clamped inputs as
+    constants and has energy terms only where the error front has arrived (the eager loop's
+    event-driven skips, fixed per step at trace time).
     """
 
-    def __init__(self, full, fast, setup: Setup, mode: str, lr: float, backend: str):
+    def __init__(self, full, fast: list, setup: Setup, mode: str, lr: float, backend: str):
         self.gm, self.compile_seconds, self.calls = full, 0.0, 0
         steps, gamma = setup.steps, setup.gamma
 
@@ -192,14 +210,16 @@ class CompiledLoop:
 
             return energy
 
-        e_full, e_fast = bind(full), bind(fast)
+        e_full = bind(full)
+        bound: dict[int, Callable] = {}
+        e_fast = [bound.setdefault(id(gm), bind(gm)) for gm in fast]
 
         def loop(params: dict, xs: tuple, head: tuple, tail: tuple, consts: tuple, scale: float):
             energies = []
             grads_p = None
             for s in range(steps + 1):
                 if mode == "il" and s < steps:
-                    gx, f = torch.func.grad_and_value(e_fast, argnums=1)(
+                    gx, f = torch.func.grad_and_value(e_fast[s], argnums=1)(
                         params, xs, head, (*tail, *consts)
                     )
                     xs = tuple(x - gamma * d for x, d in zip(xs, gx))
@@ -268,7 +288,15 @@ def run_compiled(
     loop = per_plan.get(key)
     if loop is None:
         full, meta_slots, _ = energy_module(plan, net, setup, loss_fn, batch, constants=False)
-        fast, _, const_vids = energy_module(plan, net, setup, loss_fn, batch, constants=True)
+        fast, const_vids = [], []
+        by_set: dict[frozenset, fx.GraphModule] = {}
+        for step in range(setup.steps if mode == "il" else 0):
+            active = frozenset(vid for vid, e in net.first_error.items() if e <= step)
+            if active not in by_set:
+                by_set[active], _, const_vids = energy_module(
+                    plan, net, setup, loss_fn, batch, constants=True, active=active
+                )
+            fast.append(by_set[active])
         loop = CompiledLoop(full, fast, setup, mode, lr, backend)
         loop.meta_slots, loop.const_vids = meta_slots, const_vids
         per_plan[key] = loop
