@@ -39,7 +39,7 @@ from ..energies import squared_error
 from ..errors import ConfigError
 from ..frontend.export import unflatten_output
 from .evaluate import FeedForward
-from .inference import Setup, _batch_size, _resolve
+from .inference import Setup, batch_size, resolve, unreached
 from .plan import Plan
 
 __all__ = ["energy_module", "run_compiled", "CompiledLoop"]
@@ -267,9 +267,9 @@ def run_compiled(
     parameter gradients are already divided by ``w B`` (IL), or (iPC) the updated parameters."""
     if setup.value_optimizer is not None or setup.free_inputs:
         _refuse("value_optimizer and free_inputs are eager-only.")
-    net = _resolve(plan, ff, setup)
-    inputs = [ff.env[i] for i, r in enumerate(plan.roles) if r == "input"]
-    batch = _batch_size(inputs)
+    net = resolve(plan, ff, setup)
+    inputs = [ff.env[s] for s in plan.input_slots]
+    batch = batch_size(inputs)
     key = (
         mode,
         lr,
@@ -309,12 +309,10 @@ def run_compiled(
     xs_end, p_out, energies = loop(params, xs, head, tail, consts, scale)
     if mode == "il":
         p_out = {k: g * scale for k, g in p_out.items()}
-    unreached = [
-        v.name
-        for v in net.order
-        if (v.params or v.param_leaves)
-        and v.vid not in net.predicted
-        and net.first_error[v.vid] > setup.steps
-    ]
     by_param = {loop.gm.get_parameter(k): t for k, t in p_out.items()}
-    return by_param, [float(e) for e in energies], loop, unreached
+    return (
+        by_param,
+        [float(e) for e in energies],
+        loop,
+        unreached(net, net.first_error, setup.steps),
+    )

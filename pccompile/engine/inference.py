@@ -28,7 +28,6 @@ number.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -45,7 +44,7 @@ from .evaluate import _invoke as invoke
 from .grads import Grads
 from .plan import Plan, Vertex
 
-__all__ = ["Setup", "Inference", "run_inference", "reach"]
+__all__ = ["Setup", "Inference", "run_inference", "resolve", "batch_size", "unreached"]
 
 Tensor = torch.Tensor
 NEVER = 1 << 30
@@ -116,7 +115,9 @@ class _Net:
     input_slots: dict[int, int]  # free input position -> env slot
 
 
-def _resolve(plan: Plan, ff: FeedForward, setup: Setup) -> _Net:
+def resolve(plan: Plan, ff: FeedForward, setup: Setup) -> _Net:
+    """Validate ``setup`` against the plan and say which value nodes are free, clamped or read
+    from their prediction, and when the error front reaches each vertex."""
     order = [v for v in plan.vertices if v.kind != "output"]
     names = {v.name: v for v in order}
     for table, what in ((setup.precision, "precision"), (setup.energies, "energies")):
@@ -144,7 +145,7 @@ def _resolve(plan: Plan, ff: FeedForward, setup: Setup) -> _Net:
     free = [v for v in order if v.vid not in predicted and v.vid not in clamped]
     input_slots = {}
     n_in = plan.n_inputs
-    slots = [i for i, r in enumerate(plan.roles) if r == "input"]
+    slots = plan.input_slots
     for k in setup.free_inputs:
         if not (isinstance(k, int) and 0 <= k < n_in):
             raise ConfigError(f"free_inputs: {k!r} is not an input position (0..{n_in - 1}).")
@@ -170,7 +171,7 @@ def _reach(net: _Net) -> None:
     kids = _children(plan)
     free_in = set(net.input_slots.values())
     reads_free_input = {
-        v.vid for v in net.order if any(s in free_in for s in _env_reads(v))
+        v.vid for v in net.order if any(s in free_in for s in v.input_slots)
     }  # a free input moves at step 1 (it starts where the caller put it)
     m = {v.vid: (0 if v.vid in net.clamped else NEVER) for v in net.order}
     e = {v.vid: (0 if v.vid in net.clamped else NEVER) for v in net.order}
@@ -209,22 +210,24 @@ def _feedback(c: Vertex, e: dict[int, int], net: _Net) -> int:
     return e[c.vid]
 
 
-def _env_reads(v: Vertex) -> tuple[int, ...]:
-    return v.input_slots
-
-
 def _output_reads_input(plan: Plan, free_in: set[int]) -> bool:
     return any(s in free_in for s in plan.output.input_slots)
 
 
-def reach(plan: Plan, ff: FeedForward, setup: Setup) -> dict[str, int]:
-    """Vertex name -> the first inference step at which its error can be non-zero (its
-    parameters are then reachable by ``steps >=`` that number)."""
-    net = _resolve(plan, ff, setup)
-    return {v.name: net.first_error[v.vid] for v in net.order}
+def unreached(net: _Net, first_error: dict[int, int], steps: int) -> list[str]:
+    """Vertices with parameters whose error is still zero after ``steps`` steps (their
+    parameters get a zero gradient), from the front's ``first_error`` step per vertex."""
+    return [
+        v.name
+        for v in net.order
+        if (v.params or v.param_leaves)
+        and v.vid not in net.predicted
+        and first_error[v.vid] > steps
+    ]
 
 
-def _batch_size(inputs: list) -> int:
+def batch_size(inputs: list) -> int:
+    """``B``: the first dimension of the first input that has one (1 otherwise)."""
     for t in inputs:
         if isinstance(t, Tensor) and t.dim() > 0:
             return int(t.shape[0])
@@ -257,7 +260,7 @@ def run_inference(
             every step; the same numbers, for tests).
         trace: a :class:`~pccompile.rules.report.Trace` to record the energy per vertex in.
     """
-    net = _resolve(plan, ff, setup)
+    net = resolve(plan, ff, setup)
     reached = dict(net.first_error)
     if not event_driven:
         net.first_error = dict.fromkeys(net.first_error, 0)
@@ -265,11 +268,11 @@ def run_inference(
     order = net.order
     recorded = [v for v in order if v.vid not in net.predicted]
     names = [(v.name, v.level) for v in recorded]
-    inputs = [ff.env[s] for s in (i for i, r in enumerate(plan.roles) if r == "input")]
-    batch = _batch_size(inputs)
+    inputs = [ff.env[s] for s in plan.input_slots]
+    batch = batch_size(inputs)
     w = float(setup.output_precision)
     scale = 1.0 / (w * batch)
-    energies = {names_v: fn for names_v, fn in setup.energies.items()}
+    energies = setup.energies
     extra = [p for fn in energies.values() if isinstance(fn, nn.Module) for p in fn.parameters()]
     extra = [p for p in extra if p.requires_grad]
     by_name = {v.vid: v.name for v in order}
@@ -339,18 +342,11 @@ def run_inference(
             _move(moving, grads[: len(moving)], setup.gamma, opt)
     values = {by_name[vid]: [t.detach() for t in x] for vid, x in xs.items()}
     values.update({by_name[vid]: list(x) for vid, x in net.clamped.items()})
-    unreached = [
-        v.name
-        for v in order
-        if (v.params or v.param_leaves)
-        and v.vid not in net.predicted
-        and reached[v.vid] > setup.steps
-    ]
     return Inference(
         values=values,
         inputs=[x_inputs[k].detach() if k in x_inputs else t for k, t in enumerate(inputs)],
         energy=[float(e) for e in energy_log],
-        unreached=unreached,
+        unreached=unreached(net, reached, setup.steps),
         output=plan.read_output(env, leaves),
     )
 
@@ -427,7 +423,3 @@ def _move(xs: list[Tensor], grads: tuple, gamma: float, opt) -> None:
         for x, g in zip(xs, grads):
             if g is not None:
                 x.sub_(g, alpha=gamma)
-
-
-def finite(energy: list[float]) -> bool:
-    return all(math.isfinite(e) for e in energy)

@@ -94,6 +94,11 @@ class Plan:
     def hidden(self) -> list[Vertex]:
         return [v for v in self.vertices if v.kind != "output"]
 
+    @property
+    def input_slots(self) -> list[int]:
+        """Env slots of the model inputs, in the order the model takes them."""
+        return [i for i, r in enumerate(self.roles) if r == "input"]
+
     def read_output(self, env: list, values: list) -> Any:
         """The model's output from the current value nodes (its structure rebuilt for graphs
         captured by torch.export, whose output node holds flat values)."""

@@ -120,7 +120,10 @@ def default_steps(plan: Plan) -> int:
     return max(plan.depth + 1, 20)
 
 
-def setup_of(cfg: Any, steps: int, clamp: Mapping | None = None) -> Setup:
+def setup_of(
+    cfg: Any, steps: int, clamp: Mapping | None = None, free_inputs: tuple[int, ...] = ()
+) -> Setup:
+    """The inference :class:`Setup` of an IL/iPC config, for ``steps`` steps."""
     return Setup(
         gamma=cfg.gamma,
         steps=steps,
@@ -129,6 +132,7 @@ def setup_of(cfg: Any, steps: int, clamp: Mapping | None = None) -> Setup:
         precision=dict(cfg.precision),
         energies=dict(cfg.energies),
         clamp=dict(clamp or {}),
+        free_inputs=tuple(free_inputs),
         value_optimizer=cfg.value_optimizer,
     )
 
