@@ -10,6 +10,7 @@ training mode, because tracing bakes ``self.training`` branches into the graph.
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -234,6 +235,14 @@ class PCModule(nn.Module):
             energy = run.energy
             if tr is not None:
                 tr.energy[:] = run.energy
+        if energy is not None and not all(math.isfinite(e) for e in energy):
+            warnings.warn(
+                "The energy became non-finite during inference (the value nodes diverged). Under "
+                "Z-IL this happens only behind the error front, after those vertices' weights "
+                "were read, so the parameter updates are unaffected; under IL/iPC, lower gamma.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         return LearnReport(
             cfg.name,
             schedule.mode,
@@ -303,8 +312,7 @@ class PCModule(nn.Module):
         check_inputs(inputs, plan.n_inputs, self._device())
         ff_loss = _no_loss if target is None else _checked(loss_fn)
         ff = feed_forward(plan, inputs, target, ff_loss, record_state=True)
-        setup = setup_of(cfg, steps, clamp)
-        setup.free_inputs = tuple(free_inputs)
+        setup = setup_of(cfg, steps, clamp, free_inputs)
         return run_inference(plan, ff, target, None if target is None else loss_fn, setup)
 
 

@@ -4,6 +4,7 @@ the unreached-parameter warning (docs/pc.md)."""
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import pytest
@@ -455,3 +456,19 @@ def test_many_compiled_loops_in_one_process_do_not_hit_dynamos_recompile_limit()
     for steps in range(2, 13):  # from 2: the error reaches every layer
         rep = pcm.learn(x, target=y, loss_fn=F.cross_entropy, rule=IL(steps=steps, compile="eager"))
         assert len(rep.energy) == steps + 1
+
+
+def test_a_diverging_il_inference_warns_at_the_callers_line():
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, 5)
+    ).double()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(6)  # large weights: gamma = 1 inference oscillates and blows up
+    x, y = torch.randn(6, 16, dtype=torch.float64), torch.randint(0, 5, (6,))
+    pcm = pccompile.convert(net, x, rule="il")
+    with pytest.warns(RuntimeWarning, match="energy became non-finite") as rec:
+        rep = pcm.learn(x, target=y, loss_fn=F.cross_entropy, steps=300, gamma=1.0)
+    assert rec[0].filename == __file__
+    assert not all(math.isfinite(e) for e in rep.energy)

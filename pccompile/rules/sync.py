@@ -11,8 +11,6 @@ FPA (faithful mode), IL and iPC are this loop with different schedules.
 
 from __future__ import annotations
 
-import math
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -103,20 +101,7 @@ def run_sync(
             on_step(s, grads)
         if s < n_updates:
             state.move(acc, eps, gamma)
-    if trace is not None:
-        _warn_if_diverged(trace)
     return grads
-
-
-def _warn_if_diverged(trace: Trace) -> None:
-    if not all(math.isfinite(e) for e in trace.energy):
-        warnings.warn(
-            "The energy became non-finite during inference (the value nodes diverged). Under "
-            "Z-IL this happens only behind the error front, after those vertices' weights were "
-            "read, so the parameter updates are unaffected; under IL/iPC, lower gamma.",
-            RuntimeWarning,
-            stacklevel=5,  # the caller of PCModule.learn
-        )
 
 
 class _ValueNodes:
