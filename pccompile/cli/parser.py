@@ -57,6 +57,7 @@ examples:
 examples:
   pccompile export torchvision:resnet18 -o r18.onnx                  # needs pccompile[onnx]
   pccompile export torchvision:resnet18 -o r18_energy.onnx --graph energy
+  pccompile export models.py:make_net --input-shape 8,1,8,8 --graph learn -o step.onnx
 the batch dimension is dynamic where the model allows it (the JSON report says so).""",
     "train": """\
 examples:
@@ -104,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert(sub, common, rule)
     _add_verify(sub, common, rule)
     _add_inspect(sub, common)
-    _add_export(sub, common)
+    _add_export(sub, common, rule)
     _add_completion(sub)
     _add_train(sub)  # after completion: the completion script's command list keeps its order
     return parser
@@ -249,14 +250,17 @@ def _add_inspect(sub: argparse._SubParsersAction, common: Parser) -> None:
     p.set_defaults(handler=f"{_COMMANDS}:cmd_inspect")
 
 
-def _add_export(sub: argparse._SubParsersAction, common: Parser) -> None:
-    p = _sub(sub, "export", [common], "ONNX of the prediction or of the PC energy")
+def _add_export(sub: argparse._SubParsersAction, common: Parser, rule: Parser) -> None:
+    p = _sub(sub, "export", [common, rule], "ONNX of the prediction, the PC energy or a learn step")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="the .onnx file")
     p.add_argument(
         "--graph",
-        choices=["predict", "energy"],
+        choices=["predict", "energy", "learn", "il-learn"],
         default="predict",
-        help="the model's forward, or the PC network's errors and energy",
+        help="the model's forward; the PC network's errors and energy; one Z-IL learning step "
+        "(inputs, target, parameters -> loss, grad.<parameter>); one IL step (--gamma, "
+        "--steps; docs/export.md); learn graphs run in the model's mode (--train-mode: "
+        "BatchNorm on batch statistics, its running statistics as new.<buffer> outputs)",
     )
     p.add_argument(
         "--no-verify", action="store_true", help="skip onnx.checker and the onnxruntime comparison"

@@ -66,6 +66,8 @@ class Setup:
     free_inputs: positions of model inputs that become free value nodes (generative inference).
     value_optimizer: ``params -> torch.optim.Optimizer`` over the value nodes (default: plain
         steps of ``gamma``).
+    log_energy: record ``F`` at every evaluation (a Python float each; False while a tracer
+        records the loop, as the ONNX learn export does, where no value can be read).
     """
 
     gamma: float = 0.1
@@ -77,6 +79,7 @@ class Setup:
     clamp: Mapping[str, Any] = field(default_factory=dict)
     free_inputs: tuple[int, ...] = ()
     value_optimizer: Callable | None = None
+    log_energy: bool = True
 
 
 @dataclass
@@ -345,7 +348,7 @@ def run_inference(
     return Inference(
         values=values,
         inputs=[x_inputs[k].detach() if k in x_inputs else t for k, t in enumerate(inputs)],
-        energy=[float(e) for e in energy_log],
+        energy=[float(e) for e in energy_log] if setup.log_energy else [],
         unreached=unreached(net, reached, setup.steps),
         output=plan.read_output(env, leaves),
     )

@@ -233,14 +233,21 @@ class _Step:
         self.plan, self.loss_fn, self.cfg, self.n_inputs = plan, loss_fn, cfg, n_inputs
         self.params = [p for _, p in params]
         self.buffers = [b for _, b in bufs]
-        # the plan's GraphModule names of each parameter and buffer (by identity: a tied weight
-        # has several names, the export front end other names than the user's module)
+        # the plan's GraphModule names of each parameter and buffer, one per attribute slot (a
+        # tied weight has several slots; the export front end other names than the user's
+        # module). A slot reachable by two paths (a module in a layer group and at the root)
+        # is named once: reparametrizing it twice would restore the wrong tensor.
         gm_names: dict[int, list[str]] = {}
+        slots: set[tuple[int, str]] = set()
         for n, t in (
             *plan.gm.named_parameters(remove_duplicate=False),
             *plan.gm.named_buffers(remove_duplicate=False),
         ):
-            gm_names.setdefault(id(t), []).append(n)
+            owner, _, attr = n.rpartition(".")
+            slot = (id(plan.gm.get_submodule(owner)), attr)
+            if slot not in slots:
+                slots.add(slot)
+                gm_names.setdefault(id(t), []).append(n)
         self.gm_names = gm_names
 
     def __call__(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -295,7 +302,7 @@ class _Step:
                 ff,
                 target,
                 self.loss_fn,
-                setup_of(cfg, steps),
+                dataclasses.replace(setup_of(cfg, steps), log_energy=False),
                 params_at=lambda s: phases.enter(s) or s == steps,
                 on_params=lambda s, g: out.append(g),
             )
