@@ -74,17 +74,39 @@ class Block(nn.Module):
         return self.head(x.mean(1))
 
 
+class Attention(nn.Module):
+    """Token embeddings, ``nn.MultiheadAttention`` (its fused scaled_dot_product_attention
+    kernel: need_weights=False), a residual join, a read-out of the mean token."""
+
+    def __init__(self, vocab: int = 10, d: int = 8) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.att = nn.MultiheadAttention(d, 2, batch_first=True)
+        self.head = nn.Linear(d, 3)
+
+    def forward(self, ids):
+        h = self.emb(ids)
+        a, _ = self.att(h, h, h, need_weights=False)
+        return self.head((h + a).mean(1))
+
+
+MODELS = {"mlp": MLP, "cnn": ResCNN, "block": Block, "attention": Attention}
+
+
 def batch(model: str, seed: int = 0, n: int = 4):
     g = torch.Generator().manual_seed(seed)
     shapes = {"mlp": (n, 6), "cnn": (n, 1, 8, 8), "block": (n, 5, 8)}
-    classes = {"mlp": 4, "cnn": 3, "block": 3}
-    x = torch.randn(shapes[model], generator=g)
+    classes = {"mlp": 4, "cnn": 3, "block": 3, "attention": 3}
+    if model == "attention":
+        x = torch.randint(0, 10, (n, 5), generator=g)
+    else:
+        x = torch.randn(shapes[model], generator=g)
     return x, torch.randint(0, classes[model], (n,), generator=g)
 
 
 def build(model: str, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    return {"mlp": MLP, "cnn": ResCNN, "block": Block}[model]()
+    return MODELS[model]()
 
 
 def session(path: Path) -> ort.InferenceSession:
@@ -127,7 +149,7 @@ def ulps(got: np.ndarray, want: torch.Tensor) -> float:
     return float(np.abs(got.astype(np.float64) - w).max(initial=0.0) / (EPS32 * scale))
 
 
-@pytest.mark.parametrize("model", ["mlp", "cnn", "block"])
+@pytest.mark.parametrize("model", list(MODELS))
 def test_learn_graph_in_onnxruntime_gives_pcm_learn_gradients(tmp_path, model):
     """The exported Z-IL step, run in onnxruntime on a batch it was not traced with, gives the
     gradients and BatchNorm running statistics ``pcm.learn`` writes, to a few float32 ulps."""

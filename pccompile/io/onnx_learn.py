@@ -386,16 +386,7 @@ def _make_fx(step: _Step, args: tuple) -> fx.GraphModule:
 
 
 def _refuse_random_ops(gm: fx.GraphModule) -> None:
-    seeded = torch.Tag.nondeterministic_seeded
-    random = sorted(
-        {
-            str(n.target)
-            for n in gm.graph.nodes
-            if n.op == "call_function"
-            and isinstance(n.target, torch._ops.OpOverload)
-            and seeded in n.target.tags
-        }
-    )
+    random = sorted({str(n.target) for n in gm.graph.nodes if _draws(n)})
     if random:
         raise LearnExportError(
             f"The learn step draws random numbers ({', '.join(random)}: dropout or another "
@@ -403,6 +394,21 @@ def _refuse_random_ops(gm: fx.GraphModule) -> None:
             f"the exported step could not equal pcm.learn; export in eval mode (pcm.eval(): no "
             f"dropout, and BatchNorm then uses its running statistics) or remove the random op."
         )
+
+
+def _draws(node: fx.Node) -> bool:
+    """Whether an op draws random numbers: tagged ``nondeterministic_seeded``, unless its
+    ``dropout_p`` argument is 0 (attention kernels carry the tag for their optional dropout)."""
+    target = node.target
+    if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload):
+        return False
+    if torch.Tag.nondeterministic_seeded not in target.tags:
+        return False
+    for k, arg in enumerate(target._schema.arguments):
+        if arg.name == "dropout_p":
+            p = node.args[k] if k < len(node.args) else node.kwargs.get("dropout_p", 0.0)
+            return p != 0.0
+    return True
 
 
 def _count_phases(gm: fx.GraphModule) -> dict[str, int]:
@@ -473,11 +479,20 @@ def _to_onnx(prog: LearnProgram) -> Any:
             output_names=prog.output_names,
             verbose=False,
         )
+    except LearnExportError:
+        raise
     except Exception as exc:
+        op = _failed_op(exc)
+        what = (
+            f"the ONNX exporter cannot translate {op}"
+            if op
+            else f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+        )
         raise LearnExportError(
-            f"torch.onnx.export(dynamo=True) failed on the learn step: {type(exc).__name__}: "
-            f"{' '.join(str(exc).split())[:400]}; the step uses an op the ONNX exporter cannot "
-            f"translate (rerun with --debug for the exporter's report)."
+            f"torch.onnx.export(dynamo=True) failed on the learn step: {what}. The step (the "
+            f"forward or a vertex's local VJP) uses an op with no ONNX translation; replace the "
+            f"layer that uses it, or export its prediction only (--graph predict). Rerun with "
+            f"--debug for the exporter's report."
         ) from exc
     model = program.model_proto
     for node in model.graph.node:
@@ -491,6 +506,19 @@ def _to_onnx(prog: LearnProgram) -> Any:
         if phase is not None:
             node.name = f"{phase}/{node.name}"
     return model
+
+
+def _failed_op(exc: BaseException) -> str | None:
+    """The ATen op the exporter could not translate, read from its error chain."""
+    import re
+
+    seen = 0
+    while exc is not None and seen < 10:
+        m = re.search(r"Error when translating node .*?target=(torch\.ops\.[\w.]+)", str(exc))
+        if m:
+            return m.group(1).removeprefix("torch.ops.")
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
 
 
 def onnx_phases(model: Any) -> dict[str, int]:
@@ -528,6 +556,8 @@ def _export_decompositions() -> dict:
     * ``nll_loss_forward``: onnxscript's translation fakes its ``total_weight`` output as 1 (a
       FIXME there), which the backward of a mean cross-entropy divides by; torch's own
       decomposition computes it.
+    * ``_scaled_dot_product_flash_attention_for_cpu_backward`` (attention's backward on CPU): no
+      translation; :func:`_attention_backward` writes it as matrix products.
     * train-mode batch norm: the exporter writes an ONNX ``BatchNormalization`` that normalises
       with the running statistics; torch's decompositions (batch mean and variance, the
       running-statistic update, and the backward) are plain arithmetic.
@@ -546,7 +576,49 @@ def _export_decompositions() -> dict:
         ]
     )
     table[aten.convolution_backward.default] = _convolution_backward
+    table[aten._scaled_dot_product_flash_attention_for_cpu_backward.default] = _attention_backward
     return table
+
+
+def _attention_backward(
+    grad: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    logsumexp: torch.Tensor,
+    dropout_p: float,
+    is_causal: bool,
+    *,
+    attn_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The backward of CPU flash attention (no dropout) as matrix products: the attention
+    weights recomputed from ``q``, ``k`` and the mask, then softmax's VJP."""
+    if dropout_p != 0.0 or q.shape[-3] != k.shape[-3]:
+        raise LearnExportError(
+            "The learn graph holds the backward of scaled_dot_product_attention without "
+            "dropout and with as many key/value heads as query heads; this one has "
+            f"dropout_p={dropout_p}, {q.shape[-3]} query and {k.shape[-3]} key heads."
+        )
+    s = scale if scale is not None else q.shape[-1] ** -0.5
+    logits = (q @ k.transpose(-2, -1)) * s
+    if is_causal:
+        n, m = q.shape[-2], k.shape[-2]
+        keep = torch.ones(n, m, dtype=torch.bool, device=q.device).tril()
+        logits = logits.masked_fill(~keep, float("-inf"))
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            logits = logits.masked_fill(~attn_mask, float("-inf"))
+        else:
+            logits = logits + attn_mask
+    att = torch.softmax(logits, dim=-1)
+    g_att = grad @ v.transpose(-2, -1)
+    g_logits = att * (g_att - (g_att * att).sum(-1, keepdim=True))
+    gq = (g_logits @ k) * s
+    gk = (g_logits.transpose(-2, -1) @ q) * s
+    gv = att.transpose(-2, -1) @ grad
+    return gq, gk, gv
 
 
 def _convolution_backward(
