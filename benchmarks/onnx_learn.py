@@ -10,7 +10,8 @@ What it runs
       the ``new.`` outputs). Reported: the largest relative difference of every parameter and
       buffer at the end (``max |ort - torch| / max |torch|`` per tensor), the test accuracy and
       the last loss of both.
-    * ``time``: per model (``mlp``, ``cnn``, ``block``: the test file's three models), the graph's
+    * ``time``: per model (the test file's ``mlp``, ``cnn``, ``block``, ``attention`` at batch
+      32, the digits CNN, torchvision's resnet18 at batch 8 on 64x64 images), the graph's
       node count, file size and nodes per phase, then one step timed in rounds that alternate
       ``session.run`` and ``pcm.zero_grad(); pcm.learn(...)`` on the same batch (each round runs
       both, in turn, so machine drift hits both alike); median, IQR, and the ratio. One thread
@@ -142,13 +143,30 @@ def training_run(tmp: Path, batch: int, lr: float, quick: bool) -> dict:
     }
 
 
-def time_steps(tmp: Path, rounds: int) -> list[dict]:
-    from test_onnx_learn import batch, build, feed_of
+def workloads(quick: bool):
+    """(name, model, x, y): the test file's four small models at batch 32, the digits CNN, and
+    (not with --quick) torchvision's resnet18 at batch 8 on 64x64 images."""
+    from test_onnx_learn import MODELS, batch, build
+
+    for name in MODELS:
+        yield (name, build(name), *batch(name, n=32))
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    yield "digits-cnn", DigitsCNN(), torch.randn(32, 1, 8, 8, generator=g), torch.arange(32) % 10
+    if not quick:
+        import torchvision
+
+        torch.manual_seed(0)
+        net = torchvision.models.resnet18(num_classes=10)
+        yield "resnet18", net, torch.randn(8, 3, 64, 64, generator=g), torch.arange(8) % 10
+
+
+def time_steps(tmp: Path, rounds: int, quick: bool) -> list[dict]:
+    from test_onnx_learn import feed_of
 
     rows = []
-    for name in ("mlp", "cnn", "block"):
-        x, y = batch(name, n=32)
-        pcm = pccompile.convert(build(name), x)
+    for name, net, x, y in workloads(quick):
+        pcm = pccompile.convert(net, x)
         path = tmp / f"{name}.onnx"
         res = export(pcm, x, y, path)
         sess = session(path)
@@ -208,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         run = training_run(tmp, args.batch, args.lr, args.quick)
-        rows = time_steps(tmp, 5 if args.quick else args.rounds)
+        rows = time_steps(tmp, 5 if args.quick else args.rounds, args.quick)
     load = os.getloadavg()
     print(
         f"## Training inside onnxruntime: {run['steps']} SGD steps (batch {run['batch']}, "

@@ -367,3 +367,28 @@ def test_cli_export_learn_graph(tmp_path, capsys):
     assert report["nodes"] > 0 and any(p.startswith("level_") for p in report["phases"])
     sess = session(path)
     assert [i.name for i in sess.get_inputs()] == report["inputs"]
+
+
+@pytest.mark.slow
+def test_benchmark_script_quick_run(tmp_path):
+    """``benchmarks/onnx_learn.py --quick`` runs and writes its JSON (no time is asserted)."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "onnx_learn.json"
+    proc = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "onnx_learn.py"), "--quick", "--json", str(out)],
+        cwd=root,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["run"]["max_rel_diff"] < 1e-5 and report["run"]["steps"] == 3
+    assert {r["model"] for r in report["steps"]} >= {"mlp", "cnn", "block", "digits-cnn"}
+    assert all(r["nodes"] > 0 and r["ort_ms"]["median"] > 0 for r in report["steps"])
+    assert "| model | batch |" in proc.stdout

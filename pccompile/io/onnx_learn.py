@@ -3,8 +3,10 @@
 Reads: a :class:`PCModule` (its plan for the current training mode, its parameters and the
 buffers the step updates), example inputs, a target, a loss function and the rule.
 Writes: a :class:`LearnProgram`: an ``fx.GraphModule`` of ATen ops
-``(*inputs, target, *params, *buffers) -> (loss, *grads, *new buffers)``, the names of its inputs
-and outputs, and the exported program that :func:`pccompile.io.onnx.export_onnx` turns into ONNX.
+``(*inputs, target, *params, *buffers) -> (loss, *grads, *new buffers)`` and the names of its
+inputs and outputs; :func:`export_learn` turns it into an ONNX file (torch.export, a few
+decompositions the exporter needs, the dynamo ONNX exporter, nodes named by phase), checked in
+onnxruntime and published atomically. :func:`pccompile.io.onnx.export_onnx` calls it.
 Invariants: the traced step *is* ``PCModule.learn``'s code path (the plan's feed-forward pass, its
 per-vertex local VJPs in :func:`~pccompile.rules.propagate.propagate`, IL's
 :func:`~pccompile.engine.inference.run_inference`), run on the step's inputs instead of the
@@ -39,6 +41,7 @@ import torch.fx.traceback as fx_traceback
 from torch.nn.utils.stateless import _reparametrize_module
 
 from ..engine.evaluate import feed_forward
+from ..engine.grads import Grads
 from ..engine.inference import run_inference
 from ..engine.plan import Plan
 from ..errors import ConfigError, PCCompileError
@@ -306,11 +309,7 @@ class _Step:
                 params_at=lambda s: phases.enter(s) or s == steps,
                 on_params=lambda s, g: out.append(g),
             )
-        if not out:
-            from ..engine import Grads
-
-            return Grads()
-        return out[0]
+        return out[0] if out else Grads()
 
 
 def _substituted(plan: Plan, sub: dict[int, torch.Tensor]) -> Plan:
