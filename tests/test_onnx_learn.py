@@ -314,11 +314,11 @@ def test_training_inside_onnxruntime_ends_at_pytorchs_parameters(tmp_path):
 def test_learn_graph_refuses_an_inexact_rule(tmp_path):
     x, y = batch("mlp")
     pcm = pccompile.convert(build("mlp"), x)
+    half = pccompile.ZIL(gamma=0.5)
     with pytest.raises(LearnExportError, match=r"not exact: gamma=0.5"):
         export_onnx(
-            pcm, tmp_path / "s.onnx", (x,), "learn", target=y, loss_fn=F.cross_entropy,
-            rule=pccompile.ZIL(gamma=0.5),
-        )  # fmt: skip
+            pcm, tmp_path / "s.onnx", (x,), "learn", target=y, loss_fn=F.mse_loss, rule=half
+        )
     with pytest.raises(LearnExportError, match="il-learn"):
         export_onnx(
             pcm, tmp_path / "s.onnx", (x,), "learn", target=y, loss_fn=F.mse_loss, rule="il"
@@ -350,6 +350,33 @@ def test_learn_graph_refuses_a_loss_that_is_not_a_scalar(tmp_path):
     with pytest.raises(pccompile.InputError, match="scalar"):
         export_onnx(pcm, tmp_path / "s.onnx", (x,), "learn", target=y, loss_fn=per_sample)
     assert not (tmp_path / "s.onnx").exists()
+
+
+def test_learn_graph_names_an_op_it_cannot_hold(tmp_path):
+    """A transposed convolution's backward has no rewrite: a clear error, no file."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.ConvTranspose2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 10 * 10, 3))
+    x = torch.randn(2, 1, 8, 8)
+    pcm = pccompile.convert(net, x)
+    y = torch.tensor([0, 2])
+    with pytest.raises(LearnExportError, match="transposed convolution"):
+        export_onnx(pcm, tmp_path / "s.onnx", (x,), "learn", target=y, loss_fn=F.cross_entropy)
+    assert not (tmp_path / "s.onnx").exists()
+
+
+def test_cli_export_il_learn_graph(tmp_path, capsys):
+    fixtures = Path(__file__).parent / "fixtures"
+    path = tmp_path / "il.onnx"
+    argv = [f"{fixtures / 'other_factories.py'}:make_mlp", "--input-shape", "3,4"]
+    code = main(["export", *argv, "-o", str(path), "--graph", "il-learn", "--steps", "4", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    report = json.loads(out)
+    assert {f"step_{s}" for s in range(5)} <= set(report["phases"])
+    code = main(
+        ["export", *argv, "-o", str(tmp_path / "b.onnx"), "--graph", "il-learn", "--rule", "fpa"]
+    )
+    assert code != 0 and "il-learn computes IL" in capsys.readouterr().err
 
 
 def test_cli_export_learn_graph(tmp_path, capsys):
