@@ -419,3 +419,18 @@ def test_benchmark_script_quick_run(tmp_path):
     assert {r["model"] for r in report["steps"]} >= {"mlp", "cnn", "block", "digits-cnn"}
     assert all(r["nodes"] > 0 and r["ort_ms"]["median"] > 0 for r in report["steps"])
     assert "| model | batch |" in proc.stdout
+
+
+def test_learn_graph_refuses_a_loss_with_value_dependent_python(tmp_path):
+    """A loss that branches in Python on a tensor's value cannot become one graph: the trace
+    stops with an error naming the cause (never a graph specialised to one branch)."""
+    x, y = batch("mlp")
+    pcm = pccompile.convert(build("mlp"), x)
+
+    def branchy(out, target):
+        scale = 2.0 if out.sum() > 0 else 1.0
+        return scale * F.cross_entropy(out, target)
+
+    with pytest.raises(LearnExportError, match="Tracing the learn step failed.*control flow"):
+        export_onnx(pcm, tmp_path / "s.onnx", (x,), "learn", target=y, loss_fn=branchy)
+    assert not (tmp_path / "s.onnx").exists()
