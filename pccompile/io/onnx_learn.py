@@ -51,7 +51,16 @@ from ..rules import RuleConfig, make_rule, rule_of
 from ..rules.il import IL, setup_of
 from ..rules.propagate import propagate
 from .atomic import atomic_output
-from .onnx import DEFAULT_TOL, ExportError, OnnxExport, _check, _input_names, _like, _require_match
+from .onnx import (
+    DEFAULT_TOL,
+    ExportError,
+    OnnxExport,
+    _check,
+    _input_names,
+    _like,
+    _require_match,
+    require_onnx,
+)
 
 __all__ = [
     "LEARN_GRAPHS",
@@ -437,6 +446,7 @@ def export_learn(
     """:func:`pccompile.io.onnx.export_onnx` for ``graph="learn"`` and ``"il-learn"``: trace the
     step, export it, name its nodes after their phases, check it in onnxruntime on a fresh batch
     against the traced step run in PyTorch, then publish the file atomically."""
+    require_onnx(verify, f"the ONNX {graph} graph")
     if target is None or loss_fn is None:
         raise LearnExportError(f"The {graph} graph needs target= and loss_fn=.")
     names = _input_names(pcm, len(example_inputs))
