@@ -21,10 +21,11 @@ import torch
 
 from ..data import Dataset, load_dataset
 from ..distributed import init_from_env, is_main, world_size
+from ..errors import CheckFailedError, PCCompileError
 from ..io.weights import load_weights
 from ..modelspec import build_model, parse_spec
 from ..train import ResidualCNN, TrainConfig, batch_norms, check_train_outdir, fit
-from .common import EXIT_INTERRUPTED, EXIT_OK, emit
+from .common import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, emit
 
 __all__ = ["cmd_train", "config_from_args"]
 
@@ -45,6 +46,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         compare_bp=args.compare == "bp",
         limit_batches=args.limit_batches,
         device=_device(args.device),
+        dtype=args.dtype,
     )
 
 
@@ -68,7 +70,7 @@ def _model(args: argparse.Namespace, data: Dataset) -> torch.nn.Module:
     model = build_model(spec, n).model
     if args.weights:
         load_weights(model, args.weights)
-    return model.float()
+    return model  # its own dtype unless --dtype (the trainer casts, and the images follow)
 
 
 class _Bar:
@@ -117,11 +119,19 @@ def _line(row: dict[str, Any], epochs: int) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     """``pccompile train``: train MODEL on --data with --rule into OUT (data-parallel over the
     ranks when started by ``torchrun``; rank 0 prints and writes)."""
-    joined = init_from_env()
+    joined = init_from_env(device=getattr(args, "device", "cpu"))
     try:
-        if not is_main():
-            args.quiet, args.json = True, False
-        return _train(args)
+        if is_main():
+            return _train(args)
+        args.quiet, args.json = True, False
+        try:
+            return _train(args)
+        except (PCCompileError, OSError) as exc:
+            # bad input is the same on every rank: rank 0 alone says it (internal errors,
+            # which may be this rank's own, are still printed by every rank that hits one)
+            raise SystemExit(
+                EXIT_FAIL if isinstance(exc, CheckFailedError) else EXIT_USAGE
+            ) from None
     finally:
         if joined:
             import torch.distributed as dist

@@ -12,10 +12,19 @@ update: BP's cost. This is Z-IL's efficient mode on a leveled graph, and FPA's f
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextvars import ContextVar
+
 from ..engine import FeedForward, Grads, Plan, add_to, output_feedback
 from ..engine.vjp import vjp_pruned
 
-__all__ = ["propagate"]
+__all__ = ["LEVEL_DONE", "propagate"]
+
+#: Called as ``hook(t, grads)`` after level ``t``'s vertices have run: every contribution to the
+#: parameters that vertices at levels ``<= t`` use directly is then in ``grads`` (later levels
+#: never touch them). :class:`pccompile.distributed.DataParallel` starts those parameters'
+#: all-reduce there, overlapping it with the levels still to run.
+LEVEL_DONE: ContextVar[Callable[[int, Grads], None] | None] = ContextVar("LEVEL_DONE", default=None)
 
 
 def propagate(plan: Plan, ff: FeedForward, *, gamma: float, last_level: int) -> Grads:
@@ -32,6 +41,7 @@ def propagate(plan: Plan, ff: FeedForward, *, gamma: float, last_level: int) -> 
     acc: list = [None] * len(vertices)
     grads = Grads()
     output_feedback(plan, ff.loss, flat, acc, weight=-1.0)
+    level_done = LEVEL_DONE.get()
     for t in range(1, min(last_level, len(plan.by_level) - 1) + 1):
         for vid in plan.by_level[t]:
             fb, acc[vid] = acc[vid], None
@@ -47,4 +57,6 @@ def propagate(plan: Plan, ff: FeedForward, *, gamma: float, last_level: int) -> 
             mu[vid] = flat[vid] = leaves[vid] = None
             if v.slot >= 0:
                 env[v.slot] = None
+        if level_done is not None:
+            level_done(t, grads)
     return grads

@@ -1,0 +1,290 @@
+"""Data-parallel PC training (pccompile.distributed) on 2 gloo CPU ranks against one process.
+
+One spawn of 2 ranks runs every case (imports dominate its cost); each case trains from the
+same init on the same global batches as the one-process reference computed here, in float64,
+and the ranks' parameters, buffers and last gradients must equal it to ~1e-12.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn as nn
+import torch.nn.functional as F
+
+import pccompile
+from pccompile.distributed import (
+    LEAF_MODULES,
+    DataParallel,
+    GlobalDropout,
+    global_layers,
+    world_size,
+)
+from pccompile.errors import ConfigError
+from pccompile.train import ResidualCNN
+
+pytestmark = pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available(),
+    reason="needs torch.distributed with gloo",
+)
+
+WORLD = 2
+TOL = 1e-12
+
+
+class Block(nn.Module):
+    """A pre-LayerNorm transformer block (hand-written attention, dropout) and a linear head."""
+
+    def __init__(self, d: int = 16, heads: int = 2, classes: int = 5, p: float = 0.1):
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.mlp = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+        self.drop = nn.Dropout(p)
+        self.head = nn.Linear(d, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).chunk(3, dim=-1)
+        q, k, v = (z.reshape(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
+        att = torch.softmax(q @ k.transpose(-1, -2) / (d // self.heads) ** 0.5, dim=-1)
+        h = (att @ v).transpose(1, 2).reshape(b, t, d)
+        x = x + self.drop(self.proj(h))
+        x = x + self.drop(self.mlp(self.ln2(x)))
+        return self.head(x.mean(1))
+
+
+def _cnn() -> nn.Module:
+    return ResidualCNN(1, 10, width=6)
+
+
+def _block() -> nn.Module:
+    return Block()
+
+
+MODELS = {"cnn": (_cnn, (1, 8, 8), 10), "block": (_block, (6, 16), 5)}
+# name -> model, mode, micro-batches per step
+CASES = {
+    "cnn-efficient": ("cnn", "efficient", 1),
+    "cnn-faithful-accum": ("cnn", "faithful", 2),
+    "cnn-efficient-accum": ("cnn", "efficient", 3),
+    "block-efficient": ("block", "efficient", 1),
+    "block-faithful-accum": ("block", "faithful", 2),
+}
+STEPS, BATCH = 3, 8  # optimizer steps; global micro-batch
+
+
+def train_case(case: str, overlap: bool = True, sync: bool = True) -> dict:
+    """Train one case from the same init on the same global batches: data-parallel when a
+    process group is up (this rank's state), one process otherwise. float64, SGD + momentum."""
+    name, mode, accum = CASES[case]
+    make, shape, classes = MODELS[name]
+    torch.manual_seed(0)
+    model = make().double()
+    g = torch.Generator().manual_seed(1)
+    batches = [
+        [
+            (
+                torch.randn(BATCH, *shape, generator=g, dtype=torch.float64),
+                torch.randint(0, classes, (BATCH,), generator=g),
+            )
+            for _ in range(accum)
+        ]
+        for _ in range(STEPS)
+    ]
+    leaves: tuple = ()
+    if world_size() > 1:
+        model, leaves = global_layers(model), LEAF_MODULES
+    n, r = world_size(), dist.get_rank() if world_size() > 1 else 0
+    shard = lambda t: t[r * len(t) // n : (r + 1) * len(t) // n]  # noqa: E731
+    pcm = pccompile.convert(model, shard(batches[0][0][0]), "zil", mode=mode, leaf_modules=leaves)
+    dp = DataParallel(pcm, overlap=overlap, first_bucket_mb=0.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    torch.manual_seed(2)  # the dropout masks' stream, the same on every rank
+    overlapped = []
+    for step in batches:
+        opt.zero_grad()
+        for i, (x, y) in enumerate(step):
+            if i < accum - 1 or not sync:
+                with dp.no_sync():
+                    dp.learn(shard(x), target=shard(y), loss_fn=F.cross_entropy)
+            else:
+                dp.learn(shard(x), target=shard(y), loss_fn=F.cross_entropy)
+                overlapped.append(dp.overlapped)
+        opt.step()
+    return {
+        "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "grads": {k: p.grad.clone() for k, p in model.named_parameters()},
+        "rng": torch.get_rng_state(),
+        "overlapped": overlapped,
+    }
+
+
+def _checks() -> dict:
+    """Rank-side checks: refusals, no_sync's collectives, overlap == no overlap bitwise."""
+    out: dict = {}
+    model = _cnn().double()
+    x = torch.randn(4, 1, 8, 8, dtype=torch.float64)
+    for what, make in {
+        "convert(DDP(model))": lambda: pccompile.convert(
+            nn.parallel.DistributedDataParallel(model), x
+        ),
+        "DDP(pcm)": lambda: nn.parallel.DistributedDataParallel(pccompile.convert(model, x)),
+    }.items():
+        try:
+            make()
+            out[what] = None
+        except ConfigError as exc:
+            out[what] = str(exc)
+    pcm = pccompile.convert(nn.Linear(3, 2).double(), torch.randn(2, 3, dtype=torch.float64))
+    try:
+        DataParallel(pcm).learn(
+            torch.randn(2, 3, dtype=torch.float64),
+            target=torch.randn(2, 2, dtype=torch.float64),
+            loss_fn=F.mse_loss,
+            rule="ipc",
+            lr=0.1,
+        )
+        out["ipc-lr"] = None
+    except ConfigError as exc:
+        out["ipc-lr"] = str(exc)
+    # collectives of one accumulated step (3 micro-batches) of a model with buffers
+    calls = {"broadcast": 0, "all_reduce": 0}
+    real = {k: getattr(dist, k) for k in calls}
+
+    def counting(kind):
+        def call(*a, **k):
+            calls[kind] += 1
+            return real[kind](*a, **k)
+
+        return call
+
+    net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 2)).double()
+    pcm = pccompile.convert(net, torch.randn(2, 3, dtype=torch.float64))  # no global layers
+    dp = DataParallel(pcm, overlap=False)
+    for k in calls:
+        setattr(dist, k, counting(k))
+    try:
+        for i in range(3):
+            xb = torch.randn(2, 3, dtype=torch.float64)
+            yb = torch.randn(2, 2, dtype=torch.float64)
+            if i < 2:
+                with dp.no_sync():
+                    dp.learn(xb, target=yb, loss_fn=F.mse_loss)
+            else:
+                dp.learn(xb, target=yb, loss_fn=F.mse_loss)
+    finally:
+        for k, f in real.items():
+            setattr(dist, k, f)
+    out["calls"] = calls
+    out["buffers"] = len(list(net.buffers()))
+    out["overlap-off"] = train_case("cnn-efficient", overlap=False)
+    out["unsynced"] = train_case("block-efficient", sync=False)
+    return out
+
+
+def _worker(r: int, init: str, out: str) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=r, world_size=WORLD)
+    try:
+        results = {case: train_case(case) for case in CASES}
+        results["checks"] = _checks()
+        torch.save(results, f"{out}.{r}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def ranks() -> list[dict]:
+    with tempfile.TemporaryDirectory() as tmp:
+        init = f"file://{Path(tmp) / 'store'}"
+        out = str(Path(tmp) / "result")
+        mp.spawn(_worker, args=(init, out), nprocs=WORLD, join=True)
+        return [torch.load(f"{out}.{r}", weights_only=False) for r in range(WORLD)]
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(
+        float((a[k].double() - b[k].double()).abs().max())
+        if a[k].is_floating_point()
+        else float((a[k] != b[k]).any())
+        for k in a
+    )
+
+
+@pytest.mark.filterwarnings("ignore:The energy became non-finite")  # faithful Z-IL's rear
+@pytest.mark.parametrize("case", list(CASES))
+def test_two_ranks_equal_one_process_float64(ranks, case):
+    """3 SGD-momentum steps: every rank holds the same weights, buffers (BatchNorm running
+    statistics), last gradients and RNG state as one process on the global batches, to 1e-12;
+    the masks of dropout (the block) are one process's masks, split."""
+    one = train_case(case)
+    for r in range(WORLD):
+        got = ranks[r][case]
+        assert _max_diff(got["state"], one["state"]) <= TOL, (case, r)
+        assert _max_diff(got["grads"], one["grads"]) <= TOL, (case, r)
+        assert torch.equal(got["rng"], one["rng"])
+    assert all(
+        torch.equal(ranks[0][case]["state"][k], ranks[1][case]["state"][k]) for k in one["state"]
+    )
+
+
+def test_falsify_without_reduction(ranks):
+    """The equality test can fail: the same ranks never averaging their gradients (each trains
+    on its shard) are far from one process."""
+    one = train_case("block-efficient")
+    for r in range(WORLD):
+        assert _max_diff(ranks[r]["checks"]["unsynced"]["state"], one["state"]) > 1e-3
+
+
+def test_overlap_starts_during_inference_and_changes_nothing(ranks):
+    """Under efficient Z-IL the levels' buckets are started inside inference (several per
+    step), and the result is bitwise the result without overlap."""
+    on, off = ranks[0]["cnn-efficient"], ranks[0]["checks"]["overlap-off"]
+    assert min(on["overlapped"]) > 1 and max(off["overlapped"]) == 0
+    assert max(ranks[0]["cnn-faithful-accum"]["overlapped"]) == 0  # no level hook there
+    for k in on["state"]:
+        assert torch.equal(on["state"][k], off["state"][k]), k
+
+
+def test_no_sync_reduces_and_broadcasts_once(ranks):
+    """3 micro-batches, 2 of them under no_sync: one all-reduce bucket and one broadcast per
+    buffer, for the whole step."""
+    checks = ranks[0]["checks"]
+    assert checks["calls"] == {"broadcast": checks["buffers"], "all_reduce": 1}
+
+
+def test_ddp_and_moving_ipc_are_refused(ranks):
+    checks = ranks[0]["checks"]
+    assert "ddp.module" in checks["convert(DDP(model))"]
+    assert "pccompile.distributed.DataParallel(pcm)" in checks["DDP(pcm)"]
+    assert "drift apart" in checks["ipc-lr"]
+
+
+def test_global_dropout_is_dropout_in_one_process():
+    torch.manual_seed(0)
+    x = torch.randn(4, 5)
+    torch.manual_seed(1)
+    want = nn.Dropout(0.3)(x)
+    torch.manual_seed(1)
+    assert torch.equal(GlobalDropout(0.3)(x), want)
+
+
+def test_global_layers_keep_the_models_tensors():
+    model = _block().double()
+    before = {k: v for k, v in model.state_dict().items()}
+    net = global_layers(_cnn().double())
+    assert all(
+        t.dtype == torch.float64 for n, t in net.state_dict().items() if "num_batches" not in n
+    )
+    after = global_layers(model).state_dict()
+    assert all(after[k] is v or after[k].data_ptr() == v.data_ptr() for k, v in before.items())
