@@ -92,19 +92,20 @@ def init_from_env(backend: str | None = None, device: str | torch.device = "cpu"
     return True
 
 
-def _buckets(tensors: Iterable[torch.Tensor], bucket_mb: float) -> list[list[torch.Tensor]]:
-    """Consecutive tensors grouped per (dtype, device), at most ``bucket_mb`` MiB a group."""
+def _buckets(tensors: list[torch.Tensor], bucket_mb: float) -> list[list[int]]:
+    """Indices of consecutive tensors grouped per (dtype, device), at most ``bucket_mb`` MiB a
+    group."""
     limit = int(bucket_mb * 2**20)
-    buckets: list[list[torch.Tensor]] = []
+    buckets: list[list[int]] = []
     size: dict[tuple, int] = {}
-    open_bucket: dict[tuple, list[torch.Tensor]] = {}
-    for g in tensors:
+    open_bucket: dict[tuple, list[int]] = {}
+    for i, g in enumerate(tensors):
         key = (g.dtype, g.device)
         nbytes = g.numel() * g.element_size()
         if key not in open_bucket or size[key] + nbytes > limit:
             open_bucket[key], size[key] = [], 0
             buckets.append(open_bucket[key])
-        open_bucket[key].append(g)
+        open_bucket[key].append(i)
         size[key] += nbytes
     return buckets
 
@@ -125,11 +126,12 @@ def all_reduce_grads(
     if not _active(group):
         return
     n = dist.get_world_size(group)
-    for bucket in _buckets([p.grad for p in params if p.grad is not None], bucket_mb):
-        flat = torch.cat([g.reshape(-1) for g in bucket])
+    grads = [p.grad for p in params if p.grad is not None]
+    for bucket in _buckets(grads, bucket_mb):
+        flat = torch.cat([grads[i].reshape(-1) for i in bucket])
         dist.all_reduce(flat, group=group)
         flat.div_(n)
-        _unflatten(flat, bucket)
+        _unflatten(flat, [grads[i] for i in bucket])
 
 
 def broadcast_state(module: nn.Module, src: int = 0, group: Any = None, buffers_only=False) -> None:
@@ -189,9 +191,8 @@ class _Overlap:
 
     def start(self) -> None:
         for bucket in _buckets([g for _, g in self.open], self.bucket_mb):
-            ids = {id(g) for g in bucket}
-            params = [p for p, g in self.open if id(g) in ids]
-            flat = torch.cat([g.reshape(-1) for g in bucket])
+            params = [self.open[i][0] for i in bucket]
+            flat = torch.cat([self.open[i][1].reshape(-1) for i in bucket])
             work = dist.all_reduce(flat, group=self.group, async_op=True)
             self.pending.append((work, flat, params))
             self.done.update(id(p) for p in params)
@@ -296,8 +297,18 @@ class DataParallel:
         buffers broadcast from rank 0."""
         if not _active(self.group):
             return self.module.learn(*inputs, **kwargs)
-        self._check_rule(kwargs)
         self.overlapped = 0
+        if self._moving_ipc(kwargs):  # every in-inference weight step averaged: no_sync or not
+            from .rules.ipc import STEP_GRADS
+
+            token = STEP_GRADS.set(self._average)
+            try:
+                report = self.module.learn(*inputs, **kwargs)
+            finally:
+                STEP_GRADS.reset(token)
+            if self._sync and self.broadcast_buffers:
+                broadcast_state(self.module, 0, self.group, buffers_only=True)
+            return report
         if not self._sync:
             return self.module.learn(*inputs, **kwargs)
         plan = getattr(self.module, "plan", None)
@@ -330,24 +341,44 @@ class DataParallel:
         if self.broadcast_buffers:
             broadcast_state(self.module, 0, self.group, buffers_only=True)
 
-    def _check_rule(self, kwargs: dict) -> None:
-        """iPC moving the weights inside inference would move each rank's own copy: refused."""
+    def _moving_ipc(self, kwargs: dict) -> bool:
+        """Whether this step is iPC moving the weights inside inference (``lr > 0`` or
+        ``optimizer=``): each of its in-inference steps must then be averaged over the ranks.
+        Its compiled loop has no place to do that: refused."""
         rule = kwargs.get("rule")
         if rule is None:
             rule = getattr(self.module, "rule", None)
         if rule is None:
-            return
+            return False
         from .rules import make_rule
 
         options = {k: v for k, v in kwargs.items() if k not in _LEARN_ARGS}
         cfg = make_rule(rule, **options)
-        if cfg.name == "ipc" and (cfg.lr > 0 or cfg.optimizer is not None):
+        if not (cfg.name == "ipc" and (cfg.lr > 0 or cfg.optimizer is not None)):
+            return False
+        if cfg.compile:
             raise ConfigError(
-                "iPC with lr > 0 or optimizer= updates the weights inside inference, on each "
-                "rank's shard alone: data-parallel, the ranks' weights would drift apart. Use "
-                "IPC(lr=0) (its per-step gradients are averaged into p.grad, then synchronised) "
-                "with an outer optimizer, or train iPC in one process."
+                "IPC(compile=True) with lr > 0 moves the weights inside the compiled loop, "
+                "where the ranks' steps cannot be averaged: data-parallel, they would drift "
+                "apart. Use compile=False (each step's gradient is all-reduced), or one process."
             )
+        return True
+
+    def _average(self, params: dict) -> None:
+        """iPC's in-inference step gradients, averaged over the ranks (new tensors: the ones
+        given may be autograd's, never written in place)."""
+        keys = list(params)
+        grads = [params[p] for p in keys]
+        n = dist.get_world_size(self.group)
+        with torch.no_grad():
+            for bucket in _buckets(grads, self.bucket_mb):
+                flat = torch.cat([grads[i].reshape(-1) for i in bucket])
+                dist.all_reduce(flat, group=self.group)
+                flat.div_(n)
+                offset = 0
+                for i in bucket:
+                    params[keys[i]] = flat[offset : offset + grads[i].numel()].view_as(grads[i])
+                    offset += grads[i].numel()
 
 
 class _AllReduceSum(torch.autograd.Function):

@@ -1,0 +1,268 @@
+"""Data-parallel PC training on 2 gloo CPU ranks against one process (issue 25).
+
+``equality``: each model trains ``--steps`` SGD-momentum steps of Z-IL from the same init on the
+same global batches, (a) data-parallel on 2 ranks and (b) in one process, in float64 and in
+float32; reported per model, the largest relative difference over the tensors of the state dict
+(per tensor ``max|a - b| / max|b|``) between
+
+* 2 ranks and one process, float64 (the proof: ~1e-13 if they compute the same thing),
+* 2 ranks and one process, float32 (data-parallel's own rounding),
+* one process float32 and one process float64 (float32's rounding, the yardstick: the float32
+  data-parallel difference should not be larger).
+
+``overlap``: median time of one data-parallel Z-IL learn step (efficient schedule, torchvision
+resnet18 on 32x32 images, float32) with the overlapped all-reduce against the all-reduce after
+inference, alternated step by step in the same processes, at global batch 64 and 256; and one
+process's step on the global batch.
+
+    PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/distributed.py equality
+    PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/distributed.py overlap --batches 64,256
+
+No assertion: numbers for docs/train.md. The machine may be shared: timing rows give median and
+spread over alternated repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn as nn
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pccompile  # noqa: E402
+from pccompile.distributed import LEAF_MODULES, DataParallel, global_layers, world_size  # noqa: E402
+from pccompile.train import ResidualCNN  # noqa: E402
+
+WORLD = 2
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block (attention, MLP, dropout) with a classification head."""
+
+    def __init__(self, d: int = 32, heads: int = 4, classes: int = 10, p: float = 0.1):
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+        self.drop = nn.Dropout(p)
+        self.head = nn.Linear(d, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).chunk(3, dim=-1)
+        q, k, v = (z.reshape(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
+        att = torch.softmax(q @ k.transpose(-1, -2) / (d // self.heads) ** 0.5, dim=-1)
+        h = (att @ v).transpose(1, 2).reshape(b, t, d)
+        x = x + self.drop(self.proj(h))
+        x = x + self.drop(self.mlp(self.ln2(x)))
+        return self.head(x.mean(1))
+
+
+def _resnet18() -> nn.Module:
+    import torchvision
+
+    return torchvision.models.resnet18(num_classes=10)
+
+
+MODELS = {  # name -> factory, input shape, classes, global batch, lr
+    "residual-cnn": (lambda: ResidualCNN(1, 10), (1, 8, 8), 10, 32, 0.05),
+    "resnet18": (_resnet18, (3, 32, 32), 10, 16, 0.01),
+    "transformer-block": (Block, (16, 32), 10, 16, 0.05),
+}
+
+
+def train(name: str, dtype: torch.dtype, steps: int, accum: int, mode: str) -> dict:
+    """This rank's (or one process's) state dict after ``steps`` steps of ``accum``
+    micro-batches (no_sync on all but the last)."""
+    make, shape, classes, batch, lr = MODELS[name]
+    torch.manual_seed(0)
+    model = make().to(dtype)
+    g = torch.Generator().manual_seed(1)
+    data = [
+        [
+            (torch.randn(batch, *shape, generator=g).to(dtype),
+             torch.randint(0, classes, (batch,), generator=g))
+            for _ in range(accum)
+        ]
+        for _ in range(steps)
+    ]  # fmt: skip
+    leaves: tuple = ()
+    if world_size() > 1:
+        model, leaves = global_layers(model), LEAF_MODULES
+    n = world_size()
+    r = dist.get_rank() if n > 1 else 0
+    shard = lambda t: t[r * len(t) // n : (r + 1) * len(t) // n]  # noqa: E731
+    pcm = pccompile.convert(model, shard(data[0][0][0]), "zil", mode=mode, leaf_modules=leaves)
+    dp = DataParallel(pcm)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    torch.manual_seed(2)
+    for step in data:
+        opt.zero_grad()
+        for i, (x, y) in enumerate(step):
+            if i < accum - 1:
+                with dp.no_sync():
+                    dp.learn(shard(x), target=shard(y), loss_fn=F.cross_entropy)
+            else:
+                dp.learn(shard(x), target=shard(y), loss_fn=F.cross_entropy)
+        opt.step()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def rel_diff(a: dict, b: dict) -> tuple[float, str]:
+    worst, where = 0.0, ""
+    for k in b:
+        if not b[k].is_floating_point():
+            continue
+        d = float((a[k].double() - b[k].double()).abs().max())
+        d /= max(float(b[k].double().abs().max()), 1e-30)
+        if d > worst:
+            worst, where = d, k
+    return worst, where
+
+
+def _init(r: int, init: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=r, world_size=WORLD)
+
+
+def _equality_worker(r: int, init: str, out: str, runs: list) -> None:
+    _init(r, init)
+    try:
+        res = {key: train(*key) for key in runs}
+        if r == 0:
+            torch.save(res, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn(fn, *args) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(fn, args=(f"file://{Path(tmp) / 's'}", *args), nprocs=WORLD, join=True)
+
+
+def equality(args: argparse.Namespace) -> None:
+    names = args.models.split(",")
+    runs = []
+    for name in names:
+        for dtype in (torch.float64, torch.float32):
+            runs.append((name, dtype, args.steps, args.accum, args.mode))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = str(Path(tmp) / "ranks.pt")
+        t0 = time.perf_counter()
+        spawn(_equality_worker, out, runs)
+        ranks = torch.load(out, weights_only=False)
+        print(f"2 ranks: {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+    print(
+        f"Z-IL mode={args.mode}, {args.steps} steps x {args.accum} micro-batches, SGD momentum "
+        f"0.9; max over tensors of max|a-b|/max|b|"
+    )
+    print("| model | 2 ranks vs 1, float64 | 2 ranks vs 1, float32 | 1 process f32 vs f64 |")
+    print("|---|---|---|---|")
+    for name in names:
+        k64 = (name, torch.float64, args.steps, args.accum, args.mode)
+        k32 = (name, torch.float32, args.steps, args.accum, args.mode)
+        one64, one32 = train(*k64), train(*k32)
+        a, wa = rel_diff(ranks[k64], one64)
+        b, wb = rel_diff(ranks[k32], one32)
+        c, wc = rel_diff(one32, one64)
+        print(f"| {name} | {a:.1e} ({wa}) | {b:.1e} ({wb}) | {c:.1e} ({wc}) |", flush=True)
+
+
+def _overlap_worker(r: int, init: str, out: str, batches: list, repeats: int) -> None:
+    _init(r, init)
+    try:
+        res = {}
+        for batch in batches:
+            torch.manual_seed(0)
+            model = global_layers(_resnet18())
+            x = torch.randn(batch // WORLD, 3, 32, 32)
+            y = torch.randint(0, 10, (batch // WORLD,))
+            pcm = pccompile.convert(model, x, "zil", mode="efficient", leaf_modules=LEAF_MODULES)
+            dps = {"overlap": DataParallel(pcm), "after": DataParallel(pcm, overlap=False)}
+            times: dict[str, list[float]] = {k: [] for k in dps}
+            early = []
+            for i in range(repeats + 1):
+                for k, dp in dps.items():
+                    pcm.zero_grad(set_to_none=True)
+                    dist.barrier()
+                    t0 = time.perf_counter()
+                    dp.learn(x, target=y, loss_fn=F.cross_entropy)
+                    if i:  # the first round warms up
+                        times[k].append(time.perf_counter() - t0)
+                    if k == "overlap":
+                        early.append(dp.overlapped)
+            res[batch] = (times, early)
+        if r == 0:
+            torch.save(res, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def _one_process(batch: int, repeats: int) -> list[float]:
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = _resnet18()
+    x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+    pcm = pccompile.convert(model, x, "zil", mode="efficient")
+    times = []
+    for i in range(repeats + 1):
+        pcm.zero_grad(set_to_none=True)
+        t0 = time.perf_counter()
+        pcm.learn(x, target=y, loss_fn=F.cross_entropy)
+        if i:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def overlap(args: argparse.Namespace) -> None:
+    batches = [int(b) for b in args.batches.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = str(Path(tmp) / "times.pt")
+        spawn(_overlap_worker, out, batches, args.repeats)
+        res = torch.load(out, weights_only=False)
+    print(f"resnet18 32x32, Z-IL efficient, float32, 1 thread per process, {args.repeats} steps")
+    print("| global batch | 1 process | 2 ranks, reduce after | 2 ranks, overlapped | buckets "
+          "started in inference | speed-up (overlapped vs 1 process) |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
+    fmt = lambda t: f"{statistics.median(t):.3f}s [{min(t):.3f}-{max(t):.3f}]"  # noqa: E731
+    for batch in batches:
+        one = _one_process(batch, args.repeats)
+        times, early = res[batch]
+        sp = statistics.median(one) / statistics.median(times["overlap"])
+        print(
+            f"| {batch} | {fmt(one)} | {fmt(times['after'])} | {fmt(times['overlap'])} | "
+            f"{max(early)} | {sp:.2f}x |",
+            flush=True,
+        )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="what", required=True)
+    e = sub.add_parser("equality")
+    e.add_argument("--models", default=",".join(MODELS))
+    e.add_argument("--steps", type=int, default=3)
+    e.add_argument("--accum", type=int, default=2)
+    e.add_argument("--mode", default="efficient", choices=["efficient", "faithful"])
+    o = sub.add_parser("overlap")
+    o.add_argument("--batches", default="64,256")
+    o.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    equality(args) if args.what == "equality" else overlap(args)
+
+
+if __name__ == "__main__":
+    main()
