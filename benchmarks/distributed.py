@@ -3,12 +3,13 @@
 ``equality``: each model trains ``--steps`` SGD-momentum steps of Z-IL from the same init on the
 same global batches, (a) data-parallel on 2 ranks and (b) in one process, in float64 and in
 float32; reported per model, the largest relative difference over the tensors of the state dict
-(per tensor ``max|a - b| / max|b|``) between
+(per tensor ``||a - b|| / ||b||``, and over all tensors together) between
 
 * 2 ranks and one process, float64 (the proof: ~1e-13 if they compute the same thing),
-* 2 ranks and one process, float32 (data-parallel's own rounding),
-* one process float32 and one process float64 (float32's rounding, the yardstick: the float32
-  data-parallel difference should not be larger).
+* 2 ranks in float32 and one process in float64 (data-parallel float32's error),
+* one process in float32 and in float64 (one process's float32 error, the yardstick: the
+  data-parallel float32 error should not be larger),
+* 2 ranks and one process, both float32 (at most the two errors added).
 
 ``overlap``: median time of one data-parallel Z-IL learn step (efficient schedule, torchvision
 resnet18 on 32x32 images, float32) with the overlapped all-reduce against the all-reduce after
@@ -30,6 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -120,20 +122,24 @@ def train(name: str, dtype: torch.dtype, steps: int, accum: int, mode: str) -> d
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def rel_diff(a: dict, b: dict) -> tuple[float, str]:
-    worst, where = 0.0, ""
+def rel_diff(a: dict, b: dict) -> tuple[float, str, float]:
+    """Per tensor ``||a - b|| / ||b||`` (2-norm): the largest and where; and the same over all
+    the floating tensors together."""
+    worst, where, num, den = 0.0, "", 0.0, 0.0
     for k in b:
         if not b[k].is_floating_point():
             continue
-        d = float((a[k].double() - b[k].double()).abs().max())
-        d /= max(float(b[k].double().abs().max()), 1e-30)
-        if d > worst:
-            worst, where = d, k
-    return worst, where
+        d = float((a[k].double() - b[k].double()).norm())
+        ref = float(b[k].double().norm())
+        num, den = num + d * d, den + ref * ref
+        if d / max(ref, 1e-300) > worst:
+            worst, where = d / max(ref, 1e-300), k
+    return worst, where, (num / max(den, 1e-300)) ** 0.5
 
 
 def _init(r: int, init: str) -> None:
     torch.set_num_threads(1)
+    warnings.filterwarnings("ignore", "The energy became non-finite")
     dist.init_process_group("gloo", init_method=init, rank=r, world_size=WORLD)
 
 
@@ -166,18 +172,26 @@ def equality(args: argparse.Namespace) -> None:
         print(f"2 ranks: {time.perf_counter() - t0:.0f}s", file=sys.stderr)
     print(
         f"Z-IL mode={args.mode}, {args.steps} steps x {args.accum} micro-batches, SGD momentum "
-        f"0.9; max over tensors of max|a-b|/max|b|"
+        f"0.9; per tensor ||a-b||/||b||, the largest (which), and over all tensors together"
     )
-    print("| model | 2 ranks vs 1, float64 | 2 ranks vs 1, float32 | 1 process f32 vs f64 |")
-    print("|---|---|---|---|")
+    cols = [
+        "2 ranks f64 vs 1 f64",
+        "2 ranks f32 vs 1 f64",
+        "1 f32 vs 1 f64",
+        "2 ranks f32 vs 1 f32",
+    ]
+    print("| model | " + " | ".join(cols) + " |")
+    print("|---" * (len(cols) + 1) + "|")
     for name in names:
         k64 = (name, torch.float64, args.steps, args.accum, args.mode)
         k32 = (name, torch.float32, args.steps, args.accum, args.mode)
         one64, one32 = train(*k64), train(*k32)
-        a, wa = rel_diff(ranks[k64], one64)
-        b, wb = rel_diff(ranks[k32], one32)
-        c, wc = rel_diff(one32, one64)
-        print(f"| {name} | {a:.1e} ({wa}) | {b:.1e} ({wb}) | {c:.1e} ({wc}) |", flush=True)
+        pairs = [(ranks[k64], one64), (ranks[k32], one64), (one32, one64), (ranks[k32], one32)]
+        cells = []
+        for a, b in pairs:
+            worst, where, total = rel_diff(a, b)
+            cells.append(f"{worst:.1e} ({where}); all {total:.1e}")
+        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
 
 
 def _overlap_worker(r: int, init: str, out: str, batches: list, repeats: int) -> None:
@@ -261,6 +275,8 @@ def main() -> None:
     o.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # Z-IL's value nodes may overflow behind the error front (the updates are unaffected)
+    warnings.filterwarnings("ignore", "The energy became non-finite")
     equality(args) if args.what == "equality" else overlap(args)
 
 
