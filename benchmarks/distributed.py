@@ -11,6 +11,11 @@ float32; reported per model, the largest relative difference over the tensors of
   data-parallel float32 error should not be larger),
 * 2 ranks and one process, both float32 (at most the two errors added).
 
+``sharded``: GPT-2 124M (``GPT2Config()``, dropout off, float32) trained by Z-IL with Adam,
+sharded over 2 ranks (:class:`pccompile.sharded.ShardedDataParallel`) against one process: the
+bytes of parameters, gradients and Adam state each holds after a step, its peak RSS, and the
+first step's gradients of the two compared.
+
 ``overlap``: median time of one data-parallel Z-IL learn step (efficient schedule, torchvision
 resnet18 on 32x32 images, float32) with the overlapped all-reduce against the all-reduce after
 inference, alternated step by step in the same processes, at global batch 64 and 256; and one
@@ -18,6 +23,7 @@ process's step on the global batch.
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/distributed.py equality
     PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/distributed.py overlap --batches 64,256
+    PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/distributed.py sharded     # GPT-2 124M
 
 No assertion: numbers for docs/train.md. The machine may be shared: timing rows give median and
 spread over alternated repeats.
@@ -85,9 +91,12 @@ MODELS = {  # name -> factory, input shape, classes, global batch, lr
 }
 
 
-def train(name: str, dtype: torch.dtype, steps: int, accum: int, mode: str) -> dict:
+def train(
+    name: str, dtype: torch.dtype, steps: int, accum: int, mode: str, last_grads: bool = False
+) -> dict:
     """This rank's (or one process's) state dict after ``steps`` steps of ``accum``
-    micro-batches (no_sync on all but the last)."""
+    micro-batches (no_sync on all but the last); ``last_grads``: the last step's ``.grad``
+    instead."""
     make, shape, classes, batch, lr = MODELS[name]
     torch.manual_seed(0)
     model = make().to(dtype)
@@ -119,7 +128,10 @@ def train(name: str, dtype: torch.dtype, steps: int, accum: int, mode: str) -> d
             else:
                 dp.learn(shard(x), target=shard(y), loss_fn=F.cross_entropy)
         opt.step()
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if last_grads:
+        state = {f"{k}.grad": p.grad.clone() for k, p in model.named_parameters()}
+    return state
 
 
 def rel_diff(a: dict, b: dict) -> tuple[float, str, float]:
@@ -163,7 +175,7 @@ def equality(args: argparse.Namespace) -> None:
     runs = []
     for name in names:
         for dtype in (torch.float64, torch.float32):
-            runs.append((name, dtype, args.steps, args.accum, args.mode))
+            runs.append((name, dtype, args.steps, args.accum, args.mode, args.grads))
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "ranks.pt")
         t0 = time.perf_counter()
@@ -172,7 +184,8 @@ def equality(args: argparse.Namespace) -> None:
         print(f"2 ranks: {time.perf_counter() - t0:.0f}s", file=sys.stderr)
     print(
         f"Z-IL mode={args.mode}, {args.steps} steps x {args.accum} micro-batches, SGD momentum "
-        f"0.9; per tensor ||a-b||/||b||, the largest (which), and over all tensors together"
+        f"0.9; {'the last gradients' if args.grads else 'the state dict'}: per tensor "
+        f"||a-b||/||b||, the largest (which), and over all tensors together"
     )
     cols = [
         "2 ranks f64 vs 1 f64",
@@ -183,8 +196,8 @@ def equality(args: argparse.Namespace) -> None:
     print("| model | " + " | ".join(cols) + " |")
     print("|---" * (len(cols) + 1) + "|")
     for name in names:
-        k64 = (name, torch.float64, args.steps, args.accum, args.mode)
-        k32 = (name, torch.float32, args.steps, args.accum, args.mode)
+        k64 = (name, torch.float64, args.steps, args.accum, args.mode, args.grads)
+        k32 = (name, torch.float32, args.steps, args.accum, args.mode, args.grads)
         one64, one32 = train(*k64), train(*k32)
         pairs = [(ranks[k64], one64), (ranks[k32], one64), (one32, one64), (ranks[k32], one32)]
         cells = []
@@ -262,6 +275,122 @@ def overlap(args: argparse.Namespace) -> None:
         )
 
 
+def _gpt2(n_layer: int | None, dtype: torch.dtype):
+    import transformers
+
+    kw = {} if n_layer is None else {"n_layer": n_layer}
+    cfg = transformers.GPT2Config(  # GPT-2 124M unless n_layer says; nothing is downloaded
+        use_cache=False, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **kw
+    )
+    torch.manual_seed(0)
+    return transformers.GPT2LMHeadModel(cfg).to(dtype), cfg.vocab_size
+
+
+def _lm_loss(out, y):
+    return F.cross_entropy(out.logits.reshape(-1, out.logits.shape[-1]), y.reshape(-1))
+
+
+def _bytes(tensors) -> int:
+    seen, total = set(), 0
+    for t in tensors:
+        if t is None or t.numel() == 0:
+            continue
+        key = t.untyped_storage().data_ptr()
+        if key not in seen:
+            seen.add(key)
+            total += t.untyped_storage().nbytes()
+    return total
+
+
+def _sharded_run(sharded: bool, args: argparse.Namespace) -> dict:
+    import resource
+
+    from pccompile.sharded import ShardedDataParallel
+
+    model, vocab = _gpt2(args.n_layer, torch.float32)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, vocab, (args.batch, args.seq), generator=g)
+    y = torch.randint(0, vocab, (args.batch, args.seq), generator=g)
+    n = dist.get_world_size() if sharded else 1
+    r = dist.get_rank() if sharded else 0
+    shard = lambda t: t[r * len(t) // n : (r + 1) * len(t) // n]  # noqa: E731
+    t0 = time.perf_counter()
+    pcm = pccompile.convert(model, shard(x), loss_fn=_lm_loss)
+    convert_s = time.perf_counter() - t0
+    sdp = ShardedDataParallel(pcm) if sharded else None
+    params = sdp.parameters() if sharded else list(model.parameters())
+    opt = torch.optim.Adam(params, lr=1e-4)
+    times = []
+    for i in range(args.repeats):
+        opt.zero_grad(set_to_none=False)
+        t0 = time.perf_counter()
+        if sharded:
+            sdp.learn(shard(x), target=shard(y))
+        else:
+            pcm.learn(x, target=y)
+        times.append(time.perf_counter() - t0)
+        if i == 0:
+            grads = sdp.full_grads() if sharded else [p.grad.clone() for p in model.parameters()]
+        opt.step()
+    opt_state = [t for st in opt.state.values() for t in st.values() if t.ndim]
+    held = {
+        "parameters": _bytes(params) + (_bytes(model.parameters()) if sharded else 0),
+        "gradients": _bytes(p.grad for p in params),
+        "optimizer": _bytes(opt_state),
+    }
+    return {
+        "grads": grads,
+        "held": held,
+        "convert_s": convert_s,
+        "step_s": times,
+        "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def _sharded_worker(r: int, init: str, out: str, args: argparse.Namespace) -> None:
+    _init(r, init)
+    try:
+        res = _sharded_run(True, args)
+        torch.save(res, f"{out}.{r}")
+    finally:
+        dist.destroy_process_group()
+
+
+def sharded(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = str(Path(tmp) / "sharded")
+        spawn(_sharded_worker, out, args)
+        ranks = [torch.load(f"{out}.{r}", weights_only=False) for r in range(WORLD)]
+    torch.set_num_threads(1)
+    one = _sharded_run(False, args)
+    layers = args.n_layer if args.n_layer is not None else 12
+    n = sum(g.numel() for g in one["grads"])
+    print(
+        f"GPT-2 ({layers} layers, {n / 1e6:.1f}M parameters), float32, Z-IL, Adam, global batch "
+        f"{args.batch} x {args.seq} tokens, {args.repeats} steps; bytes of the tensors held "
+        "after the last step (parameters, .grad, Adam moments); peak RSS of the process"
+    )
+    print("| | parameters | gradients | Adam state | total | peak RSS | step |")
+    print("|---|---|---|---|---|---|---|")
+    mb = lambda b: f"{b / 2**20:.0f} MiB"  # noqa: E731
+    for name, res in [("1 process", one)] + [(f"rank {r} of 2", x) for r, x in enumerate(ranks)]:
+        h = res["held"]
+        step = f"{statistics.median(res['step_s']):.2f}s"
+        print(
+            f"| {name} | {mb(h['parameters'])} | {mb(h['gradients'])} | {mb(h['optimizer'])} | "
+            f"{mb(sum(h.values()))} | {res['maxrss_mb']:.0f} MiB | {step} |"
+        )
+    worst, total_num, total_den = 0.0, 0.0, 0.0
+    for a, b in zip(ranks[0]["grads"], one["grads"]):
+        d, ref = float((a - b).double().norm()), float(b.double().norm())
+        worst = max(worst, d / max(ref, 1e-30))
+        total_num, total_den = total_num + d * d, total_den + ref * ref
+    print(
+        f"first step's gradients, 2 ranks sharded vs 1 process: per tensor ||a-b||/||b|| at "
+        f"most {worst:.1e}, over all {(total_num / total_den) ** 0.5:.1e}"
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="what", required=True)
@@ -270,14 +399,20 @@ def main() -> None:
     e.add_argument("--steps", type=int, default=3)
     e.add_argument("--accum", type=int, default=2)
     e.add_argument("--mode", default="efficient", choices=["efficient", "faithful"])
+    e.add_argument("--grads", action="store_true", help="compare the last step's .grad")
     o = sub.add_parser("overlap")
     o.add_argument("--batches", default="64,256")
     o.add_argument("--repeats", type=int, default=5)
+    sh = sub.add_parser("sharded")
+    sh.add_argument("--n-layer", type=int, help="GPT-2's layers (default: GPT-2 124M's 12)")
+    sh.add_argument("--batch", type=int, default=2)
+    sh.add_argument("--seq", type=int, default=32)
+    sh.add_argument("--repeats", type=int, default=2)
     args = p.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     # Z-IL's value nodes may overflow behind the error front (the updates are unaffected)
     warnings.filterwarnings("ignore", "The energy became non-finite")
-    equality(args) if args.what == "equality" else overlap(args)
+    {"equality": equality, "overlap": overlap, "sharded": sharded}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -136,6 +136,51 @@ def train_case(case: str, overlap: bool = True, sync: bool = True) -> dict:
     }
 
 
+def train_sharded() -> dict:
+    """The transformer block (dropout on) with Adam, 2 steps: sharded over the ranks when a
+    process group is up (whole state gathered), one process otherwise."""
+    from pccompile.sharded import ShardedDataParallel
+
+    torch.manual_seed(0)
+    model = _block().double()
+    g = torch.Generator().manual_seed(1)
+    batches = [
+        (torch.randn(BATCH, 6, 16, generator=g, dtype=torch.float64),
+         torch.randint(0, 5, (BATCH,), generator=g))
+        for _ in range(2)
+    ]  # fmt: skip
+    leaves: tuple = ()
+    sharded = world_size() > 1
+    if sharded:
+        model, leaves = global_layers(model), LEAF_MODULES
+    n, r = world_size(), dist.get_rank() if sharded else 0
+    shard = lambda t: t[r * len(t) // n : (r + 1) * len(t) // n]  # noqa: E731
+    pcm = pccompile.convert(model, shard(batches[0][0]), leaf_modules=leaves)
+    total = sum(p.numel() for p in model.parameters())
+    sdp = ShardedDataParallel(pcm) if sharded else None
+    opt = torch.optim.Adam(sdp.parameters() if sharded else model.parameters(), lr=1e-2)
+    torch.manual_seed(2)
+    for x, y in batches:
+        opt.zero_grad()
+        if sharded:
+            sdp.learn(shard(x), target=shard(y), loss_fn=F.cross_entropy)
+            grads = sdp.full_grads()
+        else:
+            pcm.learn(x, target=y, loss_fn=F.cross_entropy)
+            grads = [p.grad.clone() for p in model.parameters()]
+        opt.step()
+    out = {"grads": dict(enumerate(grads)), "total": total}
+    if sharded:
+        out["state"] = sdp.full_state_dict()
+        out["held"] = sum(p.numel() for p in model.parameters())  # between steps: none
+        out["shards"] = sum(s.numel() for s in sdp.parameters())
+        out["adam"] = sum(t.numel() for st in opt.state.values() for t in st.values() if t.ndim)
+        out["n_params"] = len(sdp.parameters())
+    else:
+        out["state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return out
+
+
 def _checks() -> dict:
     """Rank-side checks: refusals, no_sync's collectives, overlap == no overlap bitwise."""
     out: dict = {}
@@ -207,6 +252,7 @@ def _worker(r: int, init: str, out: str) -> None:
     try:
         results = {case: train_case(case) for case in CASES}
         results["checks"] = _checks()
+        results["sharded"] = train_sharded()
         torch.save(results, f"{out}.{r}")
     finally:
         dist.destroy_process_group()
@@ -303,3 +349,17 @@ def test_global_layers_keep_the_models_tensors():
     )
     after = global_layers(model).state_dict()
     assert all(after[k] is v or after[k].data_ptr() == v.data_ptr() for k, v in before.items())
+
+
+def test_sharded_equals_one_process_and_holds_half(ranks):
+    """ShardedDataParallel: 2 Adam steps on the transformer block (dropout on) give one
+    process's gradients and weights to 1e-12, while each rank holds half of every parameter
+    (rounded up) and Adam's moments only for its half; between steps the model holds none."""
+    one = train_sharded()
+    for r in range(WORLD):
+        got = ranks[r]["sharded"]
+        assert _max_diff(got["grads"], one["grads"]) <= TOL
+        assert _max_diff(got["state"], one["state"]) <= TOL
+        assert got["held"] == 0
+        assert one["total"] / 2 <= got["shards"] <= one["total"] / 2 + got["n_params"]
+        assert got["adam"] == 2 * got["shards"]  # exp_avg and exp_avg_sq of the shards
