@@ -444,9 +444,9 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
 
 
 def _stats_dtype(x: torch.Tensor) -> torch.dtype:
-    """Where GlobalBatchNorm computes: float64 on CPU (as ``nn.BatchNorm``'s CPU kernels
-    accumulate float32 in double: in float32 the 2 ranks' BatchNorm gradients were measured 25x
-    further from float64's than one process's, on resnet18), float32 for half types elsewhere."""
+    """Where GlobalBatchNorm computes: float64 on CPU for float32 and half inputs (as
+    ``nn.BatchNorm``'s CPU kernels accumulate them in double), float32 for half inputs
+    elsewhere."""
     if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float16, torch.bfloat16):
         return torch.float64
     return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype

@@ -245,7 +245,10 @@ class Trainer:
         check_fits(model, data, config.batch_size, self.device, self.dtype)
         leaves: tuple = ()
         if world_size() > 1:  # BatchNorm statistics and dropout masks of the global batch
-            model, leaves = global_layers(model, self.device), LEAF_MODULES
+            model = global_layers(model, self.device)
+            # only the kinds present: leaf_modules rules out torch.export's fallback
+            present = {type(m) for m in model.modules()}
+            leaves = tuple(t for t in LEAF_MODULES if t in present)
         model.train()
         self.bp_model = copy.deepcopy(model) if config.compare_bp else None
         rule = make_rule(config.rule, **config.rule_options)
