@@ -18,7 +18,9 @@ number of steps); gradients are averaged in buckets of at most ``bucket_mb`` MiB
 the mean over ranks of per-rank means over equal shards is the global batch's mean gradient.
 Under Z-IL's event-driven schedule a bucket's all-reduce is started (asynchronously) as soon as
 the level that last uses its parameters has run (:data:`pccompile.rules.propagate.LEVEL_DONE`),
-and waited on before ``learn`` returns.
+and waited on before ``learn`` returns. ``no_sync()`` skips the collectives of accumulation
+steps; iPC moving the weights inside inference has each in-inference step's gradients averaged
+(:data:`pccompile.rules.ipc.STEP_GRADS`). Sharded training: :mod:`pccompile.sharded`.
 Layers whose training-mode result depends on the whole batch are swapped by
 :func:`global_layers`: BatchNorm for :class:`GlobalBatchNorm` on CPU (``nn.SyncBatchNorm`` on
 CUDA) and dropout for :class:`GlobalDropout`, whose masks are slices of the mask one process
