@@ -170,6 +170,13 @@ def convert(
         )
     if not isinstance(model, nn.Module):
         raise ConfigError(f"convert() takes an nn.Module, got {type(model).__name__}.")
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        raise ConfigError(
+            "This model is wrapped in DistributedDataParallel, whose gradient hooks only fire in "
+            "backward(), which PC learning never calls: the ranks would drift apart silently. "
+            "Convert the plain module (ddp.module) and wrap the result in "
+            "pccompile.distributed.DataParallel (docs/train.md)."
+        )
     cfg = make_rule(rule, **rule_options)
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     if isinstance(example_inputs, list):

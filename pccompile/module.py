@@ -130,6 +130,16 @@ class PCModule(nn.Module):
         p = next(self._pc_model.parameters(), None)
         return p.device if p is not None else None
 
+    @property
+    def _ddp_params_and_buffers_to_ignore(self) -> Any:
+        # DistributedDataParallel(pcm) reads this attribute while it is constructed: refuse
+        # there, rather than let its backward hooks (which learn never fires) drift the ranks.
+        raise ConfigError(
+            "DistributedDataParallel(pcm) cannot synchronise PC learning: learn() writes p.grad "
+            "without backward(), so DDP's all-reduce hooks never fire and the ranks would drift "
+            "apart. Use pccompile.distributed.DataParallel(pcm) instead (docs/train.md)."
+        )
+
     # Plans hold compiled closures; they are rebuilt on demand after copying or unpickling.
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()

@@ -320,6 +320,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     t.add_argument(
         "--limit-batches", type=int, metavar="N", help="at most N batches per epoch (quick runs)"
     )
+    t.add_argument(
+        "--dtype",
+        choices=["float32", "float64", "bfloat16"],
+        help="cast the model and the images to this dtype (default: the model's own)",
+    )
     t.add_argument("--threads", type=int, metavar="N", help="torch.set_num_threads(N)")
     t.add_argument(
         "--device",

@@ -14,11 +14,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from contextvars import ContextVar
 
 from ..engine import FeedForward, Grads, Plan, add_to, output_feedback
 from ..engine.vjp import vjp_pruned
 
-__all__ = ["propagate"]
+__all__ = ["LEVEL_DONE", "propagate"]
+
+#: Called as ``hook(t, grads)`` after level ``t``'s vertices have run: every contribution to the
+#: parameters that vertices at levels ``<= t`` use directly is then in ``grads`` (later levels
+#: never touch them). :class:`pccompile.distributed.DataParallel` starts those parameters'
+#: all-reduce there, overlapping it with the levels still to run.
+LEVEL_DONE: ContextVar[Callable[[int, Grads], None] | None] = ContextVar("LEVEL_DONE", default=None)
 
 
 def propagate(
@@ -47,6 +54,7 @@ def propagate(
     grads = Grads()
     with scope(0):
         output_feedback(plan, ff.loss, flat, acc, weight=-1.0)
+    level_done = LEVEL_DONE.get()
     for t in range(1, min(last_level, len(plan.by_level) - 1) + 1):
         with scope(t):
             for vid in plan.by_level[t]:
@@ -63,6 +71,8 @@ def propagate(
                 mu[vid] = flat[vid] = leaves[vid] = None
                 if v.slot >= 0:
                     env[v.slot] = None
+        if level_done is not None:
+            level_done(t, grads)
     return grads
 
 

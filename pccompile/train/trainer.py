@@ -28,14 +28,15 @@ import torch.nn.functional as F
 
 from ..api import convert
 from ..data import Dataset
-from ..distributed import DataParallel, GlobalBatchNorm, all_mean, global_batchnorm, world_size
+from ..distributed import LEAF_MODULES, DataParallel, all_mean, global_layers, world_size
 from ..errors import ConfigError, InputError
 from ..module import PCModule
 from ..rules import make_rule
 
-__all__ = ["TrainConfig", "Trainer", "check_fits", "batch_norms"]
+__all__ = ["TrainConfig", "Trainer", "check_fits", "batch_norms", "model_dtype"]
 
 OPTIMIZERS = ("sgd", "adam")
+DTYPES = ("float32", "float64", "bfloat16")
 EVAL_CHUNK = 1024
 
 
@@ -54,6 +55,8 @@ class TrainConfig:
         limit_batches: train on at most this many batches per epoch (quick runs, tests).
         device: where the model and each batch live (``cpu``, ``cuda``, ``cuda:1``); the data
             set stays in host memory and the data order is drawn on the CPU.
+        dtype: ``float32``, ``float64`` or ``bfloat16``: the model is cast to it and each batch's
+            images too; ``None`` keeps the model's own floating dtype (the images follow it).
     """
 
     rule: str = "zil"
@@ -68,8 +71,11 @@ class TrainConfig:
     compare_bp: bool = False
     limit_batches: int | None = None
     device: str = "cpu"
+    dtype: str | None = None
 
     def __post_init__(self) -> None:
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise ConfigError(f"dtype {self.dtype!r}: choose one of {list(DTYPES)}.")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer {self.optimizer!r}: choose one of {list(OPTIMIZERS)}.")
         for name in ("epochs", "batch_size"):
@@ -98,7 +104,11 @@ class TrainConfig:
 
 
 def check_fits(
-    model: nn.Module, data: Dataset, batch_size: int, device: str | torch.device = "cpu"
+    model: nn.Module,
+    data: Dataset,
+    batch_size: int,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
 ) -> None:
     """Run ``model`` on a first batch (no grad, RNG and mode restored) and check that its output
     is a ``(batch, K)`` tensor of logits with ``K >= num_classes``, so cross-entropy fits.
@@ -106,7 +116,7 @@ def check_fits(
     Raises:
         InputError: the model rejects the images, or its output does not fit the labels.
     """
-    x = data.x_train[: min(batch_size, len(data.x_train))].to(device)
+    x = _images(data.x_train[: min(batch_size, len(data.x_train))], device, dtype)
     rng, training = get_rng(device), model.training
     try:
         with torch.no_grad():
@@ -135,9 +145,22 @@ def check_fits(
         )
 
 
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The floating dtype of the model's first floating parameter or buffer (float32 if none):
+    the dtype its inputs must have."""
+    for t in (*model.parameters(), *model.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return torch.float32
+
+
+def _images(x: torch.Tensor, device: Any, dtype: torch.dtype | None) -> torch.Tensor:
+    return x.to(device, dtype) if dtype is not None and x.is_floating_point() else x.to(device)
+
+
 def batch_norms(model: nn.Module) -> list[str]:
     """The ``nn.BatchNorm1d/2d/3d`` submodules of ``model``: data-parallel, the trainer makes
-    them :class:`pccompile.distributed.GlobalBatchNorm` (the global batch's statistics)."""
+    them use the global batch's statistics (:func:`pccompile.distributed.global_layers`)."""
     kinds = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
     return [n for n, m in model.named_modules() if type(m) in kinds]
 
@@ -161,7 +184,11 @@ def set_rng(state: tuple, device: str | torch.device = "cpu") -> None:
 
 
 def evaluate(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: str | torch.device = "cpu"
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
 ) -> tuple[float, float]:
     """Test loss and accuracy of ``model`` in eval mode (its mode is restored)."""
     training = model.training
@@ -169,7 +196,7 @@ def evaluate(
     loss, correct = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(y), EVAL_CHUNK):
-            out = model(x[i : i + EVAL_CHUNK].to(device))
+            out = model(_images(x[i : i + EVAL_CHUNK], device, dtype))
             yb = y[i : i + EVAL_CHUNK].to(device)
             loss += float(F.cross_entropy(out, yb, reduction="sum"))
             correct += int((out.argmax(1) == yb).sum())
@@ -210,16 +237,25 @@ class Trainer:
                 f"give a multiple of {world_size()} (the global batch is split across ranks)."
             )
         self.device = torch.device(config.device)
-        model.to(self.device)
-        check_fits(model, data, config.batch_size, self.device)
-        leaves: list = []
-        if world_size() > 1 and batch_norms(model):  # statistics of the global batch
-            model, leaves = global_batchnorm(model), [GlobalBatchNorm]
+        self.dtype = getattr(torch, config.dtype) if config.dtype else model_dtype(model)
+        if config.dtype:
+            model.to(self.device, self.dtype)
+        else:  # the model's own dtypes, untouched
+            model.to(self.device)
+        check_fits(model, data, config.batch_size, self.device, self.dtype)
+        leaves: tuple = ()
+        if world_size() > 1:  # BatchNorm statistics and dropout masks of the global batch
+            model = global_layers(model, self.device)
+            # only the kinds present: leaf_modules rules out torch.export's fallback
+            present = {type(m) for m in model.modules()}
+            leaves = tuple(t for t in LEAF_MODULES if t in present)
         model.train()
         self.bp_model = copy.deepcopy(model) if config.compare_bp else None
         rule = make_rule(config.rule, **config.rule_options)
         self.model, self.data, self.config = model, data, config
-        example = data.x_train[: config.batch_size // world_size()].to(self.device)
+        example = _images(
+            data.x_train[: config.batch_size // world_size()], self.device, self.dtype
+        )
         self.pcm: PCModule = convert(model, example, rule, leaf_modules=leaves)
         self.dp = DataParallel(self.pcm)  # one process: does nothing
         self.bp_dp = DataParallel(self.bp_model) if self.bp_model is not None else None
@@ -247,7 +283,7 @@ class Trainer:
         losses, bp_losses, seconds, bp_seconds = [], [], 0.0, 0.0
         for i in range(n):
             idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            x = self.dp.shard(data.x_train[idx]).to(self.device)
+            x = _images(self.dp.shard(data.x_train[idx]), self.device, self.dtype)
             y = self.dp.shard(data.y_train[idx]).to(self.device)
             rng = get_rng(self.device)
             t0 = time.perf_counter()
@@ -271,7 +307,9 @@ class Trainer:
             if on_batch is not None:
                 on_batch(i + 1, n, losses[-1])
         self.epoch += 1
-        test_loss, test_acc = evaluate(self.model, data.x_test, data.y_test, self.device)
+        test_loss, test_acc = evaluate(
+            self.model, data.x_test, data.y_test, self.device, self.dtype
+        )
         row: dict[str, Any] = {
             "epoch": self.epoch,
             "rule": cfg.rule,
@@ -284,7 +322,7 @@ class Trainer:
         }
         if self.bp_model is not None:
             bp_test_loss, bp_test_acc = evaluate(
-                self.bp_model, data.x_test, data.y_test, self.device
+                self.bp_model, data.x_test, data.y_test, self.device, self.dtype
             )
             row.update(
                 bp_train_loss=sum(bp_losses) / len(bp_losses),
