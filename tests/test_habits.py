@@ -240,6 +240,7 @@ class Case:
     slow: bool = False
     float32: bool = False  # the model starts in float32 (cast by a callback)
     needs: str = ""  # an optional package
+    export: str = ""  # the outcome under capture="export" when it differs ("-": fx options)
 
 
 S = torch.optim.lr_scheduler
@@ -286,7 +287,13 @@ CASES = [
         set_to_none=True,
     ),
     # ---- teachers and checkpoints
-    Case("EMA teacher inside the model, updated in place", "bitwise", [_ema], make=Distilled),
+    Case(
+        "EMA teacher inside the model, updated in place",
+        "bitwise",
+        [_ema],
+        make=Distilled,
+        export="refused",
+    ),
     Case(
         "load_state_dict through the original",
         "bitwise",
@@ -478,8 +485,20 @@ CASES = [
         steps=4,
     ),
     # ---- dtype and device
-    Case("model.double() on the original after convert", "bitwise", [at(1, _double)], float32=True),
-    Case("pcm.double() after convert", "bitwise", [at(1, _pcm_double)], float32=True),
+    Case(
+        "model.double() on the original after convert",
+        "bitwise",
+        [at(1, _double)],
+        float32=True,
+        export="refused",
+    ),
+    Case(
+        "pcm.double() after convert",
+        "bitwise",
+        [at(1, _pcm_double)],
+        float32=True,
+        export="refused",
+    ),
     Case(
         "pcm.to(float64), then pcm.float() back",
         "bitwise",
@@ -487,6 +506,7 @@ CASES = [
         float32=True,
         steps=4,
         slow=True,
+        export="refused",
     ),
     # ---- dropout and stochastic depth
     Case("nn.Dropout.p raised each step", "bitwise", [_set("drop.p", lambda k: 0.1 * k)]),
@@ -506,6 +526,7 @@ CASES = [
         needs="timm",
         convert={"leaf_modules": ["drop_path"]},
         steps=4,
+        export="-",
     ),
     Case(
         "a rate changing every step for 10 steps",
@@ -537,6 +558,7 @@ CASES = [
         "BatchNorm momentum changed (None: cumulative)",
         "bitwise",
         [at(1, _set("bn.momentum", None))],
+        export="refused",
     ),
     # ---- Python values read in forward
     Case("temperature annealed", "bitwise", [_set("temperature", lambda k: 1.0 / (1 + k))]),
@@ -582,8 +604,9 @@ def _batches(case: Case):
     ]
 
 
-def run(case: Case) -> tuple[str, str]:
+def run(case: Case, capture: str = "auto") -> tuple[str, str]:
     """(outcome, detail): bitwise / 1e-12 / refused (the error's first line) / diverged."""
+    options = {**case.convert, "capture": capture} if capture != "auto" else case.convert
     try:
         rep = train_against_bp(
             _model(case),
@@ -593,7 +616,7 @@ def run(case: Case) -> tuple[str, str]:
             habits=Habits(steps=case.steps, set_to_none=case.set_to_none),
             callbacks=case.callbacks,
             optimizer=case.optimizer,
-            convert_options=case.convert,
+            convert_options=options,
         )
     except PCCompileError as exc:
         return "refused", f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
@@ -619,6 +642,17 @@ def test_habit(case: Case):
         assert "leaf" in detail or "buffer" in detail or "raise" in detail, detail
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.name) for c in CASES if c.export != "-"])
+def test_habit_under_export(case: Case):
+    """The same habits with capture="export", which bakes every module's Python into ATen ops
+    (BatchNorm's momentum, dropout rates, hooks on children): the guards matter most here."""
+    if case.needs:
+        pytest.importorskip(case.needs)
+    outcome, detail = run(case, "export")
+    assert outcome == (case.export or case.outcome), detail
+
+
 def test_the_sweep_has_forty_habits():
     assert len(CASES) >= 40 and len({c.name for c in CASES}) == len(CASES)
 
@@ -638,16 +672,47 @@ def test_the_sweep_would_see_a_silent_divergence(monkeypatch):
     assert run(case)[0] == "diverged"
 
 
+def _unguarded(case: Case, capture: str = "auto") -> tuple[str, str]:
+    """The outcome with the guards disabled (the plan captured at convert keeps running)."""
+    from pccompile import guards
+
+    real = guards.Guards.__init__
+
+    def init(self, model, reads):
+        real(self, model, reads)
+        self.check = lambda: True
+
+    guards.Guards.__init__ = init
+    try:
+        return run(case, capture)
+    except Exception as exc:  # a raw failure of the stale plan
+        return "crashed", type(exc).__name__
+    finally:
+        guards.Guards.__init__ = real
+
+
 if __name__ == "__main__":  # the table of docs/reliability.md
-    print("| habit | outcome |\n|---|---|")
+    print(
+        "| habit | outcome (fx) | guards disabled (fx) | outcome (export) | guards disabled "
+        "(export) |\n|---|---|---|---|---|"
+    )
     counts: dict[str, int] = {}
     for c in CASES:
         outcome, detail = run(c)
         counts[outcome] = counts.get(outcome, 0) + 1
         shown = {"bitwise": "bitwise", "1e-12": f"within 1e-12 ({detail})"}.get(
-            outcome, f"{outcome}: {detail}"
+            outcome, f"{outcome}: {detail.split('. ')[0]}"
         )
-        print(f"| {c.name} | {shown} |", flush=True)
+        before, why = _unguarded(c)
+        before = f"{before} ({why.split(':')[0][:60]})" if before == "crashed" else before
+        ex, ex_before = "-", "-"
+        if c.export != "-":
+            ex, why = run(c, "export")
+            ex = f"{ex}: {why.split(':')[0]}" if ex == "refused" else ex
+            ex_before, why = _unguarded(c, "export")
+            if ex_before == "crashed":
+                ex_before = f"crashed ({why})"
+        print(f"| {c.name} | {shown} | {before} | {ex} | {ex_before} |", flush=True)
         if outcome != c.outcome:
             print(f"  (expected {c.outcome})", file=sys.stderr)
     print(counts, math.fsum(counts.values()), file=sys.stderr)
