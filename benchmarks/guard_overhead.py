@@ -9,7 +9,8 @@ MLP and on resnet18 (torchvision), in one process:
 * ``learn`` / ``learn-unguarded`` / ``bp``: one ``pcm.learn(..., rule="zil")`` step, the same
   step with the check replaced by ``True`` (what the step cost before the guards), and
   ``learn(rule="bp")`` (the original module and ``loss.backward()``), alternated round by round
-  so drift of the (shared) machine affects all three alike. Medians and inter-quartile ranges.
+  (the order rotating) so drift of the (shared) machine affects all three alike. Medians and
+  inter-quartile ranges.
 
 The overhead is reported two ways: ``check / learn`` (direct) and ``(learn - unguarded) /
 unguarded`` (the difference of two noisy medians; on a shared machine it can come out
@@ -78,10 +79,10 @@ def measure(name: str, make, rounds: int, samples: int, inner: int) -> dict:
     for _ in range(3):  # warm-up
         step("zil"), step("zil", False), step("bp")
     times: dict[str, list[float]] = {"learn": [], "learn-unguarded": [], "bp": []}
-    for _ in range(rounds):
-        times["learn"].append(step("zil"))
-        times["learn-unguarded"].append(step("zil", False))
-        times["bp"].append(step("bp"))
+    runs = [("learn", "zil", True), ("learn-unguarded", "zil", False), ("bp", "bp", True)]
+    for r in range(rounds):  # the order rotates: no variant always follows the same one
+        for key, rule, guarded in runs[r % 3 :] + runs[: r % 3]:
+            times[key].append(step(rule, guarded))
     checks = []
     for _ in range(samples):
         t = time.perf_counter()
