@@ -20,6 +20,8 @@ Writes: nothing on the model; a log line (logger ``pccompile.guards``, INFO) per
 Invariants: a plan is used only while every guard recorded at its capture holds. Guards hold
 references to the objects they check by identity (an id is never reused while guarded). The
 check is one generated expression of attribute loads and ``is`` comparisons, no graph walk.
+Inside ``torch.export``/``torch.compile`` tracing the PCModule itself (ONNX export) the check is
+skipped: the tracer swaps parameters for fake tensors, and the most recent plan runs.
 Not guarded: attributes of objects that are not modules (a config object read in forward),
 global Python variables, and tensor *values* (a buffer's contents are read live by the plan).
 """
@@ -249,6 +251,11 @@ class PlanCache:
     def get(self, inputs: tuple) -> Any:
         """The plan for the model's current state, captured from ``inputs`` if none fits."""
         entries = self.entries
+        if entries and torch.compiler.is_compiling():
+            # torch.export/torch.compile tracing the PCModule itself: they swap its parameters
+            # for fake tensors (the identity guards would fail) and the state cannot change
+            # during the trace; the plan of the state the trace started from runs
+            return entries[0][1]
         if entries:
             guards, plan = entries[0]
             if guards.check():
