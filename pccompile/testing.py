@@ -32,13 +32,21 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import tree_flatten, tree_map
 
 from .api import convert
 from .engine.grads import memory_of
 from .preserve import python_state
 
-__all__ = ["Habits", "Loop", "DiffRow", "DiffReport", "train_against_bp", "shared_grads"]
+__all__ = [
+    "HABITS",
+    "Habits",
+    "Loop",
+    "DiffRow",
+    "DiffReport",
+    "train_against_bp",
+    "shared_grads",
+]
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,53 @@ class Loop:
             self.original.parameters(), h.lr, h.momentum, weight_decay=h.weight_decay
         )
         return self.optimizer
+
+
+def _eval_toggle(loop: Loop) -> None:
+    """``train()`` on even steps, ``eval()`` on odd ones, through the module the loop trains."""
+    loop.model.train(loop.step % 2 == 0)
+
+
+def _freeze_first(loop: Loop) -> None:
+    """Before step 1, freeze the first submodule that owns parameters; unfreeze it at step 2."""
+    if loop.step in (1, 2):
+        owner = next(
+            (m for m in loop.original.modules() if any(True for _ in m.parameters(recurse=False))),
+            None,
+        )
+        if owner is not None:
+            owner.requires_grad_(loop.step == 2)
+
+
+def _lr_decay(loop: Loop) -> None:
+    """Halve every group's learning rate before each step but the first."""
+    if loop.step > 0:
+        for group in loop.optimizer.param_groups:
+            group["lr"] *= 0.5
+
+
+def _to_float64(loop: Loop) -> None:
+    """Before step 1, ``.double()`` the module the loop trains and cast the batches."""
+    if loop.step == 1:
+        loop.model.double()
+        loop.cast = _cast_float64
+
+
+def _cast_float64(inputs: tuple, target: Any) -> tuple[tuple, Any]:
+    def cast(t: Any) -> Any:
+        return t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+
+    return tuple(cast(t) for t in inputs), tree_map(cast, target)
+
+
+#: Habits for any model, by name (``pccompile verify --train-steps N --habit NAME``): each a
+#: callback of :func:`train_against_bp` that changes the model (or the optimizer) between steps.
+HABITS: dict[str, Callable[[Loop], None]] = {
+    "eval-toggle": _eval_toggle,
+    "freeze-first": _freeze_first,
+    "lr-decay": _lr_decay,
+    "float64": _to_float64,
+}
 
 
 @dataclass
