@@ -23,7 +23,9 @@ check is one generated expression of attribute loads and ``is`` comparisons, no 
 Inside ``torch.export``/``torch.compile`` tracing the PCModule itself (ONNX export) the check is
 skipped: the tracer swaps parameters for fake tensors, and the most recent plan runs.
 Not guarded: attributes of objects that are not modules (a config object read in forward),
-global Python variables, and tensor *values* (a buffer's contents are read live by the plan).
+the contents of dicts and other containers on a module (identity only; lists and tuples of
+scalars are compared by value), global Python variables, and tensor *values* (a buffer's
+contents are read live by the plan).
 """
 
 from __future__ import annotations
