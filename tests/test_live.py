@@ -303,3 +303,34 @@ def test_a_value_changing_every_step_hits_the_recapture_limit():
         for k in range(50):
             model.temperature = 1.0 + k
             pcm.learn(x, target=y, loss_fn=F.cross_entropy)
+
+
+def test_a_loop_that_changes_nothing_only_checks():
+    model = BNNet().double()
+    (x,), y = batches()[0]
+    pcm = pccompile.convert(model, x)
+    for k in range(6):  # train/eval toggled: two states, each captured once
+        pcm.train(k % 2 == 0)
+        rep = pcm.learn(x, target=y, loss_fn=F.cross_entropy)
+        pcm(x)
+    assert rep.recaptures == 1 and len(pcm._pc_plans.entries) == 2
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        (lambda m: m.fc1.requires_grad_(False), "requires_grad of parameter fc1.weight"),
+        (lambda m: setattr(m, "head", nn.Linear(8, 3).double()), "submodule head (replaced)"),
+        (lambda m: m.bn.eval(), "training flag of 'bn'"),
+        (lambda m: m.fc1.register_forward_hook(_double_output), "forward hooks of 'fc1'"),
+        (lambda m: m.float(), "dtype/device of parameter fc1.weight (was torch.float64"),
+    ],
+)
+def test_the_log_line_names_the_failed_guard(change, named, caplog):
+    model = BNNet().double()
+    (x,), y = batches()[0]
+    pcm = pccompile.convert(model, x)
+    change(model)
+    with caplog.at_level(logging.INFO, logger="pccompile.guards"):
+        pcm.learn(x.to(next(model.parameters()).dtype), target=y, loss_fn=F.cross_entropy)
+    assert named in caplog.text, caplog.text
