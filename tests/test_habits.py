@@ -653,6 +653,38 @@ def test_habit_under_export(case: Case):
     assert outcome == (case.export or case.outcome), detail
 
 
+@pytest.mark.slow
+def test_habits_on_resnet18_float32_bitwise():
+    """A real network, float32: the head replaced (fine-tuning), the stem frozen then unfrozen,
+    train/eval toggled; bitwise."""
+    torchvision = pytest.importorskip("torchvision")
+    from pccompile.testing import HABITS
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=4)
+    g = torch.Generator().manual_seed(3)
+    data = [
+        ((torch.randn(2, 3, 32, 32, generator=g),), torch.randint(0, 4, (2,), generator=g))
+        for _ in range(2)
+    ]
+
+    def new_head(lp: Loop) -> None:
+        if lp.step == 1:
+            torch.manual_seed(5)
+            lp.original.fc = nn.Linear(512, 4)
+            lp.sgd()
+
+    rep = train_against_bp(
+        model,
+        data,
+        F.cross_entropy,
+        "zil",
+        habits=Habits(steps=3),
+        callbacks=[HABITS["freeze-first"], HABITS["eval-toggle"], new_head],
+    )
+    assert rep.ok(0.0), rep.problems(0.0)
+
+
 def test_the_sweep_has_forty_habits():
     assert len(CASES) >= 40 and len({c.name for c in CASES}) == len(CASES)
 
