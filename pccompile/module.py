@@ -392,7 +392,8 @@ def _root_hooks_in_learn(
     """The root's hooks in ``learn``: the forward pre-hooks change the inputs before the graph
     runs; the forward hooks act on the graph's output, so they are part of the loss (the
     output vertex's energy is ``loss_fn(hooks(output), target)``, differentiated by autograd).
-    Returns the inputs, that loss, and a cell holding the hooked output of the last call."""
+    Returns the inputs, that loss, and a cell holding the hooked output of its first call (the
+    feed-forward pass; the faithful schedule evaluates the loss again on inferred values)."""
     args, kwargs = inputs, {}
     for hook_id, hook in list(model._forward_pre_hooks.items()):
         if hook_id in model._forward_pre_hooks_with_kwargs:
@@ -420,7 +421,8 @@ def _root_hooks_in_learn(
                 res = hook(model, args, output)
             if res is not None:
                 output = res
-        hooked[0] = output
+        if hooked[0] is None:  # the feed-forward pass's (later calls see inferred values)
+            hooked[0] = output
         return loss_fn(output, target)
 
     hooked_loss.__wrapped__ = loss_fn

@@ -685,6 +685,35 @@ def test_habits_on_resnet18_float32_bitwise():
     assert rep.ok(0.0), rep.problems(0.0)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("rule, options", [("fpa", {}), ("zil", {"mode": "faithful"})])
+def test_habits_under_other_exact_rules(rule, options):
+    """FPA and the faithful Z-IL schedule (which evaluates the loss again at every inference
+    step) give every habit's outcome too."""
+    wrong = []
+    for case in CASES:
+        if case.needs:
+            pytest.importorskip(case.needs)
+        try:
+            rep = train_against_bp(
+                _model(case),
+                _batches(case),
+                F.cross_entropy,
+                rule,
+                habits=Habits(steps=case.steps, set_to_none=case.set_to_none),
+                callbacks=case.callbacks,
+                optimizer=case.optimizer,
+                convert_options=case.convert,
+                **options,
+            )
+            outcome = "bitwise" if rep.ok(0.0) else "1e-12" if rep.ok(1e-12) else "diverged"
+        except PCCompileError:
+            outcome = "refused"
+        if outcome != case.outcome:
+            wrong.append((case.name, outcome))
+    assert not wrong, wrong
+
+
 def test_the_sweep_has_forty_habits():
     assert len(CASES) >= 40 and len({c.name for c in CASES}) == len(CASES)
 
