@@ -70,7 +70,7 @@ class PCModule(nn.Module):
             d[registry] = model.__dict__[registry]
         d["_pc_model"], d["_pc_rule"], d["_pc_loss_fn"] = model, rule, loss_fn
         d["_pc_builder"], d["_pc_options"] = builder, options
-        d["_pc_plans"] = PlanCache(model, lambda inputs: builder(model, inputs, None))
+        d["_pc_plans"] = _plan_cache(model, builder)
         d["_pc_example"] = tuple(
             t.detach() if isinstance(t, torch.Tensor) else t for t in example_inputs
         )
@@ -152,8 +152,7 @@ class PCModule(nn.Module):
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        model, builder = self._pc_model, self._pc_builder
-        self.__dict__["_pc_plans"] = PlanCache(model, lambda inputs: builder(model, inputs, None))
+        self.__dict__["_pc_plans"] = _plan_cache(self._pc_model, self._pc_builder)
 
     def train(self, mode: bool = True) -> PCModule:
         """``train()``/``eval()`` of the original itself, so an override runs (one that keeps a
@@ -384,6 +383,12 @@ def _with_root_hooks(model: nn.Module, gm: Any, args: tuple, kwargs: dict) -> An
         if res is not None:
             result = res
     return result
+
+
+def _plan_cache(model: nn.Module, builder: Callable) -> PlanCache:
+    """The plans of a PCModule: captures of ``model`` with every submodule's training flag as
+    the model has it (``training=None``), one per state its guards tell apart."""
+    return PlanCache(model, lambda inputs: builder(model, inputs, None))
 
 
 def _root_hooks_in_learn(
