@@ -69,8 +69,11 @@ class CaptureOptions:
             )
 
 
-def build_plan(model: nn.Module, inputs: tuple, training: bool, *, opts: CaptureOptions) -> Plan:
-    """capture -> unroll -> annotate -> levelling -> compiled plan, for one training mode."""
+def build_plan(
+    model: nn.Module, inputs: tuple, training: bool | None, *, opts: CaptureOptions
+) -> Plan:
+    """capture -> unroll -> annotate -> levelling -> compiled plan, for one training mode
+    (``training=None``: every submodule's flag as the model has it, what PCModule captures)."""
     if opts.capture == "export":
         gm = _annotated_export(model, inputs, training)
     else:
@@ -92,10 +95,12 @@ def build_plan(model: nn.Module, inputs: tuple, training: bool, *, opts: Capture
         level_graph(gm)
     else:
         set_levels(gm)
+    if training is None:  # the plan's mode: training if any module of it is
+        training = any(m.training for m in model.modules())
     return compile_plan(gm, training)
 
 
-def _annotated_fx(model: nn.Module, inputs: tuple, training: bool, opts: CaptureOptions):
+def _annotated_fx(model: nn.Module, inputs: tuple, training: bool | None, opts: CaptureOptions):
     gm, user_leaves = capture(
         model, training=training, leaf_modules=opts.leaf_modules, concrete_args=opts.concrete_args
     )
@@ -106,7 +111,7 @@ def _annotated_fx(model: nn.Module, inputs: tuple, training: bool, opts: Capture
     return gm
 
 
-def _annotated_export(model: nn.Module, inputs: tuple, training: bool):
+def _annotated_export(model: nn.Module, inputs: tuple, training: bool | None):
     gm, _ = capture_export(model, inputs, training=training)
     traced_out = annotate(gm, inputs, set())
     check_trace(model, inputs, _unflatten(gm, traced_out), training, None)

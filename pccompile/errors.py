@@ -15,6 +15,7 @@ __all__ = [
     "ExactnessError",
     "CheckFailedError",
     "ModelSpecError",
+    "RecaptureLimitError",
     "UnreachedWarning",
 ]
 
@@ -50,6 +51,11 @@ class CheckFailedError(PCCompileError):
 
 class ModelSpecError(PCCompileError, ValueError):
     """A MODEL spec, input shape or weights file cannot be used (message: what and the fix)."""
+
+
+class RecaptureLimitError(PCCompileError):
+    """The model kept changing after ``convert`` (a guard failed) more often than
+    :data:`pccompile.guards.recapture_limit` allows; the message names the guard and the fix."""
 
 
 class UnreachedWarning(UserWarning):

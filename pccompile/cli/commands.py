@@ -34,7 +34,7 @@ from ..io.render import (
 from ..losses import default_loss
 from ..rules import make_rule
 from ..summary import graph_summary
-from ..testing import DiffReport, Habits, train_against_bp
+from ..testing import HABITS, DiffReport, Habits, train_against_bp
 from ..verify import VerifyResult, verify
 from .common import (
     EXIT_FAIL,
@@ -129,6 +129,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
                         "granularity": args.granularity,
                     },
                     progress=bar.note,
+                    callbacks=[HABITS[h] for h in args.habit or ()],
                 )
     run_problems = [] if run is None else run.problems(res.tol)
     passed = res.passed and not run_problems
@@ -210,6 +211,7 @@ def _training_run_report(
         return None
     return {
         "steps": args.train_steps,
+        "habits": list(args.habit or ()),
         "worst_rel_diff": run.worst,
         "bitwise": run.bitwise,
         "problems": problems,

@@ -232,7 +232,21 @@ def _add_verify(sub: argparse._SubParsersAction, common: Parser, rule: Parser) -
         "accumulated micro-batches each, clipping, momentum, weight decay) and require every "
         ".grad, parameter and buffer to stay within --tol of BP's (0: one step only)",
     )
+    p.add_argument(
+        "--habit",
+        action="append",
+        choices=_habit_names(),
+        help="with --train-steps: a loop habit applied to both copies between steps "
+        "(repeatable): eval-toggle (train/eval alternated), freeze-first (the first layer "
+        "frozen at step 1, unfrozen at step 2), lr-decay (halved each step), float64 "
+        "(.double() at step 1)",
+    )
     p.set_defaults(handler=f"{_COMMANDS}:cmd_verify")
+
+
+def _habit_names() -> list[str]:
+    # the names only: importing pccompile.testing (torch) at parse time would slow the CLI
+    return ["eval-toggle", "freeze-first", "lr-decay", "float64"]
 
 
 def _add_inspect(sub: argparse._SubParsersAction, common: Parser) -> None:

@@ -32,7 +32,7 @@ from torch.export import Dim
 
 from ..errors import InputError, TraceError
 from ..ops.messages import module_path
-from ..preserve import preserved
+from ..preserve import preserved, root_hooks_off
 from .functionalize import functionalize
 from .pytrees import register_dataclasses
 
@@ -40,7 +40,7 @@ __all__ = ["capture_export", "unflatten_output"]
 
 
 def capture_export(
-    model: nn.Module, inputs: tuple, *, training: bool, kwargs: dict[str, Any] | None = None
+    model: nn.Module, inputs: tuple, *, training: bool | None, kwargs: dict[str, Any] | None = None
 ) -> tuple[fx.GraphModule, set[str]]:
     """Capture ``model`` with ``torch.export`` (non-strict) and functionalise the graph.
 
@@ -76,7 +76,7 @@ def capture_export(
     return gm, set()
 
 
-def _export(model: nn.Module, inputs: tuple, kwargs: dict | None, training: bool) -> Any:
+def _export(model: nn.Module, inputs: tuple, kwargs: dict | None, training: bool | None) -> Any:
     """``torch.export.export``, non-strict, leaving the model as it was. The batch dimension
     (dimension 0 of every tensor input) is left to export to keep dynamic where the model
     allows (``Dim.AUTO``), so batches of another size need no new conversion; a model export
@@ -92,7 +92,11 @@ def _export(model: nn.Module, inputs: tuple, kwargs: dict | None, training: bool
     while True:
         shapes = attempts[0]
         try:
-            with preserved(model, inputs, training=training), _quiet_torch_logs():
+            with (
+                preserved(model, inputs, training=training),
+                _quiet_torch_logs(),
+                root_hooks_off(model),
+            ):
                 return torch.export.export(
                     model, tuple(inputs), kwargs or None, dynamic_shapes=shapes, strict=False
                 )
