@@ -29,6 +29,7 @@ from .frontend.export import capture_export
 from .frontend.export import unflatten_output as _unflatten
 from .frontend.layers import Granularity, check_granularity, group_layers
 from .frontend.level import level_graph, set_levels
+from .frontend.names import name_vertices
 from .frontend.unroll import unroll_recurrent
 from .module import PCModule
 from .rules import RuleConfig, make_rule, rule_of
@@ -86,6 +87,7 @@ def build_plan(model: nn.Module, inputs: tuple, training: bool, *, opts: Capture
                     f"Neither front end can convert {type(model).__name__}.\n"
                     f"1. torch.fx: {fx_error}\n2. torch.export: {export_error}"
                 ) from export_error
+    name_vertices(gm)  # before grouping: a layer is named after its parametric op
     if opts.granularity == "layer":
         group_layers(gm)
     if opts.level:

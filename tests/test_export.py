@@ -85,7 +85,7 @@ def test_bert_sequence_classification_equals_bp_bitwise():
     assert ops["embedding"] == 1
     assert ops["scaled_dot_product_attention"] == 2 and ops["gelu"] == 2
     names = [v.name for v in pcm.plan.vertices]
-    assert "bert_encoder_layer_0_attention_self_query_linear" in names  # named after modules
+    assert "bert.encoder.layer.0.attention.self.query.linear" in names  # named after modules
     batches = [((_ids(2, 8, seed=s),), torch.tensor([0, 2])) for s in (2, 3)]
     _check(model, batches, lambda o, y: F.cross_entropy(o.logits, y), bitwise=True)
 

@@ -87,7 +87,7 @@ def energy_module(
     for v in net.free:
         if len(v.node.meta["pc"].shapes) != 1:
             _refuse(f"vertex {v.name!r} has several tensor outputs.")
-        xs[v.vid] = g.placeholder(f"x_{v.name}")
+        xs[v.vid] = g.placeholder(f"x_{v.node.name}")  # an identifier: v.name may hold dots
     clamps = {vid: g.placeholder(f"clamp_{by_vid[vid].name}") for vid in net.clamped}
     meta_slots: list[int] = []
     metas: dict[fx.Node, fx.Node] = {}
