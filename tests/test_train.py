@@ -309,3 +309,46 @@ def test_global_batchnorm_is_batchnorm_in_one_process():
     assert isinstance(g.stem[1], GlobalBatchNorm) and g.state_dict().keys() == ref.keys()
     assert torch.equal(g(x), expected(x))
     assert_bitwise(g.state_dict(), expected.state_dict())  # running statistics too
+
+
+def test_cosine_schedule_decays_per_step_and_a_resume_continues_it_bitwise():
+    from pccompile.train import TrainConfig
+    from pccompile.train.trainer import lr_at
+
+    data = load_dataset("digits")
+    cfg = TrainConfig(
+        rule="zil",
+        optimizer="sgd",
+        lr=0.1,
+        momentum=0.9,
+        epochs=2,
+        batch_size=32,
+        limit_batches=3,
+        lr_schedule="cosine",
+    )
+    assert lr_at(cfg, 0, 6) == 0.1 and lr_at(cfg, 3, 6) == pytest.approx(0.05)
+    assert lr_at(TrainConfig(lr=0.1), 5, 6) == 0.1  # constant
+    torch.manual_seed(0)
+    straight = Trainer(ResidualCNN(1, 10), data, cfg)
+    rows = [straight.run_epoch(), straight.run_epoch()]
+    assert rows[0]["lr"] == pytest.approx(0.1 * (1 + np.cos(np.pi * 2 / 6)) / 2)
+    assert straight.opt.param_groups[0]["lr"] == pytest.approx(lr_at(cfg, 5, 6))
+    torch.manual_seed(0)
+    first = Trainer(ResidualCNN(1, 10), data, cfg)
+    first.run_epoch()
+    state = first.state_dict()
+    torch.manual_seed(1)  # another init: the checkpoint must restore everything
+    again = Trainer(ResidualCNN(1, 10), data, cfg)
+    again.load_state_dict(state)
+    again.run_epoch()
+    assert_bitwise(again.model.state_dict(), straight.model.state_dict())
+    # the schedule changes the run (the check can fail)
+    torch.manual_seed(0)
+    flat = Trainer(
+        ResidualCNN(1, 10), data, TrainConfig(**{**cfg.as_dict(), "lr_schedule": "constant"})
+    )
+    flat.run_epoch()
+    flat.run_epoch()
+    assert not torch.equal(flat.model.head.weight, straight.model.head.weight)
+    with pytest.raises(Exception, match="lr_schedule 'step'"):
+        TrainConfig(lr_schedule="step")

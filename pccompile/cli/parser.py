@@ -312,6 +312,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd", help="optimizer")
     t.add_argument("--lr", type=float, help="learning rate (default: 0.05 sgd, 0.001 adam)")
     t.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    t.add_argument(
+        "--lr-schedule",
+        choices=["constant", "cosine"],
+        default="constant",
+        help="cosine: lr * (1 + cos(pi s/S)) / 2 at step s of S (all epochs' batches)",
+    )
     t.add_argument("--weight-decay", type=float, default=0.0, help="weight decay")
     t.add_argument(
         "--limit-batches", type=int, metavar="N", help="at most N batches per epoch (quick runs)"

@@ -37,6 +37,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         rule_options=opts,
         optimizer=args.optimizer,
         lr=lr,
+        lr_schedule=args.lr_schedule,
         momentum=args.momentum,
         weight_decay=args.weight_decay,
         epochs=args.epochs,

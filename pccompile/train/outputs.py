@@ -12,6 +12,7 @@ A resume refuses a checkpoint whose configuration (all but ``epochs``) or ``meta
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable
@@ -78,10 +79,11 @@ def load_checkpoint(out: str | os.PathLike) -> dict[str, Any]:
 def _check_resumable(state: dict, config: TrainConfig, meta: dict) -> None:
     saved = dict(state["config"])
     now = config.as_dict()
+    default = {f.name: f.default for f in dataclasses.fields(config)}  # older checkpoints
     differ = [
-        f"{k} {saved.get(k)!r} -> {now[k]!r}"
+        f"{k} {saved.get(k, default[k])!r} -> {now[k]!r}"
         for k in now
-        if k not in ("epochs", "device") and saved.get(k) != now[k]
+        if k not in ("epochs", "device") and saved.get(k, default[k]) != now[k]
     ]
     saved_meta = state.get("meta", {})
     differ += [

@@ -36,6 +36,7 @@ from ..rules import make_rule
 __all__ = ["TrainConfig", "Trainer", "check_fits", "batch_norms"]
 
 OPTIMIZERS = ("sgd", "adam")
+LR_SCHEDULES = ("constant", "cosine")
 EVAL_CHUNK = 1024
 
 
@@ -47,6 +48,9 @@ class TrainConfig:
         rule: the PC rule (``zil``, ``fpa``, ``il``, ``ipc``, or ``bp`` for plain autograd);
             ``rule_options`` its options (``gamma``, ``steps``, ``mode``).
         optimizer: ``sgd`` or ``adam``; ``lr``, ``momentum`` (SGD), ``weight_decay``.
+        lr_schedule: ``constant``, or ``cosine``: the learning rate at step ``s`` of ``S``
+            (all epochs' batches) is ``lr * (1 + cos(pi s / S)) / 2``, a function of the step
+            alone, so a resume continues it (a resume to more epochs stretches it).
         epochs: epochs to train in all (a resume continues up to it).
         batch_size: samples per optimizer step; the last partial batch of an epoch is dropped.
         seed: seeds the data order (the model's init is the caller's, seeded likewise).
@@ -60,6 +64,7 @@ class TrainConfig:
     rule_options: dict[str, Any] = field(default_factory=dict)
     optimizer: str = "sgd"
     lr: float = 0.05
+    lr_schedule: str = "constant"
     momentum: float = 0.0
     weight_decay: float = 0.0
     epochs: int = 1
@@ -72,6 +77,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer {self.optimizer!r}: choose one of {list(OPTIMIZERS)}.")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(
+                f"lr_schedule {self.lr_schedule!r}: choose one of {list(LR_SCHEDULES)}."
+            )
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}.")
@@ -146,6 +155,13 @@ def _optimizer(params: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def lr_at(cfg: TrainConfig, step: int, steps: int) -> float:
+    """The learning rate of optimizer step ``step`` (0-based) of ``steps`` in all."""
+    if cfg.lr_schedule == "cosine":
+        return cfg.lr * (1 + math.cos(math.pi * step / max(steps, 1))) / 2
+    return cfg.lr
 
 
 def get_rng(device: str | torch.device = "cpu") -> tuple:
@@ -250,6 +266,10 @@ class Trainer:
             x = self.dp.shard(data.x_train[idx]).to(self.device)
             y = self.dp.shard(data.y_train[idx]).to(self.device)
             rng = get_rng(self.device)
+            lr = lr_at(cfg, (self.epoch * n) + i, cfg.epochs * n)
+            for opt in (self.opt, self.bp_opt):
+                for group in opt.param_groups if opt is not None else ():
+                    group["lr"] = lr
             t0 = time.perf_counter()
             self.opt.zero_grad()
             report = self.dp.learn(x, target=y, loss_fn=F.cross_entropy)  # + all-reduce
@@ -281,6 +301,7 @@ class Trainer:
             "seconds": seconds,
             "batches": n,
             "ranks": world_size(),
+            "lr": lr_at(cfg, self.epoch * n - 1, cfg.epochs * n),  # the epoch's last step's
         }
         if self.bp_model is not None:
             bp_test_loss, bp_test_acc = evaluate(
