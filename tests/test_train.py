@@ -352,3 +352,56 @@ def test_cosine_schedule_decays_per_step_and_a_resume_continues_it_bitwise():
     assert not torch.equal(flat.model.head.weight, straight.model.head.weight)
     with pytest.raises(Exception, match="lr_schedule 'step'"):
         TrainConfig(lr_schedule="step")
+
+
+def test_rule_options_granularity_energies_and_trace_from_the_command_line(tmp_path, capsys):
+    out = tmp_path / "il"
+    opts = ["--rule", "il", "--granularity", "layer", "--trace", "--epochs", 2]
+    opts += ["--rule-option", "output=free", "--rule-option", "output_precision=0.5"]
+    opts += ["--rule-option", 'precision={"stem.0": 2.0}', "--rule-option", "steps=6"]
+    code, stdout, err = run(capsys, "train", *FAST, *opts, "-o", out)
+    assert code == 0, err
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["config"]["rule_options"] == {
+        "output": "free",
+        "output_precision": 0.5,
+        "precision": {"stem.0": 2.0},
+        "steps": 6,
+    }
+    assert state["config"]["granularity"] == "layer" and state["config"]["trace"] is True
+    metrics = json.loads((out / "metrics.json").read_text())
+    for m in metrics:  # IL tracks the energy: it falls during inference
+        assert isinstance(m["energy_start"], float) and m["energy_end"] < m["energy_start"]
+    for k in (1, 2):
+        assert (out / f"trace_epoch{k}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "trace_epoch<k>.png" in stdout
+    # the options reach the rule: another output precision gives other parameters
+    other = tmp_path / "other"
+    opts[opts.index("output_precision=0.5")] = "output_precision=2"
+    assert run(capsys, "train", *FAST, *opts, "-o", other)[0] == 0
+    assert not torch.equal(params(out)["head.weight"], params(other)["head.weight"])
+    # --force replaces the run, trace pictures included
+    assert run(capsys, "train", *FAST, "--rule", "il", "-o", out, "--force", "-q")[0] == 0
+    assert not list(out.glob("trace_epoch*.png"))
+    again = json.loads((out / "metrics.json").read_text())
+    assert again[0]["energy_start"] is not None  # a plain IL run tracks the energy too
+
+
+def test_bad_rule_options_exit_2_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "run"
+    for option, needle in [
+        ("output", "write KEY=VALUE"),
+        ("energies=x", "a Python object"),
+        ('precision={"stm": 2}', "did you mean 'stem.0'"),
+        ("no_such=1", "do not apply to rule 'il'"),
+        ("output=sideways", "output"),
+    ]:
+        assert_usage_error(
+            run(capsys, "train", *FAST, "--rule", "il", "--rule-option", option, "-o", out),
+            needle,
+        )
+        assert not out.exists()
+    assert_usage_error(run(capsys, "train", *FAST, "--rule", "bp", "--trace", "-o", out), "bp")
+    code, _, err = run(capsys, "train", *FAST, "--rule", "zil", "-o", out, "-q")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert code == 0 and metrics[0]["energy_start"] is None  # efficient Z-IL tracks no energy

@@ -301,6 +301,23 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--steps", type=int, help="inference steps (default: the rule's)")
     r.add_argument("--mode", choices=["auto", "efficient", "faithful"], help="schedule (zil/fpa)")
     r.add_argument(
+        "--rule-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="any option of the rule's config, repeatable: output=free, output_precision=0.5, "
+        "lr=0.01 (ipc), 'precision={\"fc2\": 4.0}', compile=true (VALUE as JSON, else a string)",
+    )
+    r.add_argument(
+        "--granularity",
+        choices=["op", "layer"],
+        help="vertex granularity (default: the rule's: layer for il/ipc, op for zil/fpa)",
+    )
+    r.add_argument(
+        "--trace",
+        action="store_true",
+        help="record each epoch's last batch's inference and draw it as OUT/trace_epoch<k>.png",
+    )
+    r.add_argument(
         "--compare",
         choices=["bp"],
         help="also train a BP copy from the same weights on the same batches; metrics get bp_* "

@@ -30,6 +30,8 @@ from ..api import convert
 from ..data import Dataset
 from ..distributed import DataParallel, GlobalBatchNorm, all_mean, global_batchnorm, world_size
 from ..errors import ConfigError, InputError
+from ..frontend.layers import check_granularity
+from ..frontend.names import no_vertex_message
 from ..module import PCModule
 from ..rules import make_rule
 
@@ -46,7 +48,12 @@ class TrainConfig:
 
     Attributes:
         rule: the PC rule (``zil``, ``fpa``, ``il``, ``ipc``, or ``bp`` for plain autograd);
-            ``rule_options`` its options (``gamma``, ``steps``, ``mode``).
+            ``rule_options`` its options (any field of its config: ``gamma``, ``steps``,
+            ``mode``, ``output``, ``output_precision``, ``precision``, iPC's ``lr`` ...).
+        granularity: the vertex granularity to convert with (``op``, ``layer``; None: the
+            rule's default).
+        trace: record the inference of each epoch's last batch (``learn(trace=True)``);
+            :func:`pccompile.train.fit` draws it as ``trace_epoch<k>.png``.
         optimizer: ``sgd`` or ``adam``; ``lr``, ``momentum`` (SGD), ``weight_decay``.
         lr_schedule: ``constant``, or ``cosine``: the learning rate at step ``s`` of ``S``
             (all epochs' batches) is ``lr * (1 + cos(pi s / S)) / 2``, a function of the step
@@ -62,6 +69,8 @@ class TrainConfig:
 
     rule: str = "zil"
     rule_options: dict[str, Any] = field(default_factory=dict)
+    granularity: str | None = None
+    trace: bool = False
     optimizer: str = "sgd"
     lr: float = 0.05
     lr_schedule: str = "constant"
@@ -89,6 +98,10 @@ class TrainConfig:
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"lr must be a positive number, got {self.lr}.")
         make_rule(self.rule, **self.rule_options)  # unknown rule or option: ConfigError now
+        if self.granularity is not None:
+            check_granularity(self.granularity)
+        if self.trace and self.rule == "bp":
+            raise ConfigError("trace: rule 'bp' runs no inference to trace; use a PC rule.")
         try:
             dev = torch.device(self.device)
         except (RuntimeError, ValueError):
@@ -194,6 +207,19 @@ def evaluate(
     return loss / n, correct / n
 
 
+def _check_vertex_keys(pcm: PCModule, rule: Any) -> None:
+    """The vertex names in the rule's ``precision``/``energies`` are vertices of ``pcm``."""
+    names = [v.name for v in pcm.plan.vertices if v.kind != "output"]
+    for what in ("precision", "energies"):
+        for key in getattr(rule, what, None) or {}:
+            if key not in names:
+                raise ConfigError(no_vertex_message(what, key, names))
+
+
+def _mean(xs: list[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
 def max_param_diff(a: nn.Module, b: nn.Module) -> float:
     """The largest absolute difference between two models' parameters."""
     return max(
@@ -236,7 +262,10 @@ class Trainer:
         rule = make_rule(config.rule, **config.rule_options)
         self.model, self.data, self.config = model, data, config
         example = data.x_train[: config.batch_size // world_size()].to(self.device)
-        self.pcm: PCModule = convert(model, example, rule, leaf_modules=leaves)
+        self.pcm: PCModule = convert(
+            model, example, rule, leaf_modules=leaves, granularity=config.granularity
+        )
+        _check_vertex_keys(self.pcm, rule)  # a typo in precision= fails before any file
         self.dp = DataParallel(self.pcm)  # one process: does nothing
         self.bp_dp = DataParallel(self.bp_model) if self.bp_model is not None else None
         self.opt = _optimizer(model.parameters(), config)
@@ -244,6 +273,7 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(config.seed)
         self.epoch = 0
         self.metrics: list[dict[str, Any]] = []
+        self.last_trace = None  # config.trace: the Trace of the last epoch's last batch
 
     @property
     def done(self) -> bool:
@@ -261,6 +291,7 @@ class Trainer:
         perm = torch.randperm(len(data.y_train), generator=self.generator)
         n = self.batches_per_epoch()
         losses, bp_losses, seconds, bp_seconds = [], [], 0.0, 0.0
+        energy_start, energy_end = [], []
         for i in range(n):
             idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
             x = self.dp.shard(data.x_train[idx]).to(self.device)
@@ -272,10 +303,16 @@ class Trainer:
                     group["lr"] = lr
             t0 = time.perf_counter()
             self.opt.zero_grad()
-            report = self.dp.learn(x, target=y, loss_fn=F.cross_entropy)  # + all-reduce
+            traced = {"trace": True} if cfg.trace and i == n - 1 else {}
+            report = self.dp.learn(x, target=y, loss_fn=F.cross_entropy, **traced)  # + all-reduce
             self.opt.step()
             seconds += time.perf_counter() - t0
             losses.append(all_mean(float(report.loss), device=self.device))
+            if report.energy:  # the rules and modes that track it (il, ipc; faithful zil/fpa)
+                energy_start.append(all_mean(report.energy[0], device=self.device))
+                energy_end.append(all_mean(report.energy[-1], device=self.device))
+            if traced:
+                self.last_trace = report.trace
             if self.bp_model is not None:
                 rng_pc = get_rng(self.device)
                 set_rng(rng, self.device)
@@ -299,6 +336,10 @@ class Trainer:
             "test_loss": test_loss,
             "test_acc": test_acc,
             "seconds": seconds,
+            # the energy when inference starts (the feed-forward pass: the loss term alone) and
+            # when it ends, averaged over the epoch's batches; None where the rule tracks none
+            "energy_start": _mean(energy_start),
+            "energy_end": _mean(energy_end),
             "batches": n,
             "ranks": world_size(),
             "lr": lr_at(cfg, self.epoch * n - 1, cfg.epochs * n),  # the epoch's last step's
