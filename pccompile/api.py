@@ -25,7 +25,7 @@ from .engine import Plan, compile_plan
 from .errors import ConfigError, InputError, TraceError, UnsupportedOpError
 from .frontend.annotate import TracedRunError, annotate, check_trace
 from .frontend.capture import capture
-from .frontend.export import capture_export
+from .frontend.export import capture_export, without_generation_cache
 from .frontend.export import unflatten_output as _unflatten
 from .frontend.layers import Granularity, check_granularity, group_layers
 from .frontend.level import level_graph, set_levels
@@ -72,6 +72,21 @@ class CaptureOptions:
 
 def build_plan(model: nn.Module, inputs: tuple, training: bool, *, opts: CaptureOptions) -> Plan:
     """capture -> unroll -> annotate -> levelling -> compiled plan, for one training mode."""
+    with without_generation_cache(model):  # a transformers Cache is no output of the graph
+        gm = _annotated(model, inputs, training, opts)
+    name_vertices(gm)  # before grouping: a layer is named after its parametric op
+    if opts.granularity == "layer":
+        group_layers(gm)
+    if opts.level:
+        level_graph(gm)
+    else:
+        set_levels(gm)
+    return compile_plan(gm, training)
+
+
+def _annotated(model: nn.Module, inputs: tuple, training: bool, opts: CaptureOptions):
+    """The annotated graph from the front end ``opts.capture`` names (``auto``: fx, then
+    export)."""
     if opts.capture == "export":
         gm = _annotated_export(model, inputs, training)
     else:
@@ -87,14 +102,7 @@ def build_plan(model: nn.Module, inputs: tuple, training: bool, *, opts: Capture
                     f"Neither front end can convert {type(model).__name__}.\n"
                     f"1. torch.fx: {fx_error}\n2. torch.export: {export_error}"
                 ) from export_error
-    name_vertices(gm)  # before grouping: a layer is named after its parametric op
-    if opts.granularity == "layer":
-        group_layers(gm)
-    if opts.level:
-        level_graph(gm)
-    else:
-        set_levels(gm)
-    return compile_plan(gm, training)
+    return gm
 
 
 def _annotated_fx(model: nn.Module, inputs: tuple, training: bool, opts: CaptureOptions):
