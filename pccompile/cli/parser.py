@@ -88,6 +88,19 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return text
 
 
+def tolerance(text: str) -> float:
+    """``--tol``: a finite number >= 0 (0 asks for equality)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (0 <= value < float("inf")):
+        raise argparse.ArgumentTypeError(
+            f"must be a number >= 0 (0: equal; e.g. 1e-4), got {text!r}"
+        )
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``pccompile`` argument parser (subcommands convert, verify, inspect, export,
     completion, train)."""
@@ -221,7 +234,9 @@ def _add_convert(sub: argparse._SubParsersAction, common: Parser, rule: Parser) 
 
 def _add_verify(sub: argparse._SubParsersAction, common: Parser, rule: Parser) -> None:
     p = _sub(sub, "verify", [common, rule], "one learn step with the rule vs backprop")
-    p.add_argument("--tol", type=float, help="relative L1 tolerance (default 1e-4; 1e-10 float64)")
+    p.add_argument(
+        "--tol", type=tolerance, help="relative L1 tolerance (default 1e-4; 1e-10 float64)"
+    )
     p.add_argument(
         "--train-steps",
         type=int,
@@ -261,7 +276,7 @@ def _add_export(sub: argparse._SubParsersAction, common: Parser) -> None:
     p.add_argument(
         "--no-verify", action="store_true", help="skip onnx.checker and the onnxruntime comparison"
     )
-    p.add_argument("--tol", type=float, default=1e-4, help="max abs diff allowed")
+    p.add_argument("--tol", type=tolerance, default=1e-4, help="max abs diff allowed")
     p.add_argument(
         "--static-batch",
         action="store_true",

@@ -1,0 +1,101 @@
+"""The smaller rough edges of the newcomer's path (issue 26), each checked as a user meets it."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import pccompile
+from pccompile.energies import Gaussian
+
+
+def test_a_learned_gaussian_takes_the_models_dtype_and_stays_the_same_parameter():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))  # float32
+    x, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])
+    pcm = pccompile.convert(net, x, rule="il", loss_fn=F.cross_entropy)
+    g = Gaussian(2.0, learn=True)
+    param = g.log_var
+    opt = torch.optim.SGD([*net.parameters(), *g.parameters()], lr=0.1)  # before the first use
+    pcm.learn(x, target=y, steps=4, energies={"0": g})
+    assert g.log_var is param and param.dtype == torch.float32 and param.grad.dtype == torch.float32
+    before = param.detach().clone()
+    opt.step()
+    assert not torch.equal(param.detach(), before)  # the optimiser updates the same object
+    # a float64 model keeps the variance exactly
+    g64 = Gaussian(0.3, learn=True)
+    pcm64 = pccompile.convert(net.double(), x.double(), rule="il", loss_fn=F.cross_entropy)
+    pcm64.learn(x.double(), target=y, steps=2, energies={"0": g64})
+    assert g64.log_var.dtype == torch.float64
+    assert g64.variance.item() == torch.tensor(0.3, dtype=torch.float64).item()
+
+
+# ------------------------------------------------------------------------------ examples
+def _example(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"example_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_il_weak_feedback_prints_a_labelled_table_that_falls_with_k(capsys):
+    table = _example("il_weak_feedback").main()
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("IL (T=400, gamma=0.1) vs BP") and "sum|g_IL - g_BP|" in out[1]
+    assert out[2].split() == ["vertices", "k=1", "k=10", "k=100", "k=1000"]
+    for name, row in table.items():
+        assert row[1] > row[10] > row[100] > row[1000], (name, row)  # IL -> BP as k grows
+
+
+def test_the_digits_example_writes_its_picture_under_out_not_the_current_folder(
+    tmp_path, monkeypatch, capsys
+):
+    import pytest
+
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    monkeypatch.chdir(tmp_path)
+    path = _example("train_digits_zil").main(["--epochs", "1"])
+    assert path == tmp_path / "examples_out" / "zil_dynamics.png" or path.resolve() == (
+        tmp_path / "examples_out" / "zil_dynamics.png"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["examples_out"]
+    assert "epoch 1: test accuracy" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------ the CLI
+MLP = ["tests/fixtures/other_factories.py:make_mlp", "--input-shape", "3,4"]
+
+
+def _cli(capsys, *argv):
+    from pathlib import Path
+
+    from pccompile.cli import main
+
+    root = Path(__file__).resolve().parent.parent
+    argv = [str(root / a) if a.startswith("tests/") else a for a in argv]
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_verify_header_names_the_steps_it_runs_not_none(capsys):
+    code, out, err = _cli(capsys, "verify", *MLP, "--rule", "il")
+    assert code in (0, 1), err
+    header = out.splitlines()[0]
+    assert "steps=None" not in header and "steps=20 (the default)" in header
+    code, out, _ = _cli(capsys, "verify", *MLP, "--steps", "5")
+    assert "steps=5," in out.splitlines()[0]
+
+
+def test_a_negative_or_nan_tolerance_is_refused(capsys):
+    for bad in ("-1", "nan", "inf", "x"):
+        code, out, err = _cli(capsys, "verify", *MLP, "--tol", bad)
+        assert code == 2 and "--tol: must be a number >= 0" in err, (bad, err)
+    code, out, err = _cli(capsys, "verify", *MLP, "--tol", "0", "-q")
+    assert code in (0, 1) and out.strip().startswith(("PASS", "FAIL")), err
