@@ -99,3 +99,15 @@ def test_a_negative_or_nan_tolerance_is_refused(capsys):
         assert code == 2 and "--tol: must be a number >= 0" in err, (bad, err)
     code, out, err = _cli(capsys, "verify", *MLP, "--tol", "0", "-q")
     assert code in (0, 1) and out.strip().startswith(("PASS", "FAIL")), err
+
+
+def test_the_package_has_a_license_file_and_metadata():
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "MIT" and project["license-files"] == ["LICENSE"]
+    assert (root / "LICENSE").read_text().startswith("MIT License")
+    assert project["authors"] and project["keywords"]
+    assert any(c.startswith("Programming Language :: Python :: 3") for c in project["classifiers"])
