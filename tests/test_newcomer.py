@@ -114,3 +114,89 @@ def test_the_package_has_a_license_file_and_metadata():
     assert (root / "LICENSE").read_text().startswith("MIT License")
     assert project["authors"] and project["keywords"]
     assert any(c.startswith("Programming Language :: Python :: 3") for c in project["classifiers"])
+
+
+def _warning_factory(tmp_path):
+    f = tmp_path / "warns.py"
+    f.write_text(
+        "import warnings\nimport torch.nn as nn\nINPUT_SHAPE = (2, 4)\n\n\ndef make():\n"
+        "    warnings.warn('the factory warns\\n  on two lines', RuntimeWarning)\n"
+        "    return nn.Sequential(nn.Linear(4, 3))\n"
+    )
+    return f"{f}:make"
+
+
+def test_a_warning_during_a_command_is_one_line_without_a_source_path(tmp_path, capsys):
+    import warnings
+
+    spec = _warning_factory(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # as outside pytest (which turns warnings into errors)
+        code, out, err = _cli(capsys, "inspect", spec, "-q")
+    assert code == 0, err
+    assert err.strip().splitlines() == [
+        "pccompile inspect: warning: RuntimeWarning: the factory warns on two lines"
+    ]
+    assert "warns.py" not in err and ".py:" not in err
+
+
+class _Terminal:
+    """A stderr that says it is a terminal and keeps what was written."""
+
+    def __init__(self):
+        self.text = ""
+
+    def isatty(self):
+        return True
+
+    def write(self, s):
+        self.text += s
+
+    def flush(self):
+        pass
+
+
+def test_a_terminal_hears_from_the_command_before_torch_is_imported(monkeypatch, capsys):
+    import pkgutil
+
+    from pccompile.cli import main
+
+    term = _Terminal()
+    seen = []
+    real = pkgutil.resolve_name
+
+    def resolve(name):  # where the commands (and torch) are imported
+        seen.append(term.text)
+        return real(name)
+
+    monkeypatch.setattr(pkgutil, "resolve_name", resolve)
+    monkeypatch.setattr("sys.stderr", term)
+    assert main(["completion", "bash"]) == 0
+    assert seen == ["pccompile completion: starting (importing torch) ..."]
+    assert term.text.endswith("\r")  # erased before the command's own output
+    capsys.readouterr()
+    monkeypatch.setattr(term, "isatty", lambda: False)
+    term.text, seen[:] = "", []
+    assert main(["completion", "bash"]) == 0 and seen == [""]  # not a terminal: nothing
+
+
+def test_completion_for_zsh_and_fish(capsys):
+    import subprocess
+
+    code, zsh, err = _cli(capsys, "completion", "zsh")
+    assert code == 0, err
+    assert "bashcompinit" in zsh and "complete -o filenames -F _pccompile pccompile" in zsh
+    check = subprocess.run(["bash", "-n"], input=zsh, capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr  # zsh runs the bash script through bashcompinit
+    code, fish, err = _cli(capsys, "completion", "fish")
+    assert code == 0, err
+    lines = fish.splitlines()
+    assert all(ln.startswith(("#", "complete -c pccompile ")) for ln in lines)
+    for sub in ("convert", "verify", "inspect", "export", "completion", "train"):
+        assert any(f"__fish_use_subcommand -a {sub} " in ln for ln in lines), sub
+    rule = [ln for ln in lines if "subcommand_from verify'" in ln and "-l rule " in ln]
+    assert rule and "-x -a 'zil fpa il ipc'" in rule[0]
+    assert any("subcommand_from train'" in ln and "-l rule-option -r" in ln for ln in lines)
+    assert all(ln.count("'") % 2 == 0 for ln in lines if "\\'" not in ln)  # quotes balanced
+    code, _, err = _cli(capsys, "completion", "powershell")
+    assert code == 2 and "invalid choice" in err

@@ -67,7 +67,9 @@ writes OUT/metrics.json, model.pt, curves.png and checkpoint.pt (every epoch, at
     "completion": """\
 examples:
   eval "$(pccompile completion bash)"                                   # this shell
-  pccompile completion bash > ~/.local/share/bash-completion/completions/pccompile""",
+  pccompile completion bash > ~/.local/share/bash-completion/completions/pccompile
+  eval "$(pccompile completion zsh)"                                    # zsh (bashcompinit)
+  pccompile completion fish > ~/.config/fish/completions/pccompile.fish""",
 }
 
 
@@ -381,7 +383,7 @@ def _add_completion(sub: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES["completion"],
         formatter_class=HelpFormatter,
     )
-    p.add_argument("shell", choices=["bash"], help="the shell")
+    p.add_argument("shell", choices=["bash", "zsh", "fish"], help="the shell")
     p.set_defaults(
         handler="pccompile.cli.completion:cmd_completion",
         json=False,

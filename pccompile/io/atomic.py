@@ -35,6 +35,8 @@ Replaceable = Callable[[Path], Collection[str]]
 class OutputExistsError(PCCompileError, FileExistsError):
     """The output path exists and overwriting it was not asked for (or is not safe)."""
 
+    cli_words = {"overwrite=True": "--force"}
+
 
 def umask() -> int:
     """The process's umask (read without changing it where /proc allows)."""
@@ -162,7 +164,7 @@ def _check_existing(
 ) -> None:
     if not overwrite:
         raise OutputExistsError(
-            f"{str(final)!r} already exists; pass --force (overwrite=True) to replace it, or "
+            f"{str(final)!r} already exists; pass overwrite=True to replace it, or "
             f"choose another output path."
         )
     if not directory:
@@ -187,8 +189,8 @@ def _check_existing(
             f", ... ({len(foreign)} in all)" if len(foreign) > 5 else ""
         )
         raise OutputExistsError(
-            f"{str(final)!r} {what} ({shown}); --force only replaces what pccompile wrote, so "
-            f"move those away or choose another output directory."
+            f"{str(final)!r} {what} ({shown}); overwrite=True only replaces what pccompile "
+            f"wrote, so move those away or choose another output directory."
         )
 
 
