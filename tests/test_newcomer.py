@@ -200,3 +200,37 @@ def test_completion_for_zsh_and_fish(capsys):
     assert all(ln.count("'") % 2 == 0 for ln in lines if "\\'" not in ln)  # quotes balanced
     code, _, err = _cli(capsys, "completion", "powershell")
     assert code == 2 and "invalid choice" in err
+
+
+def test_a_full_disk_while_converting_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import pccompile.io.artifact as artifact
+
+    real_save = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):  # what torch.save raises when the disk fills up
+        real_save(obj, f, *args, **kwargs)
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:664] . unexpected pos 4864 vs 4808"
+        )
+
+    monkeypatch.setattr(artifact.torch, "save", full_disk)
+    out = tmp_path / "out"
+    code, _, err = _cli(capsys, "convert", *MLP, "-o", str(out))
+    assert code == 2, err
+    (line,) = err.strip().splitlines()
+    assert "internal error" not in line and "Errno" not in line
+    assert f"Writing {str(out)!r} failed" in line and "MiB free" in line
+    assert "free some space" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no half-written folder, no temp
+
+    # an OSError ENOSPC from any write reads the same
+    def no_space(obj, f, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(artifact.torch, "save", no_space)
+    code, _, err = _cli(capsys, "convert", *MLP, "-o", str(out))
+    assert code == 2 and "No space left on device" in err and "free some space" in err
+    monkeypatch.setattr(artifact.torch, "save", real_save)
+    assert _cli(capsys, "convert", *MLP, "-o", str(out), "-q")[0] == 0  # the check can pass
