@@ -234,3 +234,17 @@ def test_a_full_disk_while_converting_is_one_line_and_leaves_nothing(tmp_path, m
     assert code == 2 and "No space left on device" in err and "free some space" in err
     monkeypatch.setattr(artifact.torch, "save", real_save)
     assert _cli(capsys, "convert", *MLP, "-o", str(out), "-q")[0] == 0  # the check can pass
+
+
+def test_verify_faithful_quiet_warns_in_one_line_without_a_source_path(capsys):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # as outside pytest
+        code, out, err = _cli(
+            capsys, "verify", "tests/fixtures/masked_scores.py:make", "--mode", "faithful", "-q"
+        )
+    assert code == 0 and out.startswith("PASS"), err
+    (line,) = err.strip().splitlines()  # -inf scores: the energy behind the front is not finite
+    assert line.startswith("pccompile verify: warning: RuntimeWarning: The energy became non-")
+    assert "verify.py" not in line and "pccompile/" not in line
