@@ -63,6 +63,7 @@ examples:
   pccompile train --data digits --rule zil --epochs 10 -o runs/zil --compare bp
   pccompile train torchvision:resnet18 --data ~/data/cifar-10-batches-bin --optimizer adam -o r18
   pccompile train --data digits --epochs 20 -o runs/zil --resume     # continue runs/zil
+  pccompile train --data digits --rule il --rule-option output=free --trace -o runs/il-free
 writes OUT/metrics.json, model.pt, curves.png and checkpoint.pt (every epoch, atomically).""",
     "completion": """\
 examples:
