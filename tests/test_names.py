@@ -128,3 +128,22 @@ def test_inspect_lists_the_names_in_text_and_json(tmp_path, capsys):
     s = json.loads(capsys.readouterr().out)
     assert [r["names"] for r in s["per_level"]] == [["input"], ["0"], ["1"], ["2"], ["output"]]
     assert {n["id"] for n in s["graph"]["nodes"]} == {"input", "0", "1", "2", "output"}
+
+
+def test_the_compiled_loop_takes_dotted_names_and_gives_the_eager_loops_numbers():
+    """The compiled IL loop builds FX placeholders per vertex: from the FX names (identifiers),
+    not the dotted vertex names, and the keys still reach their vertices."""
+    torch.manual_seed(0)
+    model = Net().double()
+    x, y = torch.randn(4, 8, dtype=torch.float64), torch.tensor([0, 1, 2, 0])
+    pcm = pccompile.convert(model, x, rule="il", loss_fn=F.cross_entropy)
+    held = torch.zeros(4, 8, dtype=torch.float64)
+    opts = dict(steps=4, clamp={"layers.0.att.o": held}, precision={"layers.1.att.q": 3.0})
+    out = {}
+    for compile in (False, "aot_eager"):
+        model.zero_grad()
+        rep = pcm.learn(x, target=y, compile=compile, **opts)
+        out[compile] = (rep.energy, [p.grad.clone() for p in model.parameters()])
+    assert out["aot_eager"][0] == pytest.approx(out[False][0], rel=1e-12)
+    for a, b in zip(out[False][1], out["aot_eager"][1]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14)
