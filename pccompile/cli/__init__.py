@@ -61,8 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = _warning_line(args.command)
             done = _starting(args)
-            handler = pkgutil.resolve_name(args.handler)  # imports the commands (and torch) now
-            done()
+            try:
+                handler = pkgutil.resolve_name(args.handler)  # imports the commands and torch
+            finally:  # erased before the command's output, or before an import error's line
+                done()
             code = handler(args)
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
         return code
