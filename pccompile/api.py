@@ -25,10 +25,11 @@ from .engine import Plan, compile_plan
 from .errors import ConfigError, InputError, TraceError, UnsupportedOpError
 from .frontend.annotate import TracedRunError, annotate, check_trace
 from .frontend.capture import capture
-from .frontend.export import capture_export
+from .frontend.export import capture_export, without_generation_cache
 from .frontend.export import unflatten_output as _unflatten
 from .frontend.layers import Granularity, check_granularity, group_layers
 from .frontend.level import level_graph, set_levels
+from .frontend.names import name_vertices
 from .frontend.unroll import unroll_recurrent
 from .module import PCModule
 from .rules import RuleConfig, make_rule, rule_of
@@ -74,6 +75,23 @@ def build_plan(
 ) -> Plan:
     """capture -> unroll -> annotate -> levelling -> compiled plan, for one training mode
     (``training=None``: every submodule's flag as the model has it, what PCModule captures)."""
+    with without_generation_cache(model):  # a transformers Cache is no output of the graph
+        gm = _annotated(model, inputs, training, opts)
+    name_vertices(gm)  # before grouping: a layer is named after its parametric op
+    if opts.granularity == "layer":
+        group_layers(gm)
+    if opts.level:
+        level_graph(gm)
+    else:
+        set_levels(gm)
+    if training is None:  # the plan's mode: training if any module of it is
+        training = any(m.training for m in model.modules())
+    return compile_plan(gm, training)
+
+
+def _annotated(model: nn.Module, inputs: tuple, training: bool | None, opts: CaptureOptions):
+    """The annotated graph from the front end ``opts.capture`` names (``auto``: fx, then
+    export)."""
     if opts.capture == "export":
         gm = _annotated_export(model, inputs, training)
     else:
@@ -89,15 +107,7 @@ def build_plan(
                     f"Neither front end can convert {type(model).__name__}.\n"
                     f"1. torch.fx: {fx_error}\n2. torch.export: {export_error}"
                 ) from export_error
-    if opts.granularity == "layer":
-        group_layers(gm)
-    if opts.level:
-        level_graph(gm)
-    else:
-        set_levels(gm)
-    if training is None:  # the plan's mode: training if any module of it is
-        training = any(m.training for m in model.modules())
-    return compile_plan(gm, training)
+    return gm
 
 
 def _annotated_fx(model: nn.Module, inputs: tuple, training: bool | None, opts: CaptureOptions):

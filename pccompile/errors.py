@@ -21,7 +21,12 @@ __all__ = [
 
 
 class PCCompileError(Exception):
-    """Base class of every error pccompile raises on purpose."""
+    """Base class of every error pccompile raises on purpose.
+
+    ``cli_words`` maps the Python API's words in the message to the command line's
+    (``overwrite=True`` -> ``--force``): the ``pccompile`` command says them its way."""
+
+    cli_words: dict[str, str] = {}
 
 
 class TraceError(PCCompileError):

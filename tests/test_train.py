@@ -335,3 +335,99 @@ def test_global_batchnorm_is_batchnorm_in_one_process():
     assert isinstance(g.stem[1], GlobalBatchNorm) and g.state_dict().keys() == ref.keys()
     assert torch.equal(g(x), expected(x))
     assert_bitwise(g.state_dict(), expected.state_dict())  # running statistics too
+
+
+def test_cosine_schedule_decays_per_step_and_a_resume_continues_it_bitwise():
+    from pccompile.train import TrainConfig
+    from pccompile.train.trainer import lr_at
+
+    data = load_dataset("digits")
+    cfg = TrainConfig(
+        rule="zil",
+        optimizer="sgd",
+        lr=0.1,
+        momentum=0.9,
+        epochs=2,
+        batch_size=32,
+        limit_batches=3,
+        lr_schedule="cosine",
+    )
+    assert lr_at(cfg, 0, 6) == 0.1 and lr_at(cfg, 3, 6) == pytest.approx(0.05)
+    assert lr_at(TrainConfig(lr=0.1), 5, 6) == 0.1  # constant
+    torch.manual_seed(0)
+    straight = Trainer(ResidualCNN(1, 10), data, cfg)
+    rows = [straight.run_epoch(), straight.run_epoch()]
+    assert rows[0]["lr"] == pytest.approx(0.1 * (1 + np.cos(np.pi * 2 / 6)) / 2)
+    assert straight.opt.param_groups[0]["lr"] == pytest.approx(lr_at(cfg, 5, 6))
+    torch.manual_seed(0)
+    first = Trainer(ResidualCNN(1, 10), data, cfg)
+    first.run_epoch()
+    state = first.state_dict()
+    torch.manual_seed(1)  # another init: the checkpoint must restore everything
+    again = Trainer(ResidualCNN(1, 10), data, cfg)
+    again.load_state_dict(state)
+    again.run_epoch()
+    assert_bitwise(again.model.state_dict(), straight.model.state_dict())
+    # the schedule changes the run (the check can fail)
+    torch.manual_seed(0)
+    flat = Trainer(
+        ResidualCNN(1, 10), data, TrainConfig(**{**cfg.as_dict(), "lr_schedule": "constant"})
+    )
+    flat.run_epoch()
+    flat.run_epoch()
+    assert not torch.equal(flat.model.head.weight, straight.model.head.weight)
+    with pytest.raises(Exception, match="lr_schedule 'step'"):
+        TrainConfig(lr_schedule="step")
+
+
+def test_rule_options_granularity_energies_and_trace_from_the_command_line(tmp_path, capsys):
+    out = tmp_path / "il"
+    opts = ["--rule", "il", "--granularity", "layer", "--trace", "--epochs", 2]
+    opts += ["--rule-option", "output=free", "--rule-option", "output_precision=0.5"]
+    opts += ["--rule-option", 'precision={"stem.0": 2.0}', "--rule-option", "steps=6"]
+    code, stdout, err = run(capsys, "train", *FAST, *opts, "-o", out)
+    assert code == 0, err
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["config"]["rule_options"] == {
+        "output": "free",
+        "output_precision": 0.5,
+        "precision": {"stem.0": 2.0},
+        "steps": 6,
+    }
+    assert state["config"]["granularity"] == "layer" and state["config"]["trace"] is True
+    metrics = json.loads((out / "metrics.json").read_text())
+    for m in metrics:  # IL tracks the energy: it falls during inference
+        assert isinstance(m["energy_start"], float) and m["energy_end"] < m["energy_start"]
+    for k in (1, 2):
+        assert (out / f"trace_epoch{k}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "trace_epoch<k>.png" in stdout
+    # the options reach the rule: another output precision gives other parameters
+    other = tmp_path / "other"
+    opts[opts.index("output_precision=0.5")] = "output_precision=2"
+    assert run(capsys, "train", *FAST, *opts, "-o", other)[0] == 0
+    assert not torch.equal(params(out)["head.weight"], params(other)["head.weight"])
+    # --force replaces the run, trace pictures included
+    assert run(capsys, "train", *FAST, "--rule", "il", "-o", out, "--force", "-q")[0] == 0
+    assert not list(out.glob("trace_epoch*.png"))
+    again = json.loads((out / "metrics.json").read_text())
+    assert again[0]["energy_start"] is not None  # a plain IL run tracks the energy too
+
+
+def test_bad_rule_options_exit_2_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "run"
+    for option, needle in [
+        ("output", "write KEY=VALUE"),
+        ("energies=x", "a Python object"),
+        ('precision={"stm": 2}', "did you mean 'stem.0'"),
+        ("no_such=1", "do not apply to rule 'il'"),
+        ("output=sideways", "output"),
+    ]:
+        assert_usage_error(
+            run(capsys, "train", *FAST, "--rule", "il", "--rule-option", option, "-o", out),
+            needle,
+        )
+        assert not out.exists()
+    assert_usage_error(run(capsys, "train", *FAST, "--rule", "bp", "--trace", "-o", out), "bp")
+    code, _, err = run(capsys, "train", *FAST, "--rule", "zil", "-o", out, "-q")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert code == 0 and metrics[0]["energy_start"] is None  # efficient Z-IL tracks no energy

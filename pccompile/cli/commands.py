@@ -32,7 +32,7 @@ from ..io.render import (
     write_graph,
 )
 from ..losses import default_loss
-from ..rules import make_rule
+from ..rules import RULES, make_rule
 from ..summary import graph_summary
 from ..testing import HABITS, DiffReport, Habits, train_against_bp
 from ..verify import VerifyResult, verify
@@ -146,7 +146,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     elif args.quiet and not run_problems:
         print(verdict)
     elif not args.quiet:
-        opts = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(rule).items() if k != "name")
+        options = {k: v for k, v in dataclasses.asdict(rule).items() if k != "name"}
+        if "steps" in options and options["steps"] is None:  # what the graph's default is
+            options["steps"] = f"{RULES[rule.name].steps(pcm.plan, rule)} (the default)"
+        opts = ", ".join(f"{k}={v}" for k, v in options.items())
         print(
             f"verify {loaded.spec}: rule {res.rule} ({opts}; {res.mode} schedule) vs bp, "
             f"{args.dtype}, {mode_text(args.train_mode)}, input {shape_text(loaded.shapes)}"

@@ -64,11 +64,14 @@ examples:
   pccompile train --data digits --rule zil --epochs 10 -o runs/zil --compare bp
   pccompile train torchvision:resnet18 --data ~/data/cifar-10-batches-bin --optimizer adam -o r18
   pccompile train --data digits --epochs 20 -o runs/zil --resume     # continue runs/zil
+  pccompile train --data digits --rule il --rule-option output=free --trace -o runs/il-free
 writes OUT/metrics.json, model.pt, curves.png and checkpoint.pt (every epoch, atomically).""",
     "completion": """\
 examples:
   eval "$(pccompile completion bash)"                                   # this shell
-  pccompile completion bash > ~/.local/share/bash-completion/completions/pccompile""",
+  pccompile completion bash > ~/.local/share/bash-completion/completions/pccompile
+  eval "$(pccompile completion zsh)"                                    # zsh (bashcompinit)
+  pccompile completion fish > ~/.config/fish/completions/pccompile.fish""",
 }
 
 
@@ -87,6 +90,19 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         ):
             text += " (default: %(default)s)"
         return text
+
+
+def tolerance(text: str) -> float:
+    """``--tol``: a finite number >= 0 (0 asks for equality)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (0 <= value < float("inf")):
+        raise argparse.ArgumentTypeError(
+            f"must be a number >= 0 (0: equal; e.g. 1e-4), got {text!r}"
+        )
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -222,7 +238,9 @@ def _add_convert(sub: argparse._SubParsersAction, common: Parser, rule: Parser) 
 
 def _add_verify(sub: argparse._SubParsersAction, common: Parser, rule: Parser) -> None:
     p = _sub(sub, "verify", [common, rule], "one learn step with the rule vs backprop")
-    p.add_argument("--tol", type=float, help="relative L1 tolerance (default 1e-4; 1e-10 float64)")
+    p.add_argument(
+        "--tol", type=tolerance, help="relative L1 tolerance (default 1e-4; 1e-10 float64)"
+    )
     p.add_argument(
         "--train-steps",
         type=int,
@@ -279,7 +297,7 @@ def _add_export(sub: argparse._SubParsersAction, common: Parser, rule: Parser) -
     p.add_argument(
         "--no-verify", action="store_true", help="skip onnx.checker and the onnxruntime comparison"
     )
-    p.add_argument("--tol", type=float, default=1e-4, help="max abs diff allowed")
+    p.add_argument("--tol", type=tolerance, default=1e-4, help="max abs diff allowed")
     p.add_argument(
         "--static-batch",
         action="store_true",
@@ -319,6 +337,23 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--steps", type=int, help="inference steps (default: the rule's)")
     r.add_argument("--mode", choices=["auto", "efficient", "faithful"], help="schedule (zil/fpa)")
     r.add_argument(
+        "--rule-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="any option of the rule's config, repeatable: output=free, output_precision=0.5, "
+        "lr=0.01 (ipc), 'precision={\"fc2\": 4.0}', compile=true (VALUE as JSON, else a string)",
+    )
+    r.add_argument(
+        "--granularity",
+        choices=["op", "layer"],
+        help="vertex granularity (default: the rule's: layer for il/ipc, op for zil/fpa)",
+    )
+    r.add_argument(
+        "--trace",
+        action="store_true",
+        help="record each epoch's last batch's inference and draw it as OUT/trace_epoch<k>.png",
+    )
+    r.add_argument(
         "--compare",
         choices=["bp"],
         help="also train a BP copy from the same weights on the same batches; metrics get bp_* "
@@ -330,6 +365,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd", help="optimizer")
     t.add_argument("--lr", type=float, help="learning rate (default: 0.05 sgd, 0.001 adam)")
     t.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    t.add_argument(
+        "--lr-schedule",
+        choices=["constant", "cosine"],
+        default="constant",
+        help="cosine: lr * (1 + cos(pi s/S)) / 2 at step s of S (all epochs' batches)",
+    )
     t.add_argument("--weight-decay", type=float, default=0.0, help="weight decay")
     t.add_argument(
         "--limit-batches", type=int, metavar="N", help="at most N batches per epoch (quick runs)"
@@ -366,7 +407,7 @@ def _add_completion(sub: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES["completion"],
         formatter_class=HelpFormatter,
     )
-    p.add_argument("shell", choices=["bash"], help="the shell")
+    p.add_argument("shell", choices=["bash", "zsh", "fish"], help="the shell")
     p.set_defaults(
         handler="pccompile.cli.completion:cmd_completion",
         json=False,

@@ -26,6 +26,7 @@ from ..errors import CheckFailedError, PCCompileError
 from ..io.weights import load_weights
 from ..modelspec import build_model, parse_spec
 from ..train import ResidualCNN, TrainConfig, batch_norms, check_train_outdir, fit
+from .base import parse_rule_options
 from .common import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, emit
 
 __all__ = ["cmd_train", "config_from_args"]
@@ -33,12 +34,16 @@ __all__ = ["cmd_train", "config_from_args"]
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     opts = {k: getattr(args, k) for k in ("gamma", "steps", "mode") if getattr(args, k) is not None}
+    opts.update(parse_rule_options(args.rule_option))
     lr = args.lr if args.lr is not None else (1e-3 if args.optimizer == "adam" else 0.05)
     return TrainConfig(
         rule=args.rule,
         rule_options=opts,
+        granularity=args.granularity,
+        trace=args.trace,
         optimizer=args.optimizer,
         lr=lr,
+        lr_schedule=args.lr_schedule,
         momentum=args.momentum,
         weight_decay=args.weight_decay,
         epochs=args.epochs,
@@ -215,5 +220,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"command": "train", "ok": True, "outdir": str(args.output), **last}))
     else:
-        emit(args, f"wrote {args.output} (checkpoint.pt, metrics.json, model.pt, curves.png)")
+        traces = ", trace_epoch<k>.png" if config.trace else ""
+        emit(
+            args, f"wrote {args.output} (checkpoint.pt, metrics.json, model.pt, curves.png{traces})"
+        )
     return EXIT_OK

@@ -36,7 +36,33 @@ from ..preserve import preserved, root_hooks_off
 from .functionalize import functionalize
 from .pytrees import register_dataclasses
 
-__all__ = ["capture_export", "unflatten_output"]
+__all__ = ["capture_export", "unflatten_output", "without_generation_cache"]
+
+
+@contextlib.contextmanager
+def without_generation_cache(model: nn.Module):
+    """While a graph is captured and checked: ``config.use_cache = False`` on every transformers
+    config of ``model`` that has it on, restored afterwards.
+
+    A transformers model built as usual (``use_cache=True``, the default) returns a key/value
+    ``Cache`` for generation beside its logits. No loss reads it, a PC network has no use for
+    it, and no graph can output it (it is not a pytree), so the converted graph simply leaves it
+    out (``pcm(ids).logits`` as before; ``cache`` absent). The model itself is left as built (the
+    ``bp`` reference rule runs it as it is). Attentions and hidden states are outputs only when
+    the config asks for them (``output_attentions``/``output_hidden_states``), and then stay.
+    """
+    configs = {}
+    for m in model.modules():
+        cfg = getattr(m, "config", None)
+        if cfg is not None and getattr(cfg, "use_cache", None) is True:
+            configs[id(cfg)] = cfg
+    for cfg in configs.values():
+        cfg.use_cache = False
+    try:
+        yield
+    finally:
+        for cfg in configs.values():
+            cfg.use_cache = True
 
 
 def capture_export(
@@ -133,9 +159,9 @@ def _export_remedy(exc: BaseException) -> str:
     text = str(exc)
     if "cache_utils" in text:
         return (
-            "The model returns a transformers Cache (key/value states for generation). Convert "
-            "it without one: build it with config.use_cache = False (or from_config(config, "
-            "use_cache=False))."
+            "The model returns a transformers Cache (key/value states for generation) although "
+            "its config.use_cache is off (pccompile turns it off while converting). Convert it "
+            "without one: a forward that returns the tensors the loss reads."
         )
     if "not a known type" in text:
         return (

@@ -30,6 +30,8 @@ from ..api import convert
 from ..data import Dataset
 from ..distributed import LEAF_MODULES, DataParallel, all_mean, global_layers, world_size
 from ..errors import ConfigError, InputError
+from ..frontend.layers import check_granularity
+from ..frontend.names import no_vertex_message
 from ..module import PCModule
 from ..rules import make_rule
 
@@ -37,6 +39,7 @@ __all__ = ["TrainConfig", "Trainer", "check_fits", "batch_norms", "model_dtype"]
 
 OPTIMIZERS = ("sgd", "adam")
 DTYPES = ("float32", "float64", "bfloat16")
+LR_SCHEDULES = ("constant", "cosine")
 EVAL_CHUNK = 1024
 
 
@@ -46,8 +49,16 @@ class TrainConfig:
 
     Attributes:
         rule: the PC rule (``zil``, ``fpa``, ``il``, ``ipc``, or ``bp`` for plain autograd);
-            ``rule_options`` its options (``gamma``, ``steps``, ``mode``).
+            ``rule_options`` its options (any field of its config: ``gamma``, ``steps``,
+            ``mode``, ``output``, ``output_precision``, ``precision``, iPC's ``lr`` ...).
+        granularity: the vertex granularity to convert with (``op``, ``layer``; None: the
+            rule's default).
+        trace: record the inference of each epoch's last batch (``learn(trace=True)``);
+            :func:`pccompile.train.fit` draws it as ``trace_epoch<k>.png``.
         optimizer: ``sgd`` or ``adam``; ``lr``, ``momentum`` (SGD), ``weight_decay``.
+        lr_schedule: ``constant``, or ``cosine``: the learning rate at step ``s`` of ``S``
+            (all epochs' batches) is ``lr * (1 + cos(pi s / S)) / 2``, a function of the step
+            alone, so a resume continues it (a resume to more epochs stretches it).
         epochs: epochs to train in all (a resume continues up to it).
         batch_size: samples per optimizer step; the last partial batch of an epoch is dropped.
         seed: seeds the data order (the model's init is the caller's, seeded likewise).
@@ -61,8 +72,11 @@ class TrainConfig:
 
     rule: str = "zil"
     rule_options: dict[str, Any] = field(default_factory=dict)
+    granularity: str | None = None
+    trace: bool = False
     optimizer: str = "sgd"
     lr: float = 0.05
+    lr_schedule: str = "constant"
     momentum: float = 0.0
     weight_decay: float = 0.0
     epochs: int = 1
@@ -78,6 +92,10 @@ class TrainConfig:
             raise ConfigError(f"dtype {self.dtype!r}: choose one of {list(DTYPES)}.")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer {self.optimizer!r}: choose one of {list(OPTIMIZERS)}.")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(
+                f"lr_schedule {self.lr_schedule!r}: choose one of {list(LR_SCHEDULES)}."
+            )
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}.")
@@ -86,6 +104,10 @@ class TrainConfig:
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"lr must be a positive number, got {self.lr}.")
         make_rule(self.rule, **self.rule_options)  # unknown rule or option: ConfigError now
+        if self.granularity is not None:
+            check_granularity(self.granularity)
+        if self.trace and self.rule == "bp":
+            raise ConfigError("trace: rule 'bp' runs no inference to trace; use a PC rule.")
         try:
             dev = torch.device(self.device)
         except (RuntimeError, ValueError):
@@ -171,6 +193,13 @@ def _optimizer(params: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
+def lr_at(cfg: TrainConfig, step: int, steps: int) -> float:
+    """The learning rate of optimizer step ``step`` (0-based) of ``steps`` in all."""
+    if cfg.lr_schedule == "cosine":
+        return cfg.lr * (1 + math.cos(math.pi * step / max(steps, 1))) / 2
+    return cfg.lr
+
+
 def get_rng(device: str | torch.device = "cpu") -> tuple:
     """The global RNG states a step may draw from: the CPU's, and ``device``'s if it is CUDA."""
     dev = torch.device(device)
@@ -203,6 +232,19 @@ def evaluate(
     model.train(training)
     n = max(len(y), 1)
     return loss / n, correct / n
+
+
+def _check_vertex_keys(pcm: PCModule, rule: Any) -> None:
+    """The vertex names in the rule's ``precision``/``energies`` are vertices of ``pcm``."""
+    names = [v.name for v in pcm.plan.vertices if v.kind != "output"]
+    for what in ("precision", "energies"):
+        for key in getattr(rule, what, None) or {}:
+            if key not in names:
+                raise ConfigError(no_vertex_message(what, key, names))
+
+
+def _mean(xs: list[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
 
 
 def max_param_diff(a: nn.Module, b: nn.Module) -> float:
@@ -256,7 +298,10 @@ class Trainer:
         example = _images(
             data.x_train[: config.batch_size // world_size()], self.device, self.dtype
         )
-        self.pcm: PCModule = convert(model, example, rule, leaf_modules=leaves)
+        self.pcm: PCModule = convert(
+            model, example, rule, leaf_modules=leaves, granularity=config.granularity
+        )
+        _check_vertex_keys(self.pcm, rule)  # a typo in precision= fails before any file
         self.dp = DataParallel(self.pcm)  # one process: does nothing
         self.bp_dp = DataParallel(self.bp_model) if self.bp_model is not None else None
         self.opt = _optimizer(model.parameters(), config)
@@ -264,6 +309,7 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(config.seed)
         self.epoch = 0
         self.metrics: list[dict[str, Any]] = []
+        self.last_trace = None  # config.trace: the Trace of the last epoch's last batch
 
     @property
     def done(self) -> bool:
@@ -281,17 +327,28 @@ class Trainer:
         perm = torch.randperm(len(data.y_train), generator=self.generator)
         n = self.batches_per_epoch()
         losses, bp_losses, seconds, bp_seconds = [], [], 0.0, 0.0
+        energy_start, energy_end = [], []
         for i in range(n):
             idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
             x = _images(self.dp.shard(data.x_train[idx]), self.device, self.dtype)
             y = self.dp.shard(data.y_train[idx]).to(self.device)
             rng = get_rng(self.device)
+            lr = lr_at(cfg, (self.epoch * n) + i, cfg.epochs * n)
+            for opt in (self.opt, self.bp_opt):
+                for group in opt.param_groups if opt is not None else ():
+                    group["lr"] = lr
             t0 = time.perf_counter()
             self.opt.zero_grad()
-            report = self.dp.learn(x, target=y, loss_fn=F.cross_entropy)  # + all-reduce
+            traced = {"trace": True} if cfg.trace and i == n - 1 else {}
+            report = self.dp.learn(x, target=y, loss_fn=F.cross_entropy, **traced)  # + all-reduce
             self.opt.step()
             seconds += time.perf_counter() - t0
             losses.append(all_mean(float(report.loss), device=self.device))
+            if report.energy:  # the rules and modes that track it (il, ipc; faithful zil/fpa)
+                energy_start.append(all_mean(report.energy[0], device=self.device))
+                energy_end.append(all_mean(report.energy[-1], device=self.device))
+            if traced:
+                self.last_trace = report.trace
             if self.bp_model is not None:
                 rng_pc = get_rng(self.device)
                 set_rng(rng, self.device)
@@ -317,8 +374,13 @@ class Trainer:
             "test_loss": test_loss,
             "test_acc": test_acc,
             "seconds": seconds,
+            # the energy when inference starts (the feed-forward pass: the loss term alone) and
+            # when it ends, averaged over the epoch's batches; None where the rule tracks none
+            "energy_start": _mean(energy_start),
+            "energy_end": _mean(energy_end),
             "batches": n,
             "ranks": world_size(),
+            "lr": lr_at(cfg, self.epoch * n - 1, cfg.epochs * n),  # the epoch's last step's
         }
         if self.bp_model is not None:
             bp_test_loss, bp_test_acc = evaluate(
