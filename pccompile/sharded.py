@@ -41,9 +41,30 @@ from .errors import ConfigError
 __all__ = ["ShardedDataParallel"]
 
 
+class _Done:
+    """The work handle of a collective over one process without a process group."""
+
+    def wait(self) -> None:
+        pass
+
+
+def _grouped() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
 def _reduce_scatter(out: torch.Tensor, inp: torch.Tensor, group: Any) -> Any:
+    if not _grouped():  # one process: the sum over one rank is its own tensor
+        out.copy_(inp)
+        return _Done()
     fn = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
     return fn(out, inp, group=group, async_op=True)
+
+
+def _all_gather(full: torch.Tensor, shard: torch.Tensor, group: Any, async_op: bool) -> Any:
+    if not _grouped():  # one process holds the whole tensor as its one shard
+        full.copy_(shard)
+        return _Done()
+    return dist.all_gather_into_tensor(full, shard, group, async_op=async_op)
 
 
 class ShardedDataParallel:
@@ -91,9 +112,7 @@ class ShardedDataParallel:
         pending = []
         for p, s in zip(self.params, self.shards):
             full = torch.empty(s.numel() * self.n, dtype=s.dtype, device=s.device)
-            pending.append(
-                (p, full, dist.all_gather_into_tensor(full, s.detach(), self.group, async_op=True))
-            )
+            pending.append((p, full, _all_gather(full, s.detach(), self.group, async_op=True)))
         for (p, full, work), shape in zip(pending, self.shapes):
             work.wait()
             p.data = full[: math.prod(shape)].view(shape)
@@ -148,6 +167,6 @@ class ShardedDataParallel:
         for s, shape in zip(self.shards, self.shapes):
             g = s.grad if s.grad is not None else torch.zeros_like(s)
             full = torch.empty(s.numel() * self.n, dtype=s.dtype, device=s.device)
-            dist.all_gather_into_tensor(full, g.detach().contiguous(), self.group)
+            _all_gather(full, g.detach().contiguous(), self.group, async_op=False)
             out.append(full[: math.prod(shape)].view(shape).clone())
         return out

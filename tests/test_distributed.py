@@ -460,3 +460,29 @@ def test_gpt2_sharded_with_dropout_equals_one_process_float64(slow_ranks):
         got = slow_ranks[r]["gpt2"]
         assert _max_diff(got["grads"], one["grads"]) <= TOL
         assert _max_diff(got["state"], one["state"]) <= TOL
+
+
+def test_sharded_without_a_process_group_is_plain_learn():
+    """One process, no process group: the shard is the whole tensor and each step is
+    ``pcm.learn`` with SGD on it, bitwise; between steps the model holds no parameter."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    ref = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    ref.load_state_dict(net.state_dict())
+    x, y = torch.randn(4, 6, dtype=torch.float64), torch.tensor([0, 2, 1, 0])
+    from pccompile.sharded import ShardedDataParallel
+
+    sdp = ShardedDataParallel(pccompile.convert(net, x))
+    opt = torch.optim.SGD(sdp.parameters(), lr=0.1, momentum=0.9)
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(3):
+        opt.zero_grad()
+        sdp.learn(x, target=y, loss_fn=F.cross_entropy)
+        opt.step()
+        ref_opt.zero_grad()
+        F.cross_entropy(ref(x), y).backward()
+        ref_opt.step()
+        assert all(p.numel() == 0 for p in net.parameters())
+    full = sdp.full_state_dict()
+    for k, v in ref.state_dict().items():
+        assert torch.equal(full[k], v), k

@@ -78,8 +78,24 @@ PRELUDE: dict[tuple[str, str], str] = {
     ),
     ("docs/export.md", "pcm = pccompile.convert(model, x)"): _DIGITS_NET,
     ("docs/train.md", "opt.zero_grad()"): _DIGITS_NET + "pcm = pccompile.convert(model, x)\n",
-    ("docs/train.md", "import torch.distributed as dist"): (
-        _DIGITS_NET + "global_batches = [(x, y), (x.flip(0), y.flip(0))]\n"
+    ("docs/train.md", "import torch, torch.nn.functional as F, pccompile"): (
+        _DIGITS_NET
+        + "make_model = lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 10))\n"
+        + "x_example_shard = x[:8]\nglobal_batches = [(x, y), (x.flip(0), y.flip(0))]\n"
+    ),
+    ("docs/train.md", "from pccompile.sharded import ShardedDataParallel"): (
+        _DIGITS_NET + "pcm = pccompile.convert(model, x)\nloss = F.cross_entropy\n"
+    ),
+    ("docs/export.md", "from pccompile.io.onnx import export_onnx"): (
+        _DIGITS_NET + "pcm = pccompile.convert(model, x)\n"
+    ),
+    ("docs/export.md", "import numpy as np, onnxruntime as ort"): (
+        _DIGITS_NET
+        + "import numpy as np\nfrom pccompile.io.onnx import export_onnx\n"
+        + "pcm = pccompile.convert(model, x)\n"
+        + "export_onnx(pcm, 'step.onnx', (x,), 'learn', target=y, loss_fn=F.cross_entropy)\n"
+        + "np.savez('weights.npz', **{k: v.numpy() for k, v in pcm.state_dict().items()})\n"
+        + "batches, lr = [(x.numpy(), y.numpy())], 0.05\n"
     ),
 }
 
