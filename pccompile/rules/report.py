@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-__all__ = ["LearnReport", "Trace"]
+__all__ = ["LearnReport", "Trace", "first_rise", "silent_message", "divergence_message"]
 
 
 @dataclass
@@ -79,6 +80,13 @@ class LearnReport:
             gradient is zero; ``learn`` also warns).
         compile_seconds: time ``torch.compile`` took in this step (``compile=True``: the first
             step of each input shape; 0 otherwise).
+        silent: vertices with parameters the error reaches by the graph whose error is still
+            exactly zero at the end of inference (numerically unreached; ``learn`` warns with
+            :class:`~pccompile.NumericallyUnreachedWarning`).
+        diverged_at: the first inference step at which the energy rose under plain gradient
+            steps (``learn`` warns with :class:`~pccompile.DivergenceWarning`); None if it
+            never did.
+        warnings: the messages of the warnings ``learn`` issued for this step.
     """
 
     rule: str
@@ -90,3 +98,42 @@ class LearnReport:
     output: Any = None
     unreached: list[str] = field(default_factory=list)
     compile_seconds: float = 0.0
+    silent: list[str] = field(default_factory=list)
+    diverged_at: int | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+# The rules whose inference is plain gradient descent on the energy (a rise means divergence).
+DESCENT_RULES = ("il", "ipc", "epc")
+
+
+def first_rise(energy: list[float], rtol: float = 1e-5) -> int | None:
+    """The first step ``s`` with ``energy[s] > energy[s - 1]`` beyond rounding (relative
+    ``rtol``), or None."""
+    for s in range(1, len(energy)):
+        prev, now = energy[s - 1], energy[s]
+        if math.isfinite(prev) and math.isfinite(now) and now - prev > rtol * abs(prev):
+            return s
+    return None
+
+
+def silent_message(rule: str, names: list[str], dtype: Any) -> str:
+    """The numerically-unreached warning: which vertices, why, and what to do."""
+    shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+    f64 = "" if dtype == torch.float64 else " run in float64 (model.double()),"
+    return (
+        f"{rule}: the error reaches {len(names)} parametric vertices by the graph but is still "
+        f"exactly zero there after inference ({shown}): the signal that arrives is below "
+        f"{dtype}'s resolution (x + delta == x), so their parameters get a zero gradient. "
+        f"Remedies:{f64} rule='epc' (the error reaches every vertex in one reverse pass), or "
+        f"convert(..., parametrization='mupc') (depth-scaled edges)."
+    )
+
+
+def divergence_message(rule: str, step: int, energy: list[float], gamma: float) -> str:
+    return (
+        f"{rule}: inference diverges: the energy rose from {energy[step - 1]:.4g} to "
+        f"{energy[step]:.4g} at step {step} (of {len(energy) - 1}) under plain gradient steps "
+        f"of gamma={gamma}. A descent step lowers a smooth energy when it is small enough: "
+        f"use a smaller gamma (e.g. {gamma / 2:g})."
+    )

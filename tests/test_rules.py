@@ -1,0 +1,304 @@
+"""The rules research PC uses now: ePC, nudging, MCPC; inference that says when it fails.
+
+Exactness identities in float64 against plain autograd on the original module (rule "bp"), with
+falsifying variants that must fail the same check.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import pccompile
+from tests.helpers import rel_err
+from tests.zoo import build
+
+
+class Attention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(4, 8)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8 * 3, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.embed(x))
+        a, _ = self.attn(h, h, h, need_weights=False)
+        return self.head((h + a).flatten(1))
+
+
+class Recurrent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(4, 6)
+        self.lstm = nn.LSTM(6, 5, batch_first=True)
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, x):
+        out, _ = self.lstm(torch.tanh(self.inp(x)))
+        return self.head(out[:, -1])
+
+
+def _graph(name: str):
+    if name in ("cnn", "residual", "concat"):
+        return build(name)
+    torch.manual_seed(0)
+    model = (Attention() if name == "attention" else Recurrent()).double()
+    x = torch.randn(4, 3, 4, dtype=torch.float64)
+    return model, x, torch.tensor([0, 1, 2, 0]), F.cross_entropy
+
+
+def _grads(pcm, x, y, loss_fn, rule, **opts):
+    for p in pcm.parameters():
+        p.grad = None
+    torch.manual_seed(0)
+    report = pcm.learn(x, target=y, loss_fn=loss_fn, rule=rule, **opts)
+    named = {n: p.grad.detach().clone() for n, p in pcm.named_parameters() if p.grad is not None}
+    return named, report
+
+
+def _read_from_loss(pcm) -> set[str]:
+    """Parameters of the vertices the clamped output reads directly (no error variable)."""
+    plan = pcm.plan
+    ids = {id(p) for vid in plan.output.parents for p in plan.vertices[vid].params}
+    return {n for n, p in pcm.named_parameters() if id(p) in ids}
+
+
+GRAPHS = ["cnn", "residual", "concat", "attention", "lstm"]
+
+
+def _epc_vs_bp(name: str, rule: str, eta: float) -> dict[str, float]:
+    model, x, y, loss_fn = _graph(name)
+    pcm = pccompile.convert(model, x, rule="epc", loss_fn=loss_fn)
+    bp, _ = _grads(pcm, x, y, loss_fn, "bp")
+    with warnings.catch_warnings():  # IL's one step leaves vertices unreached (and says so)
+        warnings.simplefilter("ignore", pccompile.UnreachedWarning)
+        pc, _ = _grads(pcm, x, y, loss_fn, rule, steps=1, gamma=eta)
+    direct = _read_from_loss(pcm)
+    assert direct and set(bp) - direct, "the check needs both kinds of vertices"
+    return {n: rel_err(pc[n] if n in direct else pc[n] / eta, bp[n]) for n in bp}
+
+
+@pytest.mark.parametrize("name", GRAPHS)
+def test_one_epc_step_from_zero_errors_is_eta_times_bp(name):
+    """One error step of size eta from eps = 0: eps_v = -eta B dL/dz_v (the reverse pass), so
+    every vertex with an error variable gets eta x BP's gradient, and the vertices the loss reads
+    directly get BP's; the remainder is O(eta) (the states moved by O(eta)), below 1e-12 here."""
+    errors = _epc_vs_bp(name, "epc", 1e-13)
+    worst = max(errors, key=errors.get)
+    assert errors[worst] < 1e-11, (worst, errors[worst])
+
+
+@pytest.mark.parametrize("name", ["residual", "concat"])
+def test_epc_identity_remainder_is_first_order(name):
+    """The O(eta) remainder is measured, not hidden: at eta = 1e-2 the identity fails the same
+    tolerance, and the error falls by 10x per 10x smaller eta (order 1)."""
+    big, small = _epc_vs_bp(name, "epc", 1e-2), _epc_vs_bp(name, "epc", 1e-3)
+    moved = [n for n in big if big[n] > 1e-9]
+    assert moved, "a step of 1e-2 must move the states enough to show"
+    for n in moved:
+        order = math.log10(big[n] / small[n])
+        assert 0.8 < order < 1.2, (n, order)
+
+
+@pytest.mark.parametrize("name", ["cnn", "residual", "lstm"])
+def test_falsify_one_il_step_is_not_bp(name):
+    """The same identity on IL (states relaxed, the error front one vertex per step) fails:
+    one step does not bring the error to the vertices far from the output."""
+    errors = _epc_vs_bp(name, "il", 1e-13)
+    assert max(errors.values()) > 1e-3
+
+
+def _mlp(dtype=torch.float64):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 3))
+    x = torch.randn(5, 6, dtype=dtype)
+    return net.to(dtype), x, torch.tensor([0, 1, 2, 0, 1])
+
+
+def _nudging_error(nudging: str, beta: float, rule: str = "il", output: str = "clamp") -> float:
+    net, x, y = _mlp()
+    pcm = pccompile.convert(net, x, rule=rule, loss_fn=F.cross_entropy)
+    bp, _ = _grads(pcm, x, y, F.cross_entropy, "bp")
+    # enough steps to reach the equilibrium in float64 (the energy stops changing)
+    pc, report = _grads(
+        pcm,
+        x,
+        y,
+        F.cross_entropy,
+        rule,
+        steps=400,
+        gamma=0.5,
+        beta=beta,
+        nudging=nudging,
+        output=output,
+    )
+    assert abs(report.energy[-1] - report.energy[-2]) < 1e-13 * abs(report.energy[-1])
+    return max(rel_err(pc[n], bp[n]) for n in bp)
+
+
+@pytest.mark.parametrize("output", ["clamp", "free"])
+def test_nudging_order_at_equilibrium(output):
+    """At equilibrium the nudged gradient approaches BP as beta -> 0: positive and negative
+    nudging at first order, centred nudging at second (the odd terms cancel). Orders measured
+    from beta and beta / 2."""
+    b = 1e-2
+    orders = {
+        k: math.log2(_nudging_error(k, b, output=output) / _nudging_error(k, b / 2, output=output))
+        for k in ("positive", "negative", "centered")
+    }
+    assert 0.8 < orders["positive"] < 1.2, orders
+    assert 0.8 < orders["negative"] < 1.2, orders
+    assert 1.8 < orders["centered"] < 2.2, orders
+
+
+def test_nudging_is_an_epc_option_too():
+    """ePC's equilibrium is IL's (the same energy, reparameterised): centred nudging there is
+    second order as well."""
+    e1, e2 = _nudging_error("centered", 1e-2, "epc"), _nudging_error("centered", 5e-3, "epc")
+    assert 1.8 < math.log2(e1 / e2) < 2.2
+
+
+def test_nudging_options_are_checked():
+    with pytest.raises(pccompile.ConfigError, match="beta"):
+        pccompile.IL(beta=-1.0)
+    with pytest.raises(pccompile.ConfigError, match="nudging"):
+        pccompile.IL(beta=0.1, nudging="sideways")
+    with pytest.raises(pccompile.ConfigError, match="not both"):
+        pccompile.IL(beta=0.1, output_precision=0.5)
+    net, x, y = _mlp()
+    pcm = pccompile.convert(net, x, rule="ipc", loss_fn=F.cross_entropy)
+    with pytest.raises(pccompile.ConfigError, match="centred nudging"):
+        pcm.learn(x, target=y, rule=pccompile.IPC(lr=0.01, beta=0.1, nudging="centered"))
+
+
+def test_mcpc_is_seeded_and_reproducible():
+    """Langevin inference draws from its own seeded generator: the same seed gives the same
+    gradients bitwise and leaves torch's global RNG alone; another seed differs; temperature 0
+    is IL."""
+    net, x, y = _mlp()
+    pcm = pccompile.convert(net, x, rule="mcpc", loss_fn=F.cross_entropy)
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    a, ra = _grads(pcm, x, y, F.cross_entropy, pccompile.MCPC(steps=10, seed=3))
+    b, rb = _grads(pcm, x, y, F.cross_entropy, pccompile.MCPC(steps=10, seed=3))
+    c, _ = _grads(pcm, x, y, F.cross_entropy, pccompile.MCPC(steps=10, seed=4))
+    assert ra.energy == rb.energy
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert any(not torch.equal(a[n], c[n]) for n in a)
+    torch.manual_seed(5)
+    pcm.learn(x, target=y, rule=pccompile.MCPC(steps=10, seed=3))
+    assert torch.equal(torch.get_rng_state(), before)
+    cold, _ = _grads(pcm, x, y, F.cross_entropy, pccompile.MCPC(steps=10, temperature=0.0))
+    il, _ = _grads(pcm, x, y, F.cross_entropy, "il", steps=10)
+    assert all(torch.equal(cold[n], il[n]) for n in il)
+
+
+def test_mcpc_noise_has_the_langevin_scale():
+    """With nothing clamped (F = 1/2 sum eps^2 around the forward pass) one step from the
+    forward pass moves each free value node by exactly sqrt(2 gamma T) xi."""
+    net, x, y = _mlp()
+    pcm = pccompile.convert(net, x, rule="mcpc", loss_fn=F.cross_entropy)
+    hidden = [v for v in pcm.plan.vertices if v.kind != "output"][0]
+    gamma, temp = 0.04, 2.0
+    r = pccompile.MCPC(steps=1, gamma=gamma, temperature=temp, seed=7, output="free")
+    from pccompile.engine import feed_forward
+    from pccompile.engine.inference import run_inference
+    from pccompile.rules.il import setup_of
+
+    plan = pcm.plan
+    ff = feed_forward(plan, (x,), None, lambda o, t: torch.zeros(()), record_state=True)
+    shape = ff.flat[hidden.vid][0].shape
+    xi = torch.randn(shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    gen = torch.Generator().manual_seed(7)
+    scale = math.sqrt(2 * gamma * temp)
+
+    def noise(t):
+        return torch.randn(t.shape, generator=gen, dtype=t.dtype) * scale
+
+    run = run_inference(plan, ff, None, None, setup_of(r, 1), noise=noise)
+    moved = run.values[hidden.name][0] - ff.flat[hidden.vid][0]
+    assert torch.allclose(moved, xi * scale, rtol=0, atol=1e-15)
+
+
+def _deep_chain(depth: int, dtype):
+    torch.manual_seed(0)
+    layers = []
+    for _ in range(depth):
+        layers += [nn.Linear(8, 8), nn.Tanh()]
+    net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), *layers, nn.Linear(8, 3)).to(dtype)
+    return net, torch.randn(6, 4, dtype=dtype), torch.tensor([0, 1, 2, 0, 1, 2])
+
+
+def test_numerically_unreached_vertices_are_named():
+    """A deep float32 chain under IL's defaults: the error reaches the first layers by the graph
+    (steps = depth + 1) but arrives below float32's resolution: their error stays exactly zero,
+    their gradient is zero, and learn says so (naming them, suggesting float64/ePC/muPC). ePC on
+    the same network brings a non-zero gradient to every parameter and does not warn."""
+    net, x, y = _deep_chain(24, torch.float32)
+    pcm = pccompile.convert(net, x, rule="il", loss_fn=F.cross_entropy)
+    first = [v.name for v in pcm.plan.vertices if v.kind != "output"][0]
+    with pytest.warns(pccompile.NumericallyUnreachedWarning, match="epc") as caught:
+        report = pcm.learn(x, target=y, steps=pcm.plan.depth + 1)
+    assert not report.unreached  # structurally reached ...
+    assert first in report.silent  # ... numerically not
+    assert first in str(caught[0].message) and any(first in m for m in report.warnings)
+    zero = {n for n, p in pcm.named_parameters() if float(p.grad.abs().max()) == 0.0}
+    assert zero  # the warning is about real zeros
+    for p in pcm.parameters():
+        p.grad = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pccompile.NumericallyUnreachedWarning)
+        report = pcm.learn(x, target=y, rule="epc", steps=3)
+    assert not report.silent
+    assert all(float(p.grad.abs().max()) > 0 for p in pcm.parameters())
+
+
+def test_divergence_warns_with_the_step():
+    """A step size too large for the energy's curvature makes the energy rise: learn warns
+    (DivergenceWarning, naming the step and suggesting a smaller gamma) and records the step;
+    a small gamma descends without a warning."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 16), nn.Linear(16, 16), nn.Linear(16, 3)).double()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(4.0)
+    x, y = torch.randn(5, 6, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1])
+    pcm = pccompile.convert(net, x, rule="il", loss_fn=F.cross_entropy)
+    with pytest.warns(pccompile.DivergenceWarning, match="smaller gamma"):
+        report = pcm.learn(x, target=y, gamma=1.0, steps=10)
+    s = report.diverged_at
+    assert s is not None and report.energy[s] > report.energy[s - 1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pccompile.DivergenceWarning)
+        report = pcm.learn(x, target=y, gamma=0.01, steps=10)
+    assert report.diverged_at is None
+    assert all(b <= a for a, b in zip(report.energy, report.energy[1:]))
+
+
+def test_epc_energy_falls_and_states_carry_the_errors():
+    """Under small error steps ePC's energy falls, and the final states are the feed-forward
+    pass re-run with the errors added (z_v = g_v(z_parents) + eps_v)."""
+    net, x, y = _mlp()
+    pcm = pccompile.convert(net, x, rule="epc", loss_fn=F.cross_entropy)
+    from pccompile.engine import feed_forward
+    from pccompile.engine.inference import run_error_inference
+    from pccompile.rules.il import setup_of
+
+    plan = pcm.plan
+    ff = feed_forward(plan, (x,), y, F.cross_entropy, record_state=True)
+    z, eps, energy = run_error_inference(plan, ff, y, F.cross_entropy, setup_of(pccompile.EPC(), 8))
+    assert all(b < a for a, b in zip(energy, energy[1:]))
+    hidden = [v.vid for v in plan.vertices if v.vid in z]  # layer_0, layer_2 in graph order
+    assert len(hidden) == 2
+    h = x
+    for vid, linear in zip(hidden, (net[0], net[2])):
+        expect = torch.tanh(linear(h)) + eps[vid][0]
+        assert torch.allclose(z[vid][0], expect, rtol=0, atol=1e-15)
+        assert float(eps[vid][0].abs().max()) > 1e-6  # the errors moved
+        h = z[vid][0]
