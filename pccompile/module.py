@@ -254,11 +254,14 @@ class PCModule(nn.Module):
             dtype = next((p.dtype for p in plan.live_params), torch.float32)
             said.append(silent_message(cfg.name, silent, dtype))
             warnings.warn(said[-1], NumericallyUnreachedWarning, stacklevel=2)
-        plain = getattr(cfg, "value_optimizer", None) is None
+        # a rise means divergence under plain gradient steps on squared errors (another energy's
+        # term enters the log with its own offset when the error front reaches its vertex)
+        plain = getattr(cfg, "value_optimizer", None) is None and not getattr(cfg, "energies", {})
         plain = plain and getattr(cfg, "lr", 0) == 0 and getattr(cfg, "optimizer", None) is None
         if run is not None and cfg.name in DESCENT_RULES and plain:
             rise = first_rise(energy)
-            if rise is not None:
+            # a non-finite energy has its own warning below (which also says: lower gamma)
+            if rise is not None and all(math.isfinite(e) for e in energy):
                 said.append(divergence_message(cfg.name, rise, energy, cfg.gamma))
                 warnings.warn(said[-1], DivergenceWarning, stacklevel=2)
         if energy is not None and not all(math.isfinite(e) for e in energy):

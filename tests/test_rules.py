@@ -302,3 +302,60 @@ def test_epc_energy_falls_and_states_carry_the_errors():
         assert torch.allclose(z[vid][0], expect, rtol=0, atol=1e-15)
         assert float(eps[vid][0].abs().max()) > 1e-6  # the errors moved
         h = z[vid][0]
+
+
+# -------------------------------------------------------------- muPC
+class ResMLP(nn.Module):
+    """x -> W_in -> [h + W_l relu(h)] x L -> W_out, the network of muPC's equations."""
+
+    def __init__(self, d_in=5, width=7, blocks=3, classes=3):
+        super().__init__()
+        self.inp = nn.Linear(d_in, width)
+        self.blocks = nn.ModuleList(nn.Linear(width, width) for _ in range(blocks))
+        self.out = nn.Linear(width, classes)
+
+    def forward(self, x):
+        h = self.inp(x)
+        for blk in self.blocks:
+            h = h + blk(torch.relu(h))
+        return self.out(h)
+
+
+def _mupc_equations(m: ResMLP, x, L: int) -> torch.Tensor:
+    """muPC (Innocenti et al. 2025): a_1 = 1/sqrt(D), residual a_l = 1/sqrt(N L), readout 1/N."""
+    d, n = m.inp.in_features, m.inp.out_features
+    h = x @ m.inp.weight.T / math.sqrt(d)
+    for blk in m.blocks:
+        h = h + torch.relu(h) @ blk.weight.T / math.sqrt(n * L)
+    return h @ m.out.weight.T / n
+
+
+@pytest.mark.parametrize("granularity", ["layer", "op"])
+def test_mupc_network_is_the_scaled_network_of_the_equations(granularity):
+    torch.manual_seed(0)
+    m = ResMLP(blocks=4).double()
+    x = torch.randn(6, 5, dtype=torch.float64)
+    pcm = pccompile.convert(
+        m, x, rule="il", parametrization="mupc", granularity=granularity, loss_fn=F.cross_entropy
+    )
+    out = pcm(x)
+    assert (out - _mupc_equations(m, x, 4)).abs().max() < 1e-12 * out.abs().max()
+    # falsifying variants: the unscaled network, and L off by one, differ
+    assert (m(x) - out).abs().max() > 1e-3
+    assert (_mupc_equations(m, x, 3) - out).abs().max() > 1e-6
+    # weights re-drawn N(0, 1) once, biases zero; the table names every edge's kind
+    w = torch.cat([p.detach().flatten() for n, p in m.named_parameters() if n.endswith("weight")])
+    assert abs(float(w.std()) - 1.0) < 0.2
+    assert all(float(p.detach().abs().max()) == 0 for n, p in m.named_parameters() if "bias" in n)
+    kinds = sorted(k for _, k, _ in pcm.plan.gm.meta["pc_mupc"].values())
+    assert kinds == ["branch"] * 4 + ["hidden", "readout"]
+    before = [p.detach().clone() for p in m.parameters()]
+    pcm.eval()
+    pcm(x)  # a second plan (eval mode) scales, and re-draws nothing
+    assert all(torch.equal(a, b) for a, b in zip(before, m.parameters()))
+    pcm.learn(x, target=torch.tensor([0, 1, 2, 0, 1, 2]), steps=8)  # trains as any network
+
+
+def test_mupc_refuses_unknown_parametrizations():
+    with pytest.raises(pccompile.ConfigError, match="mupc"):
+        pccompile.convert(ResMLP(), torch.randn(2, 5), rule="il", parametrization="mup")
