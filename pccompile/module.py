@@ -252,7 +252,9 @@ class PCModule(nn.Module):
         said, silent, rise = [], list(getattr(run, "silent", []) or []), None
         if silent:
             dtype = next((p.dtype for p in plan.live_params), torch.float32)
-            said.append(silent_message(cfg.name, silent, dtype))
+            names = {id(p): n for n, p in self.named_parameters()}
+            held = [names[id(p)] for v in plan.vertices if v.name in silent for p in v.params]
+            said.append(silent_message(cfg.name, silent, dtype, [n for n in held if n]))
             warnings.warn(said[-1], NumericallyUnreachedWarning, stacklevel=2)
         # a rise means divergence under plain gradient steps on squared errors (another energy's
         # term enters the log with its own offset when the error front reaches its vertex)

@@ -359,3 +359,36 @@ def test_mupc_network_is_the_scaled_network_of_the_equations(granularity):
 def test_mupc_refuses_unknown_parametrizations():
     with pytest.raises(pccompile.ConfigError, match="mupc"):
         pccompile.convert(ResMLP(), torch.randn(2, 5), rule="il", parametrization="mup")
+
+
+@pytest.mark.slow
+def test_resnet18_il_names_the_numerically_unreached_stem_and_epc_reaches_it():
+    """torchvision resnet18 (10 classes, 8x3x32x32, train mode) under IL's defaults in float32:
+    the stem's error stays exactly zero (conv1, bn1, layer1.0 get a zero gradient) and learn
+    names them; ePC on the same model gives every parameter a non-zero gradient."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).train()
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    pcm = pccompile.convert(model, x, rule="il", loss_fn=F.cross_entropy)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = pcm.learn(x, target=y)
+    silent = [w for w in caught if issubclass(w.category, pccompile.NumericallyUnreachedWarning)]
+    assert len(silent) == 1 and report.silent and not report.unreached
+    text = str(silent[0].message)
+    for name in ("conv1.weight", "bn1.weight", "layer1.0.conv1.weight"):
+        assert name in text
+        assert float(dict(pcm.named_parameters())[name].grad.abs().max()) == 0.0
+    assert "float64" in text and "epc" in text and "mupc" in text
+    # and the energy rises part-way (gamma = 0.1 is too large for this net): said, not silent
+    rise = report.diverged_at
+    assert rise is not None and report.energy[rise] > report.energy[rise - 1]
+    assert any(issubclass(w.category, pccompile.DivergenceWarning) for w in caught)
+    for p in pcm.parameters():
+        p.grad = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pccompile.NumericallyUnreachedWarning)
+        report = pcm.learn(x, target=y, rule="epc", steps=5)
+    zero = [n for n, p in pcm.named_parameters() if p.grad is None or not p.grad.abs().max() > 0]
+    assert not zero, zero

@@ -117,9 +117,11 @@ def first_rise(energy: list[float], rtol: float = 1e-5) -> int | None:
     return None
 
 
-def silent_message(rule: str, names: list[str], dtype: Any) -> str:
-    """The numerically-unreached warning: which vertices, why, and what to do."""
+def silent_message(rule: str, names: list[str], dtype: Any, params: list[str] = ()) -> str:
+    """The numerically-unreached warning: which vertices (and parameters), why, what to do."""
     shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+    if params:
+        shown += "; parameters " + ", ".join(params[:8]) + (", ..." if len(params) > 8 else "")
     f64 = "" if dtype == torch.float64 else " run in float64 (model.double()),"
     return (
         f"{rule}: the error reaches {len(names)} parametric vertices by the graph but is still "
