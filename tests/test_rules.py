@@ -392,3 +392,121 @@ def test_resnet18_il_names_the_numerically_unreached_stem_and_epc_reaches_it():
         report = pcm.learn(x, target=y, rule="epc", steps=5)
     zero = [n for n, p in pcm.named_parameters() if p.grad is None or not p.grad.abs().max() > 0]
     assert not zero, zero
+
+
+# -------------------------------------------------------------- loops equal to their definition
+class DropInLayer(nn.Module):
+    """A functional dropout inside a layer vertex: random in eval mode unless it reads the flag."""
+
+    def __init__(self, follow_mode: bool):
+        super().__init__()
+        self.a, self.b, self.follow = nn.Linear(6, 8), nn.Linear(8, 3), follow_mode
+
+    def forward(self, x):
+        h = torch.tanh(self.a(x))
+        h = F.dropout(h, 0.3, training=self.training) if self.follow else F.dropout(h, 0.3)
+        return self.b(h)
+
+
+def _eager_and_compiled(pcm, x, y, rule):
+    out = []
+    for compiled in (False, "aot_eager"):
+        for p in pcm.parameters():
+            p.grad = None
+        torch.manual_seed(1)
+        report = pcm.learn(x, target=y, rule=rule(compiled))
+        grads = {n: p.grad.clone() for n, p in pcm.named_parameters() if p.grad is not None}
+        out.append((grads, report, torch.get_rng_state()))
+    return out
+
+
+def test_compiled_il_refuses_a_functional_dropout_that_draws_in_eval_mode():
+    """The registry's one purity classification, op by op inside the layer: F.dropout(h, p)
+    draws in eval mode (it ignores the module's mode) and the compiled loop cannot replay it;
+    with training=self.training it is the identity in eval mode and compiles, equal to the
+    eager loop (float64, 1e-12) with the same RNG state afterwards."""
+    torch.manual_seed(0)
+    x, y = torch.randn(5, 6, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1])
+    drawing = DropInLayer(follow_mode=False).double().eval()
+    pcm = pccompile.convert(drawing, x, rule="il", loss_fn=F.cross_entropy)
+    with pytest.raises(pccompile.ConfigError, match="random draws"):
+        pcm.learn(x, target=y, rule=pccompile.IL(steps=4, compile="aot_eager"))
+    pure = DropInLayer(follow_mode=True).double().eval()
+    pcm = pccompile.convert(pure, x, rule="il", loss_fn=F.cross_entropy)
+    (ge, re_, rng_e), (gc, rc, rng_c) = _eager_and_compiled(
+        pcm, x, y, lambda c: pccompile.IL(steps=4, compile=c)
+    )
+    assert torch.equal(rng_e, rng_c)
+    assert max(rel_err(gc[n], ge[n]) for n in ge) < 1e-12
+    assert max(abs(a - b) for a, b in zip(re_.energy, rc.energy)) < 1e-12 * re_.energy[0]
+
+
+class Transformed(nn.Module):
+    """A parameter transform: the weight used is W0 + dW (delta) or W0 + A @ B (LoRA-style)."""
+
+    def __init__(self, lora: bool):
+        super().__init__()
+        self.lora = lora
+        self.w0 = nn.Parameter(torch.randn(8, 6) * 0.3)
+        self.dw = nn.Parameter(torch.zeros(8, 6))
+        self.A, self.B = (
+            nn.Parameter(torch.randn(8, 2) * 0.1),
+            nn.Parameter(torch.randn(2, 6) * 0.1),
+        )
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        w = self.w0 + (self.A @ self.B if self.lora else self.dw)
+        return self.head(torch.tanh(F.linear(x, w)))
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_eager_ipc_with_moving_weights_reads_current_parameter_transforms(lora):
+    """iPC moves the parameters inside inference; the vertices read W0 + dW (or W0 + A @ B)
+    recomputed from the current parameters, as the compiled loop does (float64, 1e-12)."""
+    torch.manual_seed(0)
+    model = Transformed(lora).double()
+    x, y = torch.randn(5, 6, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1])
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    pcm = pccompile.convert(model, x, rule="ipc", loss_fn=F.cross_entropy)
+    after = []
+    for compiled in (False, "aot_eager"):
+        model.load_state_dict(start)
+        pcm.learn(x, target=y, rule=pccompile.IPC(steps=5, lr=0.5, compile=compiled))
+        after.append({k: v.clone() for k, v in model.state_dict().items()})
+    moved = "A" if lora else "dw"
+    assert rel_err(after[0][moved], start[moved], floor=1.0) > 1e-3  # the transform moved
+    assert max(rel_err(after[0][k], after[1][k]) for k in start) < 1e-12
+
+
+def test_ipc_optimizer_keeps_the_callers_accumulated_grads():
+    net, x, y = _mlp()
+    pcm = pccompile.convert(net, x, rule="ipc", loss_fn=F.cross_entropy)
+    for p in pcm.parameters():
+        p.grad = torch.full_like(p, 0.25)
+    opt = torch.optim.SGD(pcm.parameters(), lr=0.01)
+    before = [p.detach().clone() for p in pcm.parameters()]
+    pcm.learn(x, target=y, rule=pccompile.IPC(steps=3, optimizer=opt))
+    assert all(torch.equal(p.grad, torch.full_like(p, 0.25)) for p in pcm.parameters())
+    assert any(not torch.equal(a, p) for a, p in zip(before, pcm.parameters()))
+
+
+def test_compiled_loops_are_cached_by_the_losss_code_and_constants():
+    """A fresh lambda per step reuses the compiled loop; a different constant compiles anew."""
+    from pccompile.engine.compiled import _CACHE, loss_key
+
+    def make(scale):
+        return lambda o, t: scale * F.cross_entropy(o, t)
+
+    assert loss_key(make(1.0)) == loss_key(make(1.0))
+    assert loss_key(make(1.0)) != loss_key(make(2.0))
+    assert loss_key(nn.CrossEntropyLoss()) == loss_key(nn.CrossEntropyLoss())
+    assert loss_key(nn.CrossEntropyLoss()) != loss_key(nn.CrossEntropyLoss(label_smoothing=0.1))
+    net, x, y = _mlp()
+    pcm = pccompile.convert(net, x, rule="il", loss_fn=F.cross_entropy)
+    rule = pccompile.IL(steps=2, compile="aot_eager")
+    for _ in range(2):
+        pcm.learn(x, target=y, loss_fn=make(1.0), rule=rule)
+    assert len(_CACHE[pcm.plan]) == 1
+    pcm.learn(x, target=y, loss_fn=make(2.0), rule=rule)
+    assert len(_CACHE[pcm.plan]) == 2

@@ -38,6 +38,7 @@ import torch.nn as nn
 from ..energies import squared_error
 from ..errors import ConfigError
 from ..frontend.export import unflatten_output
+from ..ops.registry import needs_replay
 from .evaluate import FeedForward
 from .inference import Setup, batch_size, resolve, unreached
 from .plan import Plan
@@ -159,28 +160,26 @@ def energy_module(
     return gm, meta_slots, const_vids
 
 
-_EVAL_PURE = (  # modules whose state or randomness is used only in training mode
-    nn.modules.batchnorm._BatchNorm,
-    nn.modules.instancenorm._InstanceNorm,
-    nn.modules.dropout._DropoutNd,
-)
-
-
 def _replays_state(plan: Plan, v: Any) -> bool:
-    """Whether re-evaluating ``v`` needs the eager loop's recorded RNG or buffers. In eval mode
-    a vertex whose random or stateful members are all BatchNorm/InstanceNorm/Dropout modules is
-    a pure function (running statistics read, no draws)."""
+    """Whether re-evaluating ``v`` needs the eager loop's recorded RNG or buffers, by the
+    registry's one classification (:func:`pccompile.ops.registry.needs_replay`), op by op
+    inside a layer vertex: a functional dropout that draws in eval mode is random however its
+    layer's modules look."""
     if v.rule is None or not (v.rule.replays_rng or v.rule.protects_buffers):
         return False
-    if plan.training or v.module is None:
+    if plan.training:
         return True
-    members = [m for m in v.module.modules() if not isinstance(m, fx.GraphModule)]
-    leaves = [m for m in members if not list(m.children())]
-    return not all(isinstance(m, _EVAL_PURE) or _stateless(m) for m in leaves)
-
-
-def _stateless(m: nn.Module) -> bool:
-    return not list(m.buffers(recurse=False)) and type(m).__module__.startswith("torch.nn")
+    if isinstance(v.module, fx.GraphModule):  # a layer vertex: its ops, with their own rules
+        for n in v.module.graph.nodes:
+            if n.op not in ("call_module", "call_function", "call_method"):
+                continue
+            mod = v.module.get_submodule(n.target) if n.op == "call_module" else None
+            info = n.meta.get("pc")
+            rule = info.rule if info is not None and info.rule is not None else v.rule
+            if needs_replay(n, mod, rule):
+                return True
+        return False
+    return needs_replay(v.node, v.module, v.rule)
 
 
 class CompiledLoop:
@@ -252,6 +251,36 @@ class CompiledLoop:
         return out
 
 
+def loss_key(fn: Any) -> Any:
+    """What identifies a loss function for the cache: its code and the constants it computes
+    with, not its identity, so a fresh ``lambda o, t: F.cross_entropy(o, t)`` per step reuses
+    the loop compiled for the first (the loop calls the first one, which computes the same).
+    Functions: code, defaults, globals' namespace and closure values; ``functools.partial``:
+    the function's key and the bound arguments; a parameter-free ``nn.Module`` loss: its class
+    and its plain attributes. Anything unhashable is keyed by identity."""
+
+    def const(v: Any) -> Any:
+        try:
+            hash(v)
+        except TypeError:
+            return ("id", id(v))
+        return ("id", id(v)) if isinstance(v, torch.Tensor) else v
+
+    if isinstance(fn, functools.partial):
+        kw = tuple(sorted((k, const(v)) for k, v in fn.keywords.items()))
+        return ("partial", loss_key(fn.func), tuple(const(a) for a in fn.args), kw)
+    code = getattr(fn, "__code__", None)
+    if code is not None and not hasattr(fn, "__self__"):
+        cells = tuple(const(c.cell_contents) for c in fn.__closure__ or ())
+        defaults = tuple(const(d) for d in fn.__defaults__ or ())
+        kwdefaults = tuple(sorted((k, const(v)) for k, v in (fn.__kwdefaults__ or {}).items()))
+        return ("fn", code, defaults, kwdefaults, id(fn.__globals__), cells)
+    if isinstance(fn, nn.Module) and not list(fn.parameters()) and not list(fn.buffers()):
+        plain = {k: v for k, v in vars(fn).items() if not k.startswith("_")}
+        return ("module", type(fn), tuple(sorted((k, const(v)) for k, v in plain.items())))
+    return ("id", id(fn))
+
+
 def run_compiled(
     plan: Plan,
     ff: FeedForward,
@@ -281,7 +310,7 @@ def run_compiled(
         tuple(sorted(setup.precision.items())),
         tuple((k, id(f)) for k, f in sorted(setup.energies.items())),
         tuple(sorted(by for by in setup.clamp)),
-        id(loss_fn),
+        loss_key(loss_fn),
         batch,
     )
     per_plan = _CACHE.setdefault(plan, {})
