@@ -74,6 +74,7 @@ __all__ = [
     "UnreachedWarning",
     "NumericallyUnreachedWarning",
     "DivergenceWarning",
+    "LargeStepWarning",
 ]
 
 # public name -> the submodule that defines it
@@ -100,6 +101,7 @@ _HOME = {
             "UnreachedWarning",
             "NumericallyUnreachedWarning",
             "DivergenceWarning",
+            "LargeStepWarning",
         )
     },
 }

@@ -18,6 +18,7 @@ __all__ = [
     "UnreachedWarning",
     "NumericallyUnreachedWarning",
     "DivergenceWarning",
+    "LargeStepWarning",
 ]
 
 
@@ -68,3 +69,8 @@ class NumericallyUnreachedWarning(UserWarning):
 class DivergenceWarning(RuntimeWarning):
     """The energy rose between two plain gradient steps of inference: the step size is too large
     for this model (a descent step on a smooth energy lowers it for a small enough step)."""
+
+
+class LargeStepWarning(UserWarning):
+    """An inference step size above 1: allowed, but with unit-precision squared errors it
+    overshoots a vertex's own error, so inference may oscillate or diverge."""

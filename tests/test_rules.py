@@ -510,3 +510,78 @@ def test_compiled_loops_are_cached_by_the_losss_code_and_constants():
     assert len(_CACHE[pcm.plan]) == 1
     pcm.learn(x, target=y, loss_fn=make(2.0), rule=rule)
     assert len(_CACHE[pcm.plan]) == 2
+
+
+# -------------------------------------------------------------- researcher options
+def test_init_options_set_where_the_value_nodes_start():
+    net, x, y = _mlp()
+    pcm = pccompile.convert(net, x, rule="il", loss_fn=F.cross_entropy)
+    first = [v.name for v in pcm.plan.vertices if v.kind != "output"][0]
+    mu = torch.tanh(net[0](x)).detach()
+    for init, start in (("zeros", torch.zeros_like(mu)), (lambda n, t: t + 1.0, mu + 1.0)):
+        r = pcm.learn(x, target=y, steps=2, init=init, trace=True)
+        want = 0.5 * float(((start - mu) ** 2).sum())
+        assert r.trace.vertex_energy[first][0] == pytest.approx(want, rel=1e-12)
+    torch.manual_seed(3)
+    a = pcm.learn(x, target=y, steps=2, init="normal", trace=True).trace.vertex_energy[first][0]
+    torch.manual_seed(3)
+    b = pcm.learn(x, target=y, steps=2, init="normal", trace=True).trace.vertex_energy[first][0]
+    assert a == b and a > 0
+    with pytest.raises(pccompile.ConfigError, match="init"):
+        pccompile.IL(init="ones")
+
+
+def test_tol_stops_on_convergence_and_reads_the_weights_there():
+    net, x, y = _mlp()
+    pcm = pccompile.convert(net, x, rule="il", loss_fn=F.cross_entropy)
+    g_tol, r = _grads(pcm, x, y, F.cross_entropy, "il", steps=2000, gamma=0.5, tol=1e-9)
+    assert 5 < r.steps < 2000 and len(r.energy) == r.steps + 1
+    g_fixed, _ = _grads(pcm, x, y, F.cross_entropy, "il", steps=r.steps, gamma=0.5)
+    assert all(torch.equal(g_tol[n], g_fixed[n]) for n in g_fixed)
+
+
+def test_per_vertex_steps_and_gamma():
+    net, x, y = _mlp()
+    pcm = pccompile.convert(net, x, rule="il", loss_fn=F.cross_entropy)
+    from pccompile.engine import feed_forward
+    from pccompile.engine.inference import Setup, run_inference
+
+    plan = pcm.plan
+    names = [v.name for v in plan.vertices if v.kind != "output"]
+    ff = feed_forward(plan, (x,), y, F.cross_entropy, record_state=True)
+
+    def values(**kw):
+        return run_inference(plan, ff, y, F.cross_entropy, Setup(steps=3, **kw)).values
+
+    held = values(vertex_steps={names[0]: 0})
+    assert torch.equal(held[names[0]][0], ff.flat[plan.vertices[0].vid][0])
+    own, slow = values(gamma=0.1, vertex_gamma={names[0]: 0.2}), values(gamma=0.1)
+    assert not torch.equal(own[names[0]][0], slow[names[0]][0])
+    one = run_inference(plan, ff, y, F.cross_entropy, Setup(steps=1, vertex_gamma={names[0]: 0.2}))
+    ref = run_inference(plan, ff, y, F.cross_entropy, Setup(steps=1, gamma=0.2))
+    assert torch.equal(one.values[names[0]][0], ref.values[names[0]][0])
+    with pytest.raises(pccompile.ConfigError, match="no vertex named"):
+        pcm.learn(x, target=y, vertex_steps={"nope": 1})
+
+
+def test_step_sizes_above_one_are_warned_not_refused():
+    with pytest.warns(pccompile.LargeStepWarning, match="above 1"):
+        cfg = pccompile.IL(gamma=1.5)
+    assert cfg.gamma == 1.5
+    with pytest.raises(pccompile.ConfigError, match="> 0"):
+        pccompile.IL(gamma=0.0)
+
+
+def test_learn_with_free_inputs_trains_on_inferred_inputs():
+    """Unsupervised / generative training: the input is a free value node during inference
+    (starting at the given batch), and the weights learn from the state it reaches."""
+    net, x, y = _mlp()
+    pcm = pccompile.convert(net, x, rule="il", loss_fn=F.cross_entropy)
+    keep = x.clone()
+    clamped, _ = _grads(pcm, x, y, F.cross_entropy, "il", steps=5)
+    free, report = _grads(pcm, x, y, F.cross_entropy, "il", steps=5, free_inputs=(0,))
+    assert torch.equal(x, keep)  # the caller's batch is not moved
+    assert any(not torch.equal(clamped[n], free[n]) for n in free)
+    assert report.energy[-1] < report.energy[0]
+    with pytest.raises(pccompile.ConfigError, match="input position"):
+        pcm.learn(x, target=y, free_inputs=(3,))

@@ -75,6 +75,8 @@ class Setup:
     free_inputs: positions of model inputs that become free value nodes (generative inference).
     value_optimizer: ``params -> torch.optim.Optimizer`` over the value nodes (default: plain
         steps of ``gamma``).
+    vertex_gamma: vertex name -> its step size (others: ``gamma``).
+    vertex_steps: vertex name -> how many steps its value node moves (others: all).
     tol: stop once ``|F_s - F_(s-1)| <= tol * |F_(s-1)|``; that evaluation is then the last
         (the parameter gradients the rule reads at the last step are read there). None: run
         every step.
@@ -90,6 +92,8 @@ class Setup:
     free_inputs: tuple[int, ...] = ()
     value_optimizer: Callable | None = None
     tol: float | None = None
+    vertex_gamma: Mapping[str, float] = field(default_factory=dict)
+    vertex_steps: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -139,7 +143,13 @@ def resolve(plan: Plan, ff: FeedForward, setup: Setup) -> _Net:
     from their prediction, and when the error front reaches each vertex."""
     order = [v for v in plan.vertices if v.kind != "output"]
     names = {v.name: v for v in order}
-    for table, what in ((setup.precision, "precision"), (setup.energies, "energies")):
+    tables = (
+        (setup.precision, "precision"),
+        (setup.energies, "energies"),
+        (setup.vertex_gamma, "vertex_gamma"),
+        (setup.vertex_steps, "vertex_steps"),
+    )
+    for table, what in tables:
         bad = sorted(set(table) - set(names))
         if bad:
             raise ConfigError(
@@ -372,14 +382,14 @@ def run_inference(
         if per_vertex is not None:
             errors = [per_vertex.get(v.vid, []) for v in recorded]
             trace.record(names, errors, 0.0 if loss is None else w * batch * float(loss.detach()))
-        moving = [] if final else _moving(net, xs, x_inputs, s)
+        moving = [] if final else _moving(net, xs, x_inputs, s, setup.vertex_steps)
         wrt = moving + (params + extra if want_params else [])
         if wrt:
             grads = torch.autograd.grad(total, wrt, allow_unused=True)
             if want_params and on_params is not None:
                 on_params(s, _param_grads(plan, params, extra, grads[len(moving) :], scale))
             if moving:
-                _move(moving, grads[: len(moving)], setup.gamma, opt, noise)
+                _move(moving, grads[: len(moving)], _gammas(net, xs, moving, setup), opt, noise)
         if final:
             break
     values = {by_name[vid]: [t.detach() for t in x] for vid, x in xs.items()}
@@ -581,10 +591,24 @@ def _predict(plan, ff, v, env, leaves, recompute: bool) -> list[Tensor]:
     return [t for t in tree_flatten(out)[0] if is_float_tensor(t)]
 
 
-def _moving(net: _Net, xs: dict, x_inputs: dict, s: int) -> list[Tensor]:
-    """The value nodes whose gradient may be non-zero at evaluation ``s``."""
-    out = [t for v in net.free if net.first_move[v.vid] <= s + 1 for t in xs[v.vid]]
+def _moving(net: _Net, xs: dict, x_inputs: dict, s: int, held: Mapping) -> list[Tensor]:
+    """The value nodes whose gradient may be non-zero at evaluation ``s`` (and that still move:
+    a vertex named in ``held`` (``vertex_steps``) moves in its first ``held[name]`` steps)."""
+    out = [
+        t
+        for v in net.free
+        if net.first_move[v.vid] <= s + 1 and s < held.get(v.name, NEVER)
+        for t in xs[v.vid]
+    ]
     return out + list(x_inputs.values())
+
+
+def _gammas(net: _Net, xs: dict, moving: list[Tensor], setup: Setup) -> float | list[float]:
+    """The step size of each moving tensor (one number when no vertex has its own)."""
+    if not setup.vertex_gamma:
+        return setup.gamma
+    of = {id(t): setup.vertex_gamma.get(v.name, setup.gamma) for v in net.free for t in xs[v.vid]}
+    return [of.get(id(t), setup.gamma) for t in moving]
 
 
 def _param_inputs(plan: Plan, ff: FeedForward) -> list[Tensor]:
@@ -617,9 +641,10 @@ def _move(xs: list[Tensor], grads: tuple, gamma: float, opt, noise=None) -> None
                 x.grad = None if g is None else g
             opt.step()
         else:
-            for x, g in zip(xs, grads):
+            steps = gamma if isinstance(gamma, list) else [gamma] * len(xs)
+            for x, g, step in zip(xs, grads, steps):
                 if g is not None:
-                    x.sub_(g, alpha=gamma)
+                    x.sub_(g, alpha=step)
         if noise is not None:
             for x in xs:
                 x.add_(noise(x))

@@ -8,6 +8,7 @@ the current value nodes at each step; then every parameter's gradient from the f
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -16,8 +17,8 @@ import torch
 
 from ..engine import Grads, Plan
 from ..engine.inference import Inference, Setup, run_inference
-from ..errors import ConfigError
-from .base import Rule, Schedule, check_gamma, check_steps
+from ..errors import ConfigError, LargeStepWarning
+from .base import Rule, Schedule, check_steps
 
 __all__ = ["IL", "ILRule", "default_steps", "check_approximate", "initial_values", "phases"]
 
@@ -53,6 +54,9 @@ class IL:
         nudging: ``"positive"`` (weight ``+beta``), ``"negative"`` (``-beta``) or
             ``"centered"`` (both phases from the same start, their gradients averaged: at
             equilibrium it approaches BP at second order in ``beta``, the others at first).
+        vertex_gamma: vertex name -> its own step size (the others take ``gamma``).
+        vertex_steps: vertex name -> the inference steps its value node moves in (it is held
+            after that; the others move for all ``steps``).
         tol: stop inference early once the energy changes by less than ``tol`` relative to
             the previous step (the weights are then read at that state); ``None``: always
             ``steps`` steps.
@@ -74,6 +78,8 @@ class IL:
     beta: float | None = None
     nudging: Literal["positive", "negative", "centered"] = "positive"
     tol: float | None = None
+    vertex_gamma: Mapping[str, float] = field(default_factory=dict)
+    vertex_steps: Mapping[str, int] = field(default_factory=dict)
     compile: bool | str = False
     name: str = "il"
 
@@ -83,8 +89,20 @@ class IL:
 
 def check_approximate(cfg: Any, name: str) -> None:
     """Validate the options IL, iPC, ePC and MCPC share."""
-    check_gamma(cfg.gamma, name)
+    check_step_size(cfg.gamma, f"{name}: gamma")
     check_steps(cfg.steps, name)
+    for k, g in dict(getattr(cfg, "vertex_gamma", {})).items():
+        check_step_size(g, f"{name}: vertex_gamma[{k!r}]")
+    for k, n in dict(getattr(cfg, "vertex_steps", {})).items():
+        if not (isinstance(n, int) and n >= 0):
+            raise ConfigError(f"{name}: vertex_steps[{k!r}] must be an int >= 0, got {n!r}.")
+    if (getattr(cfg, "vertex_gamma", None) or getattr(cfg, "vertex_steps", None)) and (
+        getattr(cfg, "value_optimizer", None) is not None or getattr(cfg, "compile", False)
+    ):
+        raise ConfigError(
+            f"{name}: vertex_gamma/vertex_steps act on the eager loop's plain steps; drop "
+            f"value_optimizer= and compile= with them."
+        )
     if not (isinstance(cfg.output_precision, (int, float)) and cfg.output_precision > 0):
         raise ConfigError(f"{name}: output_precision must be > 0, got {cfg.output_precision!r}.")
     if cfg.output not in OUTPUTS:
@@ -153,6 +171,22 @@ def compiled(
 def default_steps(plan: Plan) -> int:
     """At least depth + 1 (so the error reaches every vertex), and 20 for small gammas."""
     return max(plan.depth + 1, 20)
+
+
+def check_step_size(gamma: Any, what: str) -> None:
+    """A step size is a number > 0. Above 1 it is allowed (a well-conditioned energy takes it)
+    and warned about: with unit-precision squared errors a step above 1 overshoots a vertex's
+    own error."""
+    if not (isinstance(gamma, (int, float)) and float(gamma) > 0.0):
+        raise ConfigError(f"{what} must be a number > 0, got {gamma!r}.")
+    if gamma > 1.0:
+        warnings.warn(
+            f"{what}={gamma} is above 1: a step overshoots a unit-precision vertex's own error "
+            f"(dF/dx_v = eps_v + ...), so inference may oscillate or diverge; learn warns if the "
+            f"energy rises.",
+            LargeStepWarning,
+            stacklevel=5,
+        )
 
 
 def phases(cfg: Any) -> list[tuple[float, float]]:
@@ -229,6 +263,8 @@ def setup_of(
         free_inputs=tuple(free_inputs),
         value_optimizer=getattr(cfg, "value_optimizer", None),
         tol=getattr(cfg, "tol", None),
+        vertex_gamma=dict(getattr(cfg, "vertex_gamma", {})),
+        vertex_steps=dict(getattr(cfg, "vertex_steps", {})),
     )
 
 

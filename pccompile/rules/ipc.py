@@ -54,6 +54,8 @@ class IPC:
     beta: float | None = None
     nudging: Literal["positive", "negative", "centered"] = "positive"
     tol: float | None = None
+    vertex_gamma: Mapping[str, float] = field(default_factory=dict)
+    vertex_steps: Mapping[str, int] = field(default_factory=dict)
     compile: bool | str = False
     name: str = "ipc"
 

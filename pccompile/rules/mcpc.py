@@ -45,6 +45,8 @@ class MCPC:
     precision: Mapping[str, float] = field(default_factory=dict)
     energies: Mapping[str, Callable] = field(default_factory=dict)
     init: str | Callable = "forward"
+    vertex_gamma: Mapping[str, float] = field(default_factory=dict)
+    vertex_steps: Mapping[str, int] = field(default_factory=dict)
     name: str = "mcpc"
 
     def __post_init__(self) -> None:
