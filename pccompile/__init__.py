@@ -45,6 +45,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
         Trace,
         make_rule,
     )
+    from .rules.custom import energy_function
 
 __all__ = [
     "convert",
@@ -65,6 +66,7 @@ __all__ = [
     "MCPC",
     "RuleConfig",
     "make_rule",
+    "energy_function",
     "PCCompileError",
     "TraceError",
     "UnsupportedOpError",
@@ -88,6 +90,7 @@ _HOME = {
     "Inference": "engine.inference",
     **{n: "rules" for n in ("LearnReport", "Trace", "BP", "ZIL", "FPA", "IL", "IPC")},
     **{n: "rules" for n in ("EPC", "MCPC")},
+    "energy_function": "rules.custom",
     **{n: "rules" for n in ("RuleConfig", "make_rule")},
     **{
         n: "errors"

@@ -585,3 +585,27 @@ def test_learn_with_free_inputs_trains_on_inferred_inputs():
     assert report.energy[-1] < report.energy[0]
     with pytest.raises(pccompile.ConfigError, match="input position"):
         pcm.learn(x, target=y, free_inputs=(3,))
+
+
+def test_a_custom_inference_loop_on_the_energy_function_reproduces_il():
+    """The documented hook: plain steps of gamma on energy_function's F, then learn(), give
+    IL's gradients (float64, 1e-12); the loop can be anything (here also Adam, which differs)."""
+    net, x, y = _mlp()
+    pcm = pccompile.convert(net, x, rule="il", loss_fn=F.cross_entropy)
+    il, _ = _grads(pcm, x, y, F.cross_entropy, "il", steps=6, gamma=0.2)
+    for p in pcm.parameters():
+        p.grad = None
+    ef = pccompile.energy_function(pcm, x, target=y)
+    xs = ef.start()
+    energies = []
+    for _ in range(6):
+        grads = ef.grad(xs)
+        energies.append(float(ef(xs).detach()))
+        with torch.no_grad():
+            for name in xs:
+                for t, g in zip(xs[name], grads[name]):
+                    t -= 0.2 * g
+    ef.learn(xs)
+    mine = {n: p.grad for n, p in pcm.named_parameters()}
+    assert max(rel_err(mine[n], il[n]) for n in il) < 1e-12
+    assert all(b < a for a, b in zip(energies, energies[1:]))

@@ -50,6 +50,7 @@ __all__ = [
     "run_inference",
     "run_error_inference",
     "local_param_grads",
+    "energy_at",
     "resolve",
     "batch_size",
     "unreached",
@@ -500,6 +501,47 @@ def run_error_inference(
         _move(flat, grads, setup.gamma, opt)
     errors = {vid: [t.detach() for t in e] for vid, e in eps.items()}
     return states, errors, energy_log
+
+
+def energy_at(
+    plan: Plan,
+    ff: FeedForward,
+    target: Any,
+    loss_fn: Callable,
+    setup: Setup,
+    values: Mapping[int, list[Tensor]],
+) -> Tensor:
+    """``F`` with the free value nodes at ``values`` (vertex id -> tensors; a free vertex not
+    given sits at the feed-forward pass), every prediction re-evaluated from them: a
+    differentiable function of the values and the parameters (the custom-loop hook,
+    :mod:`pccompile.rules.custom`)."""
+    net = resolve(plan, ff, setup)
+    batch = batch_size([ff.env[s] for s in plan.input_slots])
+    w = float(setup.output_precision)
+    env = list(ff.env)
+    leaves: list = list(ff.leaves)
+    for vid, value in net.clamped.items():
+        leaves[vid] = rebuild(ff.leaves[vid], value)
+    xs = {v.vid: list(values.get(v.vid, ff.flat[v.vid])) for v in net.free}
+    for vid, x in xs.items():
+        leaves[vid] = rebuild(ff.leaves[vid], x)
+    total = None
+    for v in net.order:
+        mu = _predict(plan, ff, v, env, leaves, recompute=True)
+        if v.vid in net.predicted:
+            leaves[v.vid] = rebuild(ff.leaves[v.vid], mu)
+            continue
+        fn = setup.energies.get(v.name, squared_error)
+        pi = setup.precision.get(v.name, 1.0)
+        x = net.clamped.get(v.vid) or xs[v.vid]
+        term = sum(fn(a, b) for a, b in zip(x, mu))
+        term = term if pi == 1.0 else pi * term
+        total = term if total is None else total + term
+    if target is not None and loss_fn is not None:
+        out = plan.read_output(env, leaves)
+        term = (w * batch) * loss_fn(out, target).reshape(())
+        total = term if total is None else total + term
+    return torch.zeros(()) if total is None else total
 
 
 def local_param_grads(
