@@ -220,7 +220,7 @@ class PCModule(nn.Module):
         )
         tr = None
         if trace or schedule.mode == "faithful":  # faithful schedules report the energy per step
-            tr = Trace(keep_errors=trace == "errors", per_vertex=bool(trace))
+            tr = Trace(keep_errors=trace == "errors", per_vertex=bool(trace), rule=cfg.name)
         if clamp and not pc_rule.approximate:
             raise ConfigError(
                 f"clamp= holds value nodes fixed during approximate inference (rules 'il', "

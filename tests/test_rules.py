@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -609,3 +610,30 @@ def test_a_custom_inference_loop_on_the_energy_function_reproduces_il():
     mine = {n: p.grad for n, p in pcm.named_parameters()}
     assert max(rel_err(mine[n], il[n]) for n in il) < 1e-12
     assert all(b < a for a, b in zip(energies, energies[1:]))
+
+
+def test_trace_captions_and_plot_are_keyed_on_the_rule(tmp_path):
+    """A rise under IL is divergence (the caption says so), under Z-IL the front adding terms;
+    the plot's row 0 is the output's loss term."""
+    pytest.importorskip("matplotlib")
+    from pccompile.plot import _level_grid, plot_trace, trace_caption
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 16), nn.Linear(16, 16), nn.Linear(16, 3)).double()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(4.0)
+    x, y = torch.randn(5, 6, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1])
+    pcm = pccompile.convert(net, x, rule="il", loss_fn=F.cross_entropy)
+    with pytest.warns(pccompile.DivergenceWarning):
+        tr = pcm.learn(x, target=y, gamma=1.0, steps=10, trace=True).trace
+    text = trace_caption(tr)
+    assert tr.rule == "il" and "diverges" in text and "Z-IL reads" not in text
+    assert plot_trace(tr, tmp_path / "il.png").stat().st_size > 0
+    calm = pcm.learn(x, target=y, gamma=0.01, steps=10, trace=True).trace
+    grid, _ = _level_grid(calm)
+    assert np.isfinite(grid[0]).all()  # the output row: its loss term at every step
+    assert "diverges" not in trace_caption(calm)
+    zil = pccompile.convert(net, x, rule="zil", loss_fn=F.cross_entropy)
+    text = trace_caption(zil.learn(x, target=y, trace=True).trace)
+    assert "diverges" not in text

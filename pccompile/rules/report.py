@@ -29,6 +29,7 @@ class Trace:
     errors: dict[str, list[list]] = field(default_factory=dict)
     keep_errors: bool = False
     per_vertex: bool = True  # False: only the total energy per step (what LearnReport.energy shows)
+    rule: str = ""  # the rule that ran (captions explain the dynamics by it)
 
     @property
     def steps(self) -> int:
