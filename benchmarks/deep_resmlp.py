@@ -112,7 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|")
     for run in args.runs:
         r = train(
-            run, blocks=args.blocks, width=args.width, epochs=args.epochs, lr=args.lr, data=data
+            run,
+            blocks=args.blocks,
+            width=args.width,
+            epochs=args.epochs,
+            lr=args.lr,
+            mupc_lr=args.mupc_lr,
+            data=data,
         )
         print(
             f"| {r['run']} | {r['blocks']} | {r['T']} | {r['final']:.3f} | {r['best']:.3f} | "

@@ -40,7 +40,7 @@ from ..errors import ConfigError
 from ..frontend.export import unflatten_output
 from ..ops.registry import needs_replay
 from .evaluate import FeedForward
-from .inference import Setup, batch_size, resolve, unreached
+from .inference import NEVER, Setup, batch_size, resolve, unreached
 from .plan import Plan
 
 __all__ = ["energy_module", "run_compiled", "CompiledLoop"]
@@ -62,8 +62,16 @@ def energy_module(
     *,
     constants: bool,
     active: frozenset[int] | None = None,
+    form: str = "state",
 ):
     """Generate the energy graph (see the module docstring).
+
+    ``form``: ``"state"``: the value nodes are the variables (IL, iPC). ``"error"`` (ePC): the
+    placeholders are the errors ``eps_v``, each free vertex's value is ``mu_v + eps_v``, and
+    ``gm`` returns ``(F, (z_1, ..., z_n))``. ``"local"`` (ePC's weight update): the
+    placeholders are the states and then the errors, predictions read the states, and a
+    squared-error term is ``-sum(mu_v * eps_v)`` (its gradient in the parameters is the local
+    update ``-(dmu/dtheta)^T eps``, with the error as relaxed).
 
     Returns ``(gm, meta_slots, const_vids)``: ``gm(*inputs, target, *values, *clamps, *metas,
     *consts) -> F`` with ``values`` the free vertices' value nodes in ``net.free`` order,
@@ -88,7 +96,9 @@ def energy_module(
     for v in net.free:
         if len(v.node.meta["pc"].shapes) != 1:
             _refuse(f"vertex {v.name!r} has several tensor outputs.")
-        xs[v.vid] = g.placeholder(f"x_{v.name}")
+        xs[v.vid] = g.placeholder(f"{'e' if form == 'error' else 'x'}_{v.name}")
+    es = {v.vid: g.placeholder(f"e_{v.name}") for v in net.free} if form == "local" else {}
+    states: list[fx.Node] = []
     clamps = {vid: g.placeholder(f"clamp_{by_vid[vid].name}") for vid in net.clamped}
     meta_slots: list[int] = []
     metas: dict[fx.Node, fx.Node] = {}
@@ -144,15 +154,29 @@ def energy_module(
             env[n] = mu
             continue
         x = clamps.get(v.vid, xs.get(v.vid))
-        env[n] = x
         fn = setup.energies.get(v.name, squared_error)
-        term = g.call_function(fn, (x, mu))
+        if form == "error" and v.vid in xs:  # z_v = mu_v + eps_v
+            eps = x
+            x = g.call_function(operator.add, (mu, eps))
+            states.append(x)
+            sq = g.call_function(torch.sum, (g.call_function(operator.mul, (eps, eps)),))
+            term = (
+                g.call_function(operator.mul, (sq, 0.5))
+                if fn is squared_error
+                else g.call_function(fn, (x, mu))
+            )
+        elif form == "local" and v.vid in es and fn is squared_error:
+            prod = g.call_function(operator.mul, (mu, es[v.vid]))
+            term = g.call_function(operator.neg, (g.call_function(torch.sum, (prod,)),))
+        else:
+            term = g.call_function(fn, (x, mu))
+        env[n] = x
         pi = setup.precision.get(v.name, 1.0)
         terms.append(term if pi == 1.0 else g.call_function(operator.mul, (term, float(pi))))
     total = terms[0]
     for t in terms[1:]:
         total = g.call_function(operator.add, (total, t))
-    g.output(total)
+    g.output((total, tuple(states)) if form == "error" else total)
     gm = fx.GraphModule(plan.gm, g, class_name="PCEnergy")
     for fn in setup.energies.values():  # energies with parameters: reachable by functional_call
         if isinstance(fn, nn.Module):
@@ -191,7 +215,9 @@ class CompiledLoop:
     event-driven skips, fixed per step at trace time).
     """
 
-    def __init__(self, full, fast: list, setup: Setup, mode: str, lr: float, backend: str):
+    def __init__(
+        self, full, fast: list, setup: Setup, mode: str, lr: float, backend: str, err=None
+    ):
         self.gm, self.compile_seconds, self.calls = full, 0.0, 0
         steps, gamma = setup.steps, setup.gamma
 
@@ -210,12 +236,24 @@ class CompiledLoop:
             return energy
 
         e_full = bind(full)
+        e_local, e_err = e_full, (bind(err) if err is not None else None)
         bound: dict[int, Callable] = {}
         e_fast = [bound.setdefault(id(gm), bind(gm)) for gm in fast]
 
         def loop(params: dict, xs: tuple, head: tuple, tail: tuple, consts: tuple, scale: float):
             energies = []
             grads_p = None
+            if mode == "epc":  # xs are the errors, from zero; then the local weight gradient
+                for _ in range(steps):
+                    ge, (f, _) = torch.func.grad_and_value(e_err, argnums=1, has_aux=True)(
+                        params, xs, head, tail
+                    )
+                    xs = tuple(e - gamma * d for e, d in zip(xs, ge))
+                    energies.append(f)
+                f, zs = e_err(params, xs, head, tail)
+                energies.append(f)
+                grads_p = torch.func.grad(e_local, argnums=0)(params, (*zs, *xs), head, tail)
+                return xs, grads_p, torch.stack(energies)
             for s in range(steps + 1):
                 if mode == "il" and s < steps:
                     gx, f = torch.func.grad_and_value(e_fast[s], argnums=1)(
@@ -315,6 +353,14 @@ def run_compiled(
     )
     per_plan = _CACHE.setdefault(plan, {})
     loop = per_plan.get(key)
+    if loop is None and mode == "epc":
+        local, meta_slots, _ = energy_module(
+            plan, net, setup, loss_fn, batch, constants=False, form="local"
+        )
+        err, _, _ = energy_module(plan, net, setup, loss_fn, batch, constants=False, form="error")
+        loop = CompiledLoop(local, [], setup, mode, lr, backend, err=err)
+        loop.meta_slots, loop.const_vids = meta_slots, []
+        per_plan[key] = loop
     if loop is None:
         full, meta_slots, _ = energy_module(plan, net, setup, loss_fn, batch, constants=False)
         fast, const_vids = [], []
@@ -331,17 +377,26 @@ def run_compiled(
         per_plan[key] = loop
     params = {n: p.detach() for n, p in loop.gm.named_parameters() if p.requires_grad}
     xs = tuple(ff.flat[v.vid][0].detach() for v in net.free)
+    if mode == "epc":
+        xs = tuple(torch.zeros_like(x) for x in xs)
     head = (*inputs, target)
     tail = (*(net.clamped[vid][0] for vid in net.clamped), *(ff.env[s] for s in loop.meta_slots))
     scale = 1.0 / (float(setup.output_precision) * batch)
     consts = tuple(ff.mu[vid][0].detach() for vid in loop.const_vids)
     xs_end, p_out, energies = loop(params, xs, head, tail, consts, scale)
-    if mode == "il":
+    if mode in ("il", "epc"):
         p_out = {k: g * scale for k, g in p_out.items()}
     by_param = {loop.gm.get_parameter(k): t for k, t in p_out.items()}
     return (
         by_param,
         [float(e) for e in energies],
         loop,
-        unreached(net, net.first_error, setup.steps),
+        unreached(net, net.first_error, _reach_steps(mode, setup.steps)),
     )
+
+
+def _reach_steps(mode: str, steps: int) -> int:
+    """ePC's reverse pass brings the error to every connected vertex at the first step."""
+    if mode == "epc":
+        return NEVER - 1 if steps else 0
+    return steps

@@ -34,7 +34,8 @@ from ..engine.inference import (
     run_error_inference,
     unreached,
 )
-from .il import ILRule, check_approximate
+from ..errors import ConfigError
+from .il import ILRule, check_approximate, compiled
 
 __all__ = ["EPC", "EPCRule"]
 
@@ -51,6 +52,8 @@ class EPC:
             steps of ``gamma``).
         output, output_precision, precision, energies, beta, nudging: as in
             :class:`pccompile.IL`.
+        compile: run the error steps and the local weight gradient as one ``torch.compile``d
+            function (:mod:`pccompile.engine.compiled`; as ``IL(compile=...)``, with its limits).
     """
 
     gamma: float = 0.1
@@ -62,6 +65,7 @@ class EPC:
     energies: Mapping[str, Callable] = field(default_factory=dict)
     beta: float | None = None
     nudging: Literal["positive", "negative", "centered"] = "positive"
+    compile: bool | str = False
     name: str = "epc"
 
     def __post_init__(self) -> None:
@@ -79,6 +83,12 @@ class EPCRule(ILRule):
         return DEFAULT_STEPS if cfg.steps is None else cfg.steps
 
     def run_phase(self, plan, ff, cfg: EPC, setup: Setup, target, loss_fn, trace) -> Grads:
+        if cfg.compile:
+            if cfg.error_optimizer is not None:
+                raise ConfigError(
+                    "EPC(compile=True) takes plain error steps: drop error_optimizer."
+                )
+            return compiled(plan, ff, target, loss_fn, setup, trace, "epc", backend=cfg.compile)
         states, errors, energy = run_error_inference(
             plan, ff, target, loss_fn, setup, error_optimizer=cfg.error_optimizer, trace=trace
         )

@@ -156,7 +156,7 @@ def compiled(
         plan, ff, target, loss_fn, setup, mode=mode, lr=lr, backend=backend
     )
     grads = Grads()
-    if mode == "il":
+    if mode in ("il", "epc"):
         for p, g in new.items():
             grads.add_param(p, g, 1.0)
     else:  # the loop's updated parameters
