@@ -13,8 +13,11 @@ for the muPC one (its weights are N(0, 1): at 1e-3 neither BP nor PC moved them 
 trial, 0.43 / 0.30 test accuracy at 8 blocks, against 0.79 / 0.72 at 0.1); batch 128;
 cross-entropy, output clamped; seed 0.
 Prints one Markdown row per run (final/best test accuracy, seconds, whether the first layer got a
-non-zero gradient). Runs in a few minutes on one CPU thread at the defaults (64 blocks, 3 epochs);
-FabricPC's table (MNIST, width 64, 3 epochs, T = 6 (blocks + 2)) is in docs/pc.md.
+non-zero gradient at every batch, in how many batches ``learn`` saw the energy rise). Cost at
+the defaults (64 blocks, 3 epochs, one thread, the shared 2-core machine under load): BP and
+ePC seconds to a minute, each IL row about 12 minutes (T = 195 inference steps per batch);
+``--blocks 8 --epochs 1`` is a one-minute smoke run. FabricPC's table (MNIST, width 64,
+3 epochs, T = 6 (blocks + 2)) is in docs/pc.md.
 """
 
 from __future__ import annotations
@@ -46,7 +49,16 @@ class ResMLP(nn.Module):
 
 
 def train(
-    run: str, *, blocks: int, width: int, epochs: int, lr: float, mupc_lr: float, data, seed=0
+    run: str,
+    *,
+    blocks: int,
+    width: int,
+    epochs: int,
+    lr: float,
+    mupc_lr: float,
+    data,
+    epc_gamma: float = 0.1,
+    seed: int = 0,
 ):
     x_tr, y_tr, x_te, y_te = data
     torch.manual_seed(seed)
@@ -64,11 +76,11 @@ def train(
         "bp": "bp",
         "zil": "zil",
         "il": pccompile.IL(),
-        "epc": pccompile.EPC(steps=5, gamma=0.1),
+        "epc": pccompile.EPC(steps=5, gamma=epc_gamma),
     }[rule]
     opt = torch.optim.Adam(model.parameters(), lr=mupc_lr if mupc else lr)
     g = torch.Generator().manual_seed(seed)
-    accs, reached, t0 = [], True, time.perf_counter()
+    accs, reached, rose, batches, t0 = [], True, 0, 0, time.perf_counter()
     steps = None
     for _ in range(epochs):
         perm = torch.randperm(len(y_tr), generator=g)
@@ -80,6 +92,8 @@ def train(
                 report = pcm.learn(x_tr[idx], target=y_tr[idx], rule=cfg)
             steps = report.steps
             reached &= bool(model.inp.weight.grad.abs().max() > 0)
+            rose += report.diverged_at is not None
+            batches += 1
             opt.step()
         with torch.no_grad():
             accs.append(float((pcm(x_te).argmax(1) == y_te).float().mean()))
@@ -104,12 +118,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--mupc-lr", type=float, default=0.1)
+    ap.add_argument("--epc-gamma", type=float, default=0.1)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     data = digits(test_fraction=0.25, stratify=True, seed=0)
-    print("| run | blocks | T | final acc | best acc | seconds | first layer reached |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| run | blocks | T | final acc | best acc | seconds | first layer reached "
+        "| batches with a rising energy |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for run in args.runs:
         r = train(
             run,
@@ -119,10 +137,11 @@ def main(argv: list[str] | None = None) -> int:
             lr=args.lr,
             mupc_lr=args.mupc_lr,
             data=data,
+            epc_gamma=args.epc_gamma,
         )
         print(
             f"| {r['run']} | {r['blocks']} | {r['T']} | {r['final']:.3f} | {r['best']:.3f} | "
-            f"{r['seconds']:.0f} | {r['first_layer_reached']} |",
+            f"{r['seconds']:.0f} | {r['first_layer_reached']} | {r['rose']} |",
             flush=True,
         )
     return 0
