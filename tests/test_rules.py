@@ -639,7 +639,7 @@ def test_trace_captions_and_plot_are_keyed_on_the_rule(tmp_path):
     assert "diverges" not in text
 
 
-@pytest.mark.parametrize("name", ["residual", "concat"])
+@pytest.mark.parametrize("name", ["residual", pytest.param("concat", marks=pytest.mark.slow)])
 def test_compiled_epc_equals_the_eager_loop(name):
     """EPC(compile=...) runs the error steps and the local weight update as one compiled
     function: the same gradients and energies as the eager loop (float64, 1e-12)."""
