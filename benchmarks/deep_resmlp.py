@@ -105,6 +105,7 @@ def train(
         "best": max(accs),
         "seconds": time.perf_counter() - t0,
         "first_layer_reached": reached,
+        "rose": f"{rose}/{batches}",
     }
 
 
