@@ -1,4 +1,5 @@
-"""The compiled inference loop: ``IL(compile=True)``, ``IPC(compile=True, lr=...)``.
+"""The compiled inference loop: ``IL(compile=True)``, ``IPC(compile=True, lr=...)``,
+``EPC(compile=True)``.
 
 Reads: a plan, its feed-forward pass and an inference :class:`~pccompile.engine.inference.Setup`.
 Writes: ``torch.compile``'s cache (one compiled loop per plan, setup and input signature);
@@ -15,9 +16,15 @@ for the value nodes at every step, and for the parameters at the end (IL) or at 
 the energy graph of the vertices the error front has reached by then, fixed at trace time);
 results agree to rounding (tests).
 
+ePC's loop takes ``steps`` gradient steps on an energy graph over the errors (each free
+vertex's value ``mu_v + eps_v``), then the parameter gradient of a "local" graph whose
+squared-error terms are ``-sum(mu_v * eps_v)`` at the final states (see :func:`energy_module`).
+
 Limits, each refused with a ConfigError naming the vertex: random or stateful vertices
-(dropout, train-mode BatchNorm: their replayed state is eager-only), vertices with several
-tensor outputs, value-node optimisers, traces, free inputs.
+(:func:`pccompile.ops.registry.needs_replay`: train-mode dropout and BatchNorm, a functional
+dropout that draws in eval mode; their replayed state is eager-only), vertices with several
+tensor outputs, value-node optimisers, traces, free inputs. Loops are cached per plan, setup and
+input signature, with the loss keyed by :func:`loss_key` (its code and constants).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The fused inference step of approximate PC (IL, iPC) and of generative inference.
+"""The fused inference step of approximate PC (IL, iPC, MCPC), ePC's error inference, and
+generative inference.
 
 Reads: a compiled plan, its feed-forward pass, the target and loss, and a :class:`Setup` (which
 value nodes are free and which clamped, each vertex's energy and precision, the output's
@@ -23,7 +24,11 @@ a weight learning rate means what it means for BP, and at ``w -> 0`` the update 
 Event-driven skipping: from the feed-forward initialisation an error travels one vertex per step;
 a vertex whose error cannot be non-zero yet contributes no energy term (and is not evaluated), and
 a vertex reading only clamped inputs keeps its feed-forward prediction. Neither skip changes a
-number.
+number. Another start (``x0``) or Langevin noise turns skipping off.
+
+ePC (:func:`run_error_inference`) relaxes errors instead of values: one reverse pass over the
+whole graph per step; :func:`local_param_grads` then reads every parameter's gradient from its
+own vertex. :func:`energy_at` is ``F`` at given value nodes (the custom-loop hook).
 """
 
 from __future__ import annotations
