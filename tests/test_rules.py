@@ -652,3 +652,14 @@ def test_compiled_epc_equals_the_eager_loop(name):
     (ge, re_), (gc, rc) = out
     assert max(rel_err(gc[n], ge[n]) for n in ge) < 1e-12
     assert max(abs(a - b) for a, b in zip(re_.energy, rc.energy)) < 1e-12 * re_.energy[0]
+
+
+def test_compiled_centred_nudging_equals_the_eager_loop():
+    """Each nudging phase is a compiled loop of its own (the loss weight +beta, then -beta)."""
+    net, x, y = _mlp()
+    pcm = pccompile.convert(net, x, rule="il", loss_fn=F.cross_entropy)
+    out = []
+    for compiled in (False, "aot_eager"):
+        rule = pccompile.IL(steps=10, beta=0.1, nudging="centered", compile=compiled)
+        out.append(_grads(pcm, x, y, F.cross_entropy, rule)[0])
+    assert max(rel_err(out[1][n], out[0][n]) for n in out[0]) < 1e-12
