@@ -1,5 +1,6 @@
 """The compiled inference loop: ``IL(compile=True)``, ``IPC(compile=True, lr=...)``,
-``EPC(compile=True)``.
+``EPC(compile=True)``, ``MCPC(compile=True)`` (its noise drawn before the loop, in the eager
+loop's order, and passed in).
 
 Reads: a plan, its feed-forward pass and an inference :class:`~pccompile.engine.inference.Setup`.
 Writes: ``torch.compile``'s cache (one compiled loop per plan, setup and input signature);
@@ -261,6 +262,14 @@ class CompiledLoop:
                 energies.append(f)
                 grads_p = torch.func.grad(e_local, argnums=0)(params, (*zs, *xs), head, tail)
                 return xs, grads_p, torch.stack(energies)
+            if mode == "mcpc":  # IL's steps plus the pre-drawn Langevin noise (consts[s])
+                for s in range(steps):
+                    gx, f = torch.func.grad_and_value(e_full, argnums=1)(params, xs, head, tail)
+                    xs = tuple(x - gamma * d + n for x, d, n in zip(xs, gx, consts[s]))
+                    energies.append(f)
+                grads_p, f = torch.func.grad_and_value(e_full, argnums=0)(params, xs, head, tail)
+                energies.append(f)
+                return xs, grads_p, torch.stack(energies)
             for s in range(steps + 1):
                 if mode == "il" and s < steps:
                     gx, f = torch.func.grad_and_value(e_fast[s], argnums=1)(
@@ -336,6 +345,7 @@ def run_compiled(
     mode: str,
     lr: float = 0.0,
     backend: str = "inductor",
+    noise: Callable | None = None,
 ) -> tuple[dict, list[float], CompiledLoop, list[str]]:
     """Run the compiled loop. Returns ``(param_grads_or_new_params, energies, loop, unreached)``;
     parameter gradients are already divided by ``w B`` (IL), or (iPC) the updated parameters."""
@@ -390,8 +400,10 @@ def run_compiled(
     tail = (*(net.clamped[vid][0] for vid in net.clamped), *(ff.env[s] for s in loop.meta_slots))
     scale = 1.0 / (float(setup.output_precision) * batch)
     consts = tuple(ff.mu[vid][0].detach() for vid in loop.const_vids)
+    if mode == "mcpc":  # drawn in the eager loop's order: step by step, vertex by vertex
+        consts = tuple(tuple(noise(x) for x in xs) for _ in range(setup.steps))
     xs_end, p_out, energies = loop(params, xs, head, tail, consts, scale)
-    if mode in ("il", "epc"):
+    if mode in ("il", "epc", "mcpc"):
         p_out = {k: g * scale for k, g in p_out.items()}
     by_param = {loop.gm.get_parameter(k): t for k, t in p_out.items()}
     return (

@@ -144,7 +144,7 @@ def check_approximate(cfg: Any, name: str) -> None:
 
 
 def compiled(
-    plan, ff, target, loss_fn, setup: Setup, trace, mode: str, *, backend, lr: float = 0.0
+    plan, ff, target, loss_fn, setup: Setup, trace, mode: str, *, backend, lr=0.0, noise=None
 ) -> Grads:
     """The rule's loop through :func:`pccompile.engine.compiled.run_compiled`."""
     from ..engine.compiled import run_compiled  # imports torch.compile's machinery lazily
@@ -153,10 +153,10 @@ def compiled(
         raise ConfigError("compile=True records the energy per step, not a per-vertex trace.")
     backend = "inductor" if backend is True else backend
     new, energy, loop, unreached = run_compiled(
-        plan, ff, target, loss_fn, setup, mode=mode, lr=lr, backend=backend
+        plan, ff, target, loss_fn, setup, mode=mode, lr=lr, backend=backend, noise=noise
     )
     grads = Grads()
-    if mode in ("il", "epc"):
+    if mode in ("il", "epc", "mcpc"):
         for p, g in new.items():
             grads.add_param(p, g, 1.0)
     else:  # the loop's updated parameters

@@ -20,7 +20,7 @@ import torch
 from ..engine import Grads
 from ..engine.inference import Setup, run_inference
 from ..errors import ConfigError
-from .il import ILRule, check_approximate, initial_values
+from .il import ILRule, check_approximate, compiled, initial_values
 
 __all__ = ["MCPC", "MCPCRule"]
 
@@ -34,6 +34,8 @@ class MCPC:
             :class:`pccompile.IL`.
         temperature: scales the noise's variance (0: IL).
         seed: seed of the noise's generator (None: drawn from torch's global RNG).
+        compile: the loop as one ``torch.compile``d function (as ``IL(compile=...)``); the noise
+            is drawn before it, in the eager loop's order, so both give the same numbers.
     """
 
     gamma: float = 0.1
@@ -47,6 +49,7 @@ class MCPC:
     init: str | Callable = "forward"
     vertex_gamma: Mapping[str, float] = field(default_factory=dict)
     vertex_steps: Mapping[str, int] = field(default_factory=dict)
+    compile: bool | str = False
     name: str = "mcpc"
 
     def __post_init__(self) -> None:
@@ -74,6 +77,12 @@ class MCPCRule(ILRule):
                 g = gens[x.device] = torch.Generator(x.device).manual_seed(seed)
             return torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype) * scale
 
+        if cfg.compile:
+            if cfg.init != "forward" or scale == 0:
+                raise ConfigError("MCPC(compile=True) needs init='forward' and temperature > 0.")
+            return compiled(
+                plan, ff, target, loss_fn, setup, trace, "mcpc", backend=cfg.compile, noise=noise
+            )
         out: list[Grads] = []
         steps = setup.steps
         run = run_inference(
