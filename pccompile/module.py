@@ -261,7 +261,8 @@ class PCModule(nn.Module):
         plain = getattr(cfg, "value_optimizer", None) is None and not getattr(cfg, "energies", {})
         plain = plain and getattr(cfg, "lr", 0) == 0 and getattr(cfg, "optimizer", None) is None
         if run is not None and cfg.name in DESCENT_RULES and plain:
-            rise = first_rise(energy)
+            dtype = next((p.dtype for p in plan.live_params), torch.float32)
+            rise = first_rise(energy, 1e-9 if dtype == torch.float64 else 1e-3)
             # a non-finite energy has its own warning below (which also says: lower gamma)
             if rise is not None and all(math.isfinite(e) for e in energy):
                 said.append(divergence_message(cfg.name, rise, energy, cfg.gamma))

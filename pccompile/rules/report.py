@@ -108,14 +108,25 @@ class LearnReport:
 DESCENT_RULES = ("il", "ipc", "epc")
 
 
-def first_rise(energy: list[float], rtol: float = 1e-5) -> int | None:
-    """The first step ``s`` with ``energy[s] > energy[s - 1]`` beyond rounding (relative
-    ``rtol``), or None."""
-    for s in range(1, len(energy)):
-        prev, now = energy[s - 1], energy[s]
-        if math.isfinite(prev) and math.isfinite(now) and now - prev > rtol * abs(prev):
-            return s
-    return None
+def first_rise(energy: list[float], rtol: float = 1e-3) -> int | None:
+    """The first step whose energy exceeds the lowest energy before it by more than ``rtol``
+    (relative), provided the run ends above its lowest energy by as much (a rise that recovers,
+    or one within rounding, is not divergence); None otherwise. ``rtol``: ``1e-3`` suits
+    float32 energies (the loss term's rounding scales with the logits, not with the loss),
+    ``1e-9`` float64."""
+    finite = [e for e in energy if math.isfinite(e)]
+    if len(finite) < 2:
+        return None
+    lo, first = math.inf, None
+    for s, e in enumerate(energy):
+        if not math.isfinite(e):
+            continue
+        if first is None and s > 0 and e - lo > rtol * abs(lo):
+            first = s
+        lo = min(lo, e)
+    if first is None or finite[-1] - lo <= rtol * abs(lo):
+        return None
+    return first
 
 
 def silent_message(rule: str, names: list[str], dtype: Any, params: list[str] = ()) -> str:
