@@ -21,8 +21,10 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from .engine.inference import Inference
     from .errors import (
         ConfigError,
+        DivergenceWarning,
         ExactnessError,
         InputError,
+        NumericallyUnreachedWarning,
         PCCompileError,
         TraceError,
         UnreachedWarning,
@@ -30,7 +32,20 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     )
     from .io.artifact import load_converted, save_converted
     from .module import PCModule
-    from .rules import BP, FPA, IL, IPC, ZIL, LearnReport, RuleConfig, Trace, make_rule
+    from .rules import (
+        BP,
+        EPC,
+        FPA,
+        IL,
+        IPC,
+        MCPC,
+        ZIL,
+        LearnReport,
+        RuleConfig,
+        Trace,
+        make_rule,
+    )
+    from .rules.custom import energy_function
 
 __all__ = [
     "convert",
@@ -47,8 +62,11 @@ __all__ = [
     "FPA",
     "IL",
     "IPC",
+    "EPC",
+    "MCPC",
     "RuleConfig",
     "make_rule",
+    "energy_function",
     "PCCompileError",
     "TraceError",
     "UnsupportedOpError",
@@ -56,6 +74,9 @@ __all__ = [
     "InputError",
     "ExactnessError",
     "UnreachedWarning",
+    "NumericallyUnreachedWarning",
+    "DivergenceWarning",
+    "LargeStepWarning",
 ]
 
 # public name -> the submodule that defines it
@@ -68,6 +89,8 @@ _HOME = {
     "PCModule": "module",
     "Inference": "engine.inference",
     **{n: "rules" for n in ("LearnReport", "Trace", "BP", "ZIL", "FPA", "IL", "IPC")},
+    **{n: "rules" for n in ("EPC", "MCPC")},
+    "energy_function": "rules.custom",
     **{n: "rules" for n in ("RuleConfig", "make_rule")},
     **{
         n: "errors"
@@ -79,6 +102,9 @@ _HOME = {
             "InputError",
             "ExactnessError",
             "UnreachedWarning",
+            "NumericallyUnreachedWarning",
+            "DivergenceWarning",
+            "LargeStepWarning",
         )
     },
 }

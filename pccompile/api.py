@@ -29,6 +29,7 @@ from .frontend.export import capture_export, without_generation_cache
 from .frontend.export import unflatten_output as _unflatten
 from .frontend.layers import Granularity, check_granularity, group_layers
 from .frontend.level import level_graph, set_levels
+from .frontend.mupc import check_parametrization, mupc_init, mupc_scale
 from .frontend.names import name_vertices
 from .frontend.unroll import unroll_recurrent
 from .module import PCModule
@@ -51,6 +52,8 @@ class CaptureOptions:
             ``"auto"``: fx, and export when fx cannot capture or annotate the model.
         granularity: ``"op"``: a value node per op. ``"layer"``: one per layer, a parametric op
             and the parameter-free ops after it (:mod:`pccompile.frontend.layers`).
+        parametrization: ``"mupc"``: every parametric edge scaled for depth
+            (:mod:`pccompile.frontend.mupc`); None: the model as it is.
     """
 
     leaf_modules: tuple[type | str, ...] = ()
@@ -58,9 +61,11 @@ class CaptureOptions:
     level: bool = True
     capture: Literal["auto", "fx", "export"] = "auto"
     granularity: Granularity = "op"
+    parametrization: str | None = None
 
     def __post_init__(self) -> None:
         check_granularity(self.granularity)
+        check_parametrization(self.parametrization)
         if self.capture not in ("auto", "fx", "export"):
             raise ConfigError(f"capture must be 'auto', 'fx' or 'export', got {self.capture!r}.")
         if self.capture == "export" and (self.leaf_modules or self.concrete_args):
@@ -93,7 +98,7 @@ def _annotated(model: nn.Module, inputs: tuple, training: bool | None, opts: Cap
     """The annotated graph from the front end ``opts.capture`` names (``auto``: fx, then
     export)."""
     if opts.capture == "export":
-        gm = _annotated_export(model, inputs, training)
+        gm = _annotated_export(model, inputs, training, opts)
     else:
         try:
             gm = _annotated_fx(model, inputs, training, opts)
@@ -101,7 +106,7 @@ def _annotated(model: nn.Module, inputs: tuple, training: bool | None, opts: Cap
             if opts.capture == "fx" or opts.leaf_modules or opts.concrete_args:
                 raise
             try:
-                gm = _annotated_export(model, inputs, training)
+                gm = _annotated_export(model, inputs, training, opts)
             except (TraceError, UnsupportedOpError) as export_error:
                 raise TraceError(
                     f"Neither front end can convert {type(model).__name__}.\n"
@@ -118,13 +123,19 @@ def _annotated_fx(model: nn.Module, inputs: tuple, training: bool | None, opts: 
         unroll_recurrent(gm, inputs, user_leaves)
     traced_out = annotate(gm, inputs, user_leaves)
     check_trace(model, inputs, traced_out, training, opts.concrete_args)
+    if opts.parametrization == "mupc":  # after the check: the scaled graph is another network
+        mupc_scale(gm)
+        annotate(gm, inputs, user_leaves)
     return gm
 
 
-def _annotated_export(model: nn.Module, inputs: tuple, training: bool | None):
+def _annotated_export(model: nn.Module, inputs: tuple, training: bool | None, opts: CaptureOptions):
     gm, _ = capture_export(model, inputs, training=training)
     traced_out = annotate(gm, inputs, set())
     check_trace(model, inputs, _unflatten(gm, traced_out), training, None)
+    if opts.parametrization == "mupc":
+        mupc_scale(gm)
+        annotate(gm, inputs, set())
     return gm
 
 
@@ -139,6 +150,7 @@ def convert(
     level: bool | None = None,
     capture: Literal["auto", "fx", "export"] = "auto",
     granularity: Granularity | None = None,
+    parametrization: str | None = None,
     **rule_options: Any,
 ) -> PCModule:
     """Convert ``model`` into a PC-trainable :class:`PCModule`.
@@ -160,6 +172,13 @@ def convert(
             the parameter-free ops after it, as PC research code draws a network). Default: the
             rule's choice, ``"layer"`` for ``il``/``ipc`` (the error front reaches a layer per
             inference step) and ``"op"`` for the exact rules (exact at either).
+        parametrization: ``"mupc"``: muPC (Depth-muP for PC): every parametric op's output is
+            scaled, ``1/sqrt(fan_in)`` (input and plain hidden layers), ``1/sqrt(fan_in * L)``
+            (residual branches entering a merge, ``L`` merges on the longest path), ``1/fan_in``
+            (readout), and those ops' weights are re-drawn ``N(0, 1)`` and biases zeroed, in
+            place in ``model`` (:mod:`pccompile.frontend.mupc`; the table is
+            ``pcm.plan.gm.meta["pc_mupc"]``). The PCModule's forward is then the scaled network,
+            not ``model``'s. Default None: the model as it is.
         **rule_options: fields of the rule's config (``gamma=``, ``steps=``, ``mode=`` ...).
 
     Returns:
@@ -200,8 +219,13 @@ def convert(
         granularity = rule_of(cfg).granularity
     if level is None:
         level = not rule_of(cfg).approximate
-    opts = CaptureOptions(tuple(leaf_modules), concrete_args, level, capture, granularity)
-    return PCModule(model, inputs, cfg, loss_fn, functools.partial(build_plan, opts=opts), opts)
+    opts = CaptureOptions(
+        tuple(leaf_modules), concrete_args, level, capture, granularity, parametrization
+    )
+    pcm = PCModule(model, inputs, cfg, loss_fn, functools.partial(build_plan, opts=opts), opts)
+    if parametrization == "mupc":  # once, not per plan: a second plan must not re-draw them
+        mupc_init(pcm.plan.gm)
+    return pcm
 
 
 def unconvert(pcm: PCModule) -> nn.Module:

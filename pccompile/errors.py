@@ -17,6 +17,9 @@ __all__ = [
     "ModelSpecError",
     "RecaptureLimitError",
     "UnreachedWarning",
+    "NumericallyUnreachedWarning",
+    "DivergenceWarning",
+    "LargeStepWarning",
 ]
 
 
@@ -66,3 +69,19 @@ class RecaptureLimitError(PCCompileError):
 class UnreachedWarning(UserWarning):
     """Approximate inference ended before the error reached some parameters (their gradient is
     zero): ``steps`` is smaller than their distance from the output."""
+
+
+class NumericallyUnreachedWarning(UserWarning):
+    """The graph connects some parameters to the loss, and inference ran long enough for the
+    error to arrive, yet their vertex's error is exactly zero at the end: the signal that
+    arrived is below the dtype's resolution (``x + delta == x``), so their gradient is zero."""
+
+
+class DivergenceWarning(RuntimeWarning):
+    """The energy rose between two plain gradient steps of inference: the step size is too large
+    for this model (a descent step on a smooth energy lowers it for a small enough step)."""
+
+
+class LargeStepWarning(UserWarning):
+    """An inference step size above 1: allowed, but with unit-precision squared errors it
+    overshoots a vertex's own error, so inference may oscillate or diverge."""

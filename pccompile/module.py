@@ -26,13 +26,22 @@ from torch.utils._pytree import tree_map
 from .checks import check_inputs, check_target
 from .engine import Plan, feed_forward
 from .engine.inference import Inference, run_inference
-from .errors import ConfigError, ExactnessError, InputError, PCCompileError, UnreachedWarning
+from .errors import (
+    ConfigError,
+    DivergenceWarning,
+    ExactnessError,
+    InputError,
+    NumericallyUnreachedWarning,
+    PCCompileError,
+    UnreachedWarning,
+)
 from .frontend.annotate import complete_inputs
 from .graph import pc_graph
 from .guards import PlanCache
 from .rules import LearnReport, RuleConfig, Trace, make_rule, rule_of
 from .rules.bp import detach
 from .rules.il import setup_of
+from .rules.report import DESCENT_RULES, divergence_message, first_rise, silent_message
 
 __all__ = ["PCModule"]
 
@@ -201,6 +210,7 @@ class PCModule(nn.Module):
         trace: bool | str = False,
         require_exact: bool = False,
         clamp: dict[str, Any] | None = None,
+        free_inputs: tuple[int, ...] = (),
         **options: Any,
     ) -> LearnReport:
         """Run one PC learning step on a batch and accumulate ``+dL/dtheta`` into ``p.grad``.
@@ -214,7 +224,9 @@ class PCModule(nn.Module):
                 schedule); ``"errors"`` also keeps the error tensors themselves.
             require_exact: raise :class:`ExactnessError` if the rule's setting cannot equal BP.
             clamp: vertex name -> value to hold that vertex's value node at during inference
-                (partial clamping; ``il`` and ``ipc`` only).
+                (partial clamping; the approximate rules only).
+            free_inputs: positions of model inputs that become free value nodes during
+                inference (unsupervised / generative training; the approximate rules only).
             **options: rule options for this step (``gamma=``, ``steps=`` ...).
 
         Returns:
@@ -252,13 +264,15 @@ class PCModule(nn.Module):
         )
         tr = None
         if trace or schedule.mode == "faithful":  # faithful schedules report the energy per step
-            tr = Trace(keep_errors=trace == "errors", per_vertex=bool(trace))
+            tr = Trace(keep_errors=trace == "errors", per_vertex=bool(trace), rule=cfg.name)
         if clamp and not pc_rule.approximate:
             raise ConfigError(
                 f"clamp= holds value nodes fixed during approximate inference (rules 'il', "
                 f"'ipc'); rule {cfg.name!r} computes BP's gradient and has nothing to clamp."
             )
-        extra = {"clamp": clamp} if pc_rule.approximate else {}
+        if free_inputs and not pc_rule.approximate:
+            raise ConfigError(f"free_inputs= needs an approximate rule, not {cfg.name!r}.")
+        extra = {"clamp": clamp, "free_inputs": tuple(free_inputs)} if pc_rule.approximate else {}
         grads = pc_rule.run(plan, ff, cfg, schedule, target, loss_fn, tr, **extra)
         grads.finish(plan, ff)
         grads.write(plan)
@@ -279,6 +293,24 @@ class PCModule(nn.Module):
             energy = run.energy
             if tr is not None:
                 tr.energy[:] = run.energy
+        said, silent, rise = [], list(getattr(run, "silent", []) or []), None
+        if silent:
+            dtype = next((p.dtype for p in plan.live_params), torch.float32)
+            names = {id(p): n for n, p in self.named_parameters()}
+            held = [names[id(p)] for v in plan.vertices if v.name in silent for p in v.params]
+            said.append(silent_message(cfg.name, silent, dtype, [n for n in held if n]))
+            warnings.warn(said[-1], NumericallyUnreachedWarning, stacklevel=2)
+        # a rise means divergence under plain gradient steps on squared errors (another energy's
+        # term enters the log with its own offset when the error front reaches its vertex)
+        plain = getattr(cfg, "value_optimizer", None) is None and not getattr(cfg, "energies", {})
+        plain = plain and getattr(cfg, "lr", 0) == 0 and getattr(cfg, "optimizer", None) is None
+        if run is not None and cfg.name in DESCENT_RULES and plain:
+            dtype = next((p.dtype for p in plan.live_params), torch.float32)
+            rise = first_rise(energy, 1e-9 if dtype == torch.float64 else 1e-3)
+            # a non-finite energy has its own warning below (which also says: lower gamma)
+            if rise is not None and all(math.isfinite(e) for e in energy):
+                said.append(divergence_message(cfg.name, rise, energy, cfg.gamma))
+                warnings.warn(said[-1], DivergenceWarning, stacklevel=2)
         if energy is not None and not all(math.isfinite(e) for e in energy):
             warnings.warn(
                 "The energy became non-finite during inference (the value nodes diverged). Under "
@@ -291,13 +323,16 @@ class PCModule(nn.Module):
             cfg.name,
             schedule.mode,
             float(ff.loss.detach()),
-            schedule.steps,
+            schedule.steps if getattr(run, "steps", None) is None else run.steps,
             energy,
             tr if trace else None,
             _output_of(ff.output if hooked is None or hooked[0] is None else hooked[0]),
             unreached,
             0.0 if run is None else run.compile_seconds,
             self._pc_plans.recaptures,
+            silent,
+            rise,
+            said,
         )
 
     # ------------------------------------------------------------------ inference

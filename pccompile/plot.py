@@ -23,8 +23,34 @@ from .rules import Trace
 __all__ = ["plot_trace", "trace_caption"]
 
 
+_EXACT = ("zil", "fpa")  # a rise is the front adding error terms, and behind it harmless
+_DESCENT = ("il", "ipc", "epc")  # plain gradient descent: a rise is divergence
+
+
+def _why_rise(rule: str) -> str:
+    if rule in _EXACT:
+        return (
+            " It rises because the energy counts every error node: at step 0 only the output's "
+            "loss term is non-zero, and each level the error reaches adds its 1/2||eps||^2 "
+            "while the output's term is held (Z-IL reads each level's weights once, when the "
+            "front arrives)."
+        )
+    if rule == "mcpc":
+        return (
+            " MCPC adds Langevin noise at every step, so the energy fluctuates around its "
+            "typical value instead of falling monotonically."
+        )
+    if rule in _DESCENT:
+        return (
+            f" Under {rule.upper()}'s gradient steps a rise means inference diverges: the step "
+            f"size gamma is too large for this energy (use a smaller gamma)."
+        )
+    return ""
+
+
 def trace_caption(trace: Trace) -> str:
-    """What :func:`plot_trace`'s picture shows, in words, from the trace's own numbers."""
+    """What :func:`plot_trace`'s picture shows, in words, from the trace's own numbers and the
+    rule that ran (``trace.rule``)."""
     levels = trace.level_error_norms()
     steps = len(trace.energy)
     first = {lvl: next((s for s, n in enumerate(ns) if n > 0), None) for lvl, ns in levels.items()}
@@ -33,19 +59,19 @@ def trace_caption(trace: Trace) -> str:
     bad = next((s for s, e in enumerate(trace.energy) if not math.isfinite(e)), None)
     e0, e1 = finite[0] if finite else math.nan, finite[-1] if finite else math.nan
     trend = "rises" if e1 > e0 * (1 + 1e-9) else ("falls" if e1 < e0 * (1 - 1e-9) else "stays")
-    why = (
-        " It rises because the energy counts every error node: at step 0 only the output's "
-        "loss term is non-zero, and each level the error reaches adds its 1/2||eps||^2 while the "
-        "output's term is held (Z-IL reads each level's weights once, when the front arrives)."
-        if trend == "rises"
-        else ""
-    )
+    rose = any(b > a * (1 + 1e-5) for a, b in zip(finite, finite[1:]))
+    why = _why_rise(trace.rule) if trend == "rises" or (rose and trace.rule in _DESCENT) else ""
+    if trend != "rises" and why and trace.rule in _DESCENT:
+        why = " It rises part-way." + why
     red = ""
     if bad is not None:
         red = "; red = not finite"
         why += (
             f" From step {bad} on F is not finite (the line stops): value nodes the front has "
             f"passed diverge; Z-IL has read their weights already, so its updates are unaffected."
+            if trace.rule in _EXACT
+            else f" From step {bad} on F is not finite (the line stops): inference diverged; "
+            f"lower gamma."
         )
     front = (
         f" The error front reaches level {reached[-1][1]} at step {reached[-1][0]}"
@@ -53,12 +79,13 @@ def trace_caption(trace: Trace) -> str:
         if reached
         else ""
     )
+    name = f"{trace.rule.upper()}: " if trace.rule else ""
     return (
-        f"Left: total energy F = sum 1/2||eps||^2 + loss over {steps} inference steps; "
+        f"{name}Left: total energy F = sum 1/2||eps||^2 + loss over {steps} inference steps; "
         f"it {trend} ({e0:.3g} -> {e1:.3g}{' while finite' if bad is not None else ''}).{why} "
         f"Right: each level's error norm per step "
-        f"(colour, log scale; white = exactly zero, not yet reached{red}). Level 0 is the "
-        f"output."
+        f"(colour, log scale; white = exactly zero, not yet reached{red}). Row 0 is the "
+        f"output: its loss term."
         f"{front}"
     )
 
@@ -106,9 +133,12 @@ def plot_trace(trace: Trace, path: str | Path, *, title: str = "", overwrite: bo
 
 
 def _energy_panel(ax, trace: Trace) -> None:
+    from matplotlib.ticker import MaxNLocator
+
     steps = len(trace.energy)
     ax.plot(range(steps), trace.energy, marker="o", ms=3, color="#4c72b0")
     ax.set(xlabel="inference step", ylabel="energy F", title="total energy")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlim(-0.5, steps - 0.5)
     finite = [e for e in trace.energy if math.isfinite(e)]
     if finite and min(finite) > 0 and max(finite) > 1e3 * min(finite):
@@ -117,8 +147,12 @@ def _energy_panel(ax, trace: Trace) -> None:
 
 
 def _level_grid(trace: Trace) -> tuple[np.ndarray, np.ndarray]:
-    """Error norm per (level, step); NaN where exactly zero, and where it is not finite."""
-    levels = trace.level_error_norms()
+    """Error norm per (level, step), row 0 the output's loss term; NaN where exactly zero, and
+    where it is not finite."""
+    levels = dict(trace.level_error_norms())
+    out = trace.vertex_energy.get("output")
+    if out is not None and 0 not in levels:
+        levels[0] = list(out)
     grid = np.full((max(levels, default=0) + 1, len(trace.energy)), np.nan)
     diverged = np.zeros(grid.shape, dtype=bool)
     for lvl, norms in levels.items():
@@ -155,7 +189,11 @@ def _front_panel(fig, ax, cax, trace: Trace) -> None:
         norm=norm,
         extent=(-0.5, steps - 0.5, -0.5, depth + 0.5),
     )
-    ax.set(xlabel="inference step", ylabel="level (0 = output)", title="error front")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set(xlabel="inference step", ylabel="level (0 = output: loss term)", title="error front")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     fig.colorbar(
         img,
         cax=cax,

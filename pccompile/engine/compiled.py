@@ -1,4 +1,6 @@
-"""The compiled inference loop: ``IL(compile=True)``, ``IPC(compile=True, lr=...)``.
+"""The compiled inference loop: ``IL(compile=True)``, ``IPC(compile=True, lr=...)``,
+``EPC(compile=True)``, ``MCPC(compile=True)`` (its noise drawn before the loop, in the eager
+loop's order, and passed in).
 
 Reads: a plan, its feed-forward pass and an inference :class:`~pccompile.engine.inference.Setup`.
 Writes: ``torch.compile``'s cache (one compiled loop per plan, setup and input signature);
@@ -15,9 +17,15 @@ for the value nodes at every step, and for the parameters at the end (IL) or at 
 the energy graph of the vertices the error front has reached by then, fixed at trace time);
 results agree to rounding (tests).
 
+ePC's loop takes ``steps`` gradient steps on an energy graph over the errors (each free
+vertex's value ``mu_v + eps_v``), then the parameter gradient of a "local" graph whose
+squared-error terms are ``-sum(mu_v * eps_v)`` at the final states (see :func:`energy_module`).
+
 Limits, each refused with a ConfigError naming the vertex: random or stateful vertices
-(dropout, train-mode BatchNorm: their replayed state is eager-only), vertices with several
-tensor outputs, value-node optimisers, traces, free inputs.
+(:func:`pccompile.ops.registry.needs_replay`: train-mode dropout and BatchNorm, a functional
+dropout that draws in eval mode; their replayed state is eager-only), vertices with several
+tensor outputs, value-node optimisers, traces, free inputs. Loops are cached per plan, setup and
+input signature, with the loss keyed by :func:`loss_key` (its code and constants).
 """
 
 from __future__ import annotations
@@ -38,8 +46,9 @@ import torch.nn as nn
 from ..energies import squared_error
 from ..errors import ConfigError
 from ..frontend.export import unflatten_output
+from ..ops.registry import needs_replay
 from .evaluate import FeedForward
-from .inference import Setup, batch_size, resolve, unreached
+from .inference import NEVER, Setup, batch_size, resolve, unreached
 from .plan import Plan
 
 __all__ = ["energy_module", "run_compiled", "CompiledLoop"]
@@ -61,8 +70,16 @@ def energy_module(
     *,
     constants: bool,
     active: frozenset[int] | None = None,
+    form: str = "state",
 ):
     """Generate the energy graph (see the module docstring).
+
+    ``form``: ``"state"``: the value nodes are the variables (IL, iPC). ``"error"`` (ePC): the
+    placeholders are the errors ``eps_v``, each free vertex's value is ``mu_v + eps_v``, and
+    ``gm`` returns ``(F, (z_1, ..., z_n))``. ``"local"`` (ePC's weight update): the
+    placeholders are the states and then the errors, predictions read the states, and a
+    squared-error term is ``-sum(mu_v * eps_v)`` (its gradient in the parameters is the local
+    update ``-(dmu/dtheta)^T eps``, with the error as relaxed).
 
     Returns ``(gm, meta_slots, const_vids)``: ``gm(*inputs, target, *values, *clamps, *metas,
     *consts) -> F`` with ``values`` the free vertices' value nodes in ``net.free`` order,
@@ -87,7 +104,10 @@ def energy_module(
     for v in net.free:
         if len(v.node.meta["pc"].shapes) != 1:
             _refuse(f"vertex {v.name!r} has several tensor outputs.")
-        xs[v.vid] = g.placeholder(f"x_{v.node.name}")  # an identifier: v.name may hold dots
+        # placeholder names are identifiers: v.name (a module path) may hold dots
+        xs[v.vid] = g.placeholder(f"{'e' if form == 'error' else 'x'}_{v.node.name}")
+    es = {v.vid: g.placeholder(f"e_{v.node.name}") for v in net.free} if form == "local" else {}
+    states: list[fx.Node] = []
     clamps = {vid: g.placeholder(f"clamp_{by_vid[vid].node.name}") for vid in net.clamped}
     meta_slots: list[int] = []
     metas: dict[fx.Node, fx.Node] = {}
@@ -143,15 +163,29 @@ def energy_module(
             env[n] = mu
             continue
         x = clamps.get(v.vid, xs.get(v.vid))
-        env[n] = x
         fn = setup.energies.get(v.name, squared_error)
-        term = g.call_function(fn, (x, mu))
+        if form == "error" and v.vid in xs:  # z_v = mu_v + eps_v
+            eps = x
+            x = g.call_function(operator.add, (mu, eps))
+            states.append(x)
+            sq = g.call_function(torch.sum, (g.call_function(operator.mul, (eps, eps)),))
+            term = (
+                g.call_function(operator.mul, (sq, 0.5))
+                if fn is squared_error
+                else g.call_function(fn, (x, mu))
+            )
+        elif form == "local" and v.vid in es and fn is squared_error:
+            prod = g.call_function(operator.mul, (mu, es[v.vid]))
+            term = g.call_function(operator.neg, (g.call_function(torch.sum, (prod,)),))
+        else:
+            term = g.call_function(fn, (x, mu))
+        env[n] = x
         pi = setup.precision.get(v.name, 1.0)
         terms.append(term if pi == 1.0 else g.call_function(operator.mul, (term, float(pi))))
     total = terms[0]
     for t in terms[1:]:
         total = g.call_function(operator.add, (total, t))
-    g.output(total)
+    g.output((total, tuple(states)) if form == "error" else total)
     gm = fx.GraphModule(plan.gm, g, class_name="PCEnergy")
     for fn in setup.energies.values():  # energies with parameters: reachable by functional_call
         if isinstance(fn, nn.Module):
@@ -159,28 +193,26 @@ def energy_module(
     return gm, meta_slots, const_vids
 
 
-_EVAL_PURE = (  # modules whose state or randomness is used only in training mode
-    nn.modules.batchnorm._BatchNorm,
-    nn.modules.instancenorm._InstanceNorm,
-    nn.modules.dropout._DropoutNd,
-)
-
-
 def _replays_state(plan: Plan, v: Any) -> bool:
-    """Whether re-evaluating ``v`` needs the eager loop's recorded RNG or buffers. In eval mode
-    a vertex whose random or stateful members are all BatchNorm/InstanceNorm/Dropout modules is
-    a pure function (running statistics read, no draws)."""
+    """Whether re-evaluating ``v`` needs the eager loop's recorded RNG or buffers, by the
+    registry's one classification (:func:`pccompile.ops.registry.needs_replay`), op by op
+    inside a layer vertex: a functional dropout that draws in eval mode is random however its
+    layer's modules look."""
     if v.rule is None or not (v.rule.replays_rng or v.rule.protects_buffers):
         return False
-    if plan.training or v.module is None:
+    if plan.training:
         return True
-    members = [m for m in v.module.modules() if not isinstance(m, fx.GraphModule)]
-    leaves = [m for m in members if not list(m.children())]
-    return not all(isinstance(m, _EVAL_PURE) or _stateless(m) for m in leaves)
-
-
-def _stateless(m: nn.Module) -> bool:
-    return not list(m.buffers(recurse=False)) and type(m).__module__.startswith("torch.nn")
+    if isinstance(v.module, fx.GraphModule):  # a layer vertex: its ops, with their own rules
+        for n in v.module.graph.nodes:
+            if n.op not in ("call_module", "call_function", "call_method"):
+                continue
+            mod = v.module.get_submodule(n.target) if n.op == "call_module" else None
+            info = n.meta.get("pc")
+            rule = info.rule if info is not None and info.rule is not None else v.rule
+            if needs_replay(n, mod, rule):
+                return True
+        return False
+    return needs_replay(v.node, v.module, v.rule)
 
 
 class CompiledLoop:
@@ -192,7 +224,9 @@ class CompiledLoop:
     event-driven skips, fixed per step at trace time).
     """
 
-    def __init__(self, full, fast: list, setup: Setup, mode: str, lr: float, backend: str):
+    def __init__(
+        self, full, fast: list, setup: Setup, mode: str, lr: float, backend: str, err=None
+    ):
         self.gm, self.compile_seconds, self.calls = full, 0.0, 0
         steps, gamma = setup.steps, setup.gamma
 
@@ -211,12 +245,32 @@ class CompiledLoop:
             return energy
 
         e_full = bind(full)
+        e_local, e_err = e_full, (bind(err) if err is not None else None)
         bound: dict[int, Callable] = {}
         e_fast = [bound.setdefault(id(gm), bind(gm)) for gm in fast]
 
         def loop(params: dict, xs: tuple, head: tuple, tail: tuple, consts: tuple, scale: float):
             energies = []
             grads_p = None
+            if mode == "epc":  # xs are the errors, from zero; then the local weight gradient
+                for _ in range(steps):
+                    ge, (f, _) = torch.func.grad_and_value(e_err, argnums=1, has_aux=True)(
+                        params, xs, head, tail
+                    )
+                    xs = tuple(e - gamma * d for e, d in zip(xs, ge))
+                    energies.append(f)
+                f, zs = e_err(params, xs, head, tail)
+                energies.append(f)
+                grads_p = torch.func.grad(e_local, argnums=0)(params, (*zs, *xs), head, tail)
+                return xs, grads_p, torch.stack(energies)
+            if mode == "mcpc":  # IL's steps plus the pre-drawn Langevin noise (consts[s])
+                for s in range(steps):
+                    gx, f = torch.func.grad_and_value(e_full, argnums=1)(params, xs, head, tail)
+                    xs = tuple(x - gamma * d + n for x, d, n in zip(xs, gx, consts[s]))
+                    energies.append(f)
+                grads_p, f = torch.func.grad_and_value(e_full, argnums=0)(params, xs, head, tail)
+                energies.append(f)
+                return xs, grads_p, torch.stack(energies)
             for s in range(steps + 1):
                 if mode == "il" and s < steps:
                     gx, f = torch.func.grad_and_value(e_fast[s], argnums=1)(
@@ -252,6 +306,36 @@ class CompiledLoop:
         return out
 
 
+def loss_key(fn: Any) -> Any:
+    """What identifies a loss function for the cache: its code and the constants it computes
+    with, not its identity, so a fresh ``lambda o, t: F.cross_entropy(o, t)`` per step reuses
+    the loop compiled for the first (the loop calls the first one, which computes the same).
+    Functions: code, defaults, globals' namespace and closure values; ``functools.partial``:
+    the function's key and the bound arguments; a parameter-free ``nn.Module`` loss: its class
+    and its plain attributes. Anything unhashable is keyed by identity."""
+
+    def const(v: Any) -> Any:
+        try:
+            hash(v)
+        except TypeError:
+            return ("id", id(v))
+        return ("id", id(v)) if isinstance(v, torch.Tensor) else v
+
+    if isinstance(fn, functools.partial):
+        kw = tuple(sorted((k, const(v)) for k, v in fn.keywords.items()))
+        return ("partial", loss_key(fn.func), tuple(const(a) for a in fn.args), kw)
+    code = getattr(fn, "__code__", None)
+    if code is not None and not hasattr(fn, "__self__"):
+        cells = tuple(const(c.cell_contents) for c in fn.__closure__ or ())
+        defaults = tuple(const(d) for d in fn.__defaults__ or ())
+        kwdefaults = tuple(sorted((k, const(v)) for k, v in (fn.__kwdefaults__ or {}).items()))
+        return ("fn", code, defaults, kwdefaults, id(fn.__globals__), cells)
+    if isinstance(fn, nn.Module) and not list(fn.parameters()) and not list(fn.buffers()):
+        plain = {k: v for k, v in vars(fn).items() if not k.startswith("_")}
+        return ("module", type(fn), tuple(sorted((k, const(v)) for k, v in plain.items())))
+    return ("id", id(fn))
+
+
 def run_compiled(
     plan: Plan,
     ff: FeedForward,
@@ -262,6 +346,7 @@ def run_compiled(
     mode: str,
     lr: float = 0.0,
     backend: str = "inductor",
+    noise: Callable | None = None,
 ) -> tuple[dict, list[float], CompiledLoop, list[str]]:
     """Run the compiled loop. Returns ``(param_grads_or_new_params, energies, loop, unreached)``;
     parameter gradients are already divided by ``w B`` (IL), or (iPC) the updated parameters."""
@@ -281,11 +366,19 @@ def run_compiled(
         tuple(sorted(setup.precision.items())),
         tuple((k, id(f)) for k, f in sorted(setup.energies.items())),
         tuple(sorted(by for by in setup.clamp)),
-        id(loss_fn),
+        loss_key(loss_fn),
         batch,
     )
     per_plan = _CACHE.setdefault(plan, {})
     loop = per_plan.get(key)
+    if loop is None and mode == "epc":
+        local, meta_slots, _ = energy_module(
+            plan, net, setup, loss_fn, batch, constants=False, form="local"
+        )
+        err, _, _ = energy_module(plan, net, setup, loss_fn, batch, constants=False, form="error")
+        loop = CompiledLoop(local, [], setup, mode, lr, backend, err=err)
+        loop.meta_slots, loop.const_vids = meta_slots, []
+        per_plan[key] = loop
     if loop is None:
         full, meta_slots, _ = energy_module(plan, net, setup, loss_fn, batch, constants=False)
         fast, const_vids = [], []
@@ -302,17 +395,28 @@ def run_compiled(
         per_plan[key] = loop
     params = {n: p.detach() for n, p in loop.gm.named_parameters() if p.requires_grad}
     xs = tuple(ff.flat[v.vid][0].detach() for v in net.free)
+    if mode == "epc":
+        xs = tuple(torch.zeros_like(x) for x in xs)
     head = (*inputs, target)
     tail = (*(net.clamped[vid][0] for vid in net.clamped), *(ff.env[s] for s in loop.meta_slots))
     scale = 1.0 / (float(setup.output_precision) * batch)
     consts = tuple(ff.mu[vid][0].detach() for vid in loop.const_vids)
+    if mode == "mcpc":  # drawn in the eager loop's order: step by step, vertex by vertex
+        consts = tuple(tuple(noise(x) for x in xs) for _ in range(setup.steps))
     xs_end, p_out, energies = loop(params, xs, head, tail, consts, scale)
-    if mode == "il":
+    if mode in ("il", "epc", "mcpc"):
         p_out = {k: g * scale for k, g in p_out.items()}
     by_param = {loop.gm.get_parameter(k): t for k, t in p_out.items()}
     return (
         by_param,
         [float(e) for e in energies],
         loop,
-        unreached(net, net.first_error, setup.steps),
+        unreached(net, net.first_error, _reach_steps(mode, setup.steps)),
     )
+
+
+def _reach_steps(mode: str, steps: int) -> int:
+    """ePC's reverse pass brings the error to every connected vertex at the first step."""
+    if mode == "epc":
+        return NEVER - 1 if steps else 0
+    return steps

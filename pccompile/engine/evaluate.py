@@ -35,6 +35,7 @@ __all__ = [
     "leafify",
     "rebuild",
     "record_state_of",
+    "refresh",
     "walk",
 ]
 
@@ -283,3 +284,29 @@ def feed_forward(
         output = plan.read_output(env, leaves)
         loss = scalar_loss(loss_fn(output, target))
     return FeedForward(env, leaves, flat, mu, states, devices, loss, output, boundary_out)
+
+
+def refresh(plan: Plan, ff: FeedForward) -> None:
+    """Re-evaluate the parameter transforms (``W0 + dW``, ``W0 + A @ B``) after the parameters
+    moved in place (iPC's in-loop steps), so the vertices read the current weights.
+
+    The value a vertex reads (the detached leaf in ``ff.env``) is updated in place, keeping its
+    identity for every list that holds it; ``ff.boundary_out`` gets the new transform's graph
+    (the VJP of :meth:`Grads.finish` runs through it)."""
+    if not plan.boundary:
+        return
+    boundary = set(plan.boundary)
+    get = lambda n: ff.env[plan.slot_of[n]]
+    for i, node in enumerate(plan.nodes):
+        if plan.roles[i] != "param_op":
+            continue
+        with torch.enable_grad():
+            out = _invoke(
+                node, plan.modules.get(i), map_arg(node.args, get), map_arg(node.kwargs, get)
+            )
+        if i in boundary:
+            ff.boundary_out[i] = out
+            with torch.no_grad():
+                ff.env[i].copy_(out)
+        else:
+            ff.env[i] = out

@@ -1,4 +1,5 @@
-"""The fused inference step of approximate PC (IL, iPC) and of generative inference.
+"""The fused inference step of approximate PC (IL, iPC, MCPC), ePC's error inference, and
+generative inference.
 
 Reads: a compiled plan, its feed-forward pass, the target and loss, and a :class:`Setup` (which
 value nodes are free and which clamped, each vertex's energy and precision, the output's
@@ -23,7 +24,11 @@ a weight learning rate means what it means for BP, and at ``w -> 0`` the update 
 Event-driven skipping: from the feed-forward initialisation an error travels one vertex per step;
 a vertex whose error cannot be non-zero yet contributes no energy term (and is not evaluated), and
 a vertex reading only clamped inputs keeps its feed-forward prediction. Neither skip changes a
-number.
+number. Another start (``x0``) or Langevin noise turns skipping off.
+
+ePC (:func:`run_error_inference`) relaxes errors instead of values: one reverse pass over the
+whole graph per step; :func:`local_param_grads` then reads every parameter's gradient from its
+own vertex. :func:`energy_at` is ``F`` at given value nodes (the custom-loop hook).
 """
 
 from __future__ import annotations
@@ -45,7 +50,17 @@ from .evaluate import _invoke as invoke
 from .grads import Grads
 from .plan import Plan, Vertex
 
-__all__ = ["Setup", "Inference", "run_inference", "resolve", "batch_size", "unreached"]
+__all__ = [
+    "Setup",
+    "Inference",
+    "run_inference",
+    "run_error_inference",
+    "local_param_grads",
+    "energy_at",
+    "resolve",
+    "batch_size",
+    "unreached",
+]
 
 Tensor = torch.Tensor
 NEVER = 1 << 30
@@ -69,6 +84,11 @@ class Setup:
         steps of ``gamma``).
     log_energy: record ``F`` at every evaluation (a Python float each; False while a tracer
         records the loop, as the ONNX learn export does, where no value can be read).
+    vertex_gamma: vertex name -> its step size (others: ``gamma``).
+    vertex_steps: vertex name -> how many steps its value node moves (others: all).
+    tol: stop once ``|F_s - F_(s-1)| <= tol * |F_(s-1)|``; that evaluation is then the last
+        (the parameter gradients the rule reads at the last step are read there). None: run
+        every step.
     """
 
     gamma: float = 0.1
@@ -81,6 +101,9 @@ class Setup:
     free_inputs: tuple[int, ...] = ()
     value_optimizer: Callable | None = None
     log_energy: bool = True
+    tol: float | None = None
+    vertex_gamma: Mapping[str, float] = field(default_factory=dict)
+    vertex_steps: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -95,6 +118,10 @@ class Inference:
         output: the model output read from the final value nodes.
         compile_seconds: what ``torch.compile`` took in this call (``compile=True``, first call
             of a shape; 0 otherwise).
+        silent: vertices with parameters that the error front reaches by the graph but whose
+            error is still exactly zero at the end (numerically unreached: the error arriving
+            there is below the dtype's resolution, so their gradient is zero).
+        steps: inference steps run (fewer than asked when ``tol`` stopped it).
     """
 
     values: dict[str, list[Tensor]]
@@ -103,6 +130,8 @@ class Inference:
     unreached: list[str]
     output: Any = None
     compile_seconds: float = 0.0
+    silent: list[str] = field(default_factory=list)
+    steps: int | None = None
 
 
 @dataclass(eq=False)
@@ -124,7 +153,13 @@ def resolve(plan: Plan, ff: FeedForward, setup: Setup) -> _Net:
     from their prediction, and when the error front reaches each vertex."""
     order = [v for v in plan.vertices if v.kind != "output"]
     names = {v.name: v for v in order}
-    for table, what in ((setup.precision, "precision"), (setup.energies, "energies")):
+    tables = (
+        (setup.precision, "precision"),
+        (setup.energies, "energies"),
+        (setup.vertex_gamma, "vertex_gamma"),
+        (setup.vertex_steps, "vertex_steps"),
+    )
+    for table, what in tables:
         bad = sorted(set(table) - set(names))
         if bad:
             raise ConfigError(no_vertex_message(what, bad[0], list(names)))
@@ -247,6 +282,8 @@ def run_inference(
     params_move: bool = False,
     trace: Any = None,
     event_driven: bool = True,
+    x0: Mapping[int, list[Tensor]] | None = None,
+    noise: Callable[[Tensor], Tensor] | None = None,
 ) -> Inference:
     """Run ``setup.steps`` fused inference steps from the feed-forward pass ``ff``.
 
@@ -260,9 +297,16 @@ def run_inference(
         event_driven: skip what the error front has not reached (False: evaluate everything at
             every step; the same numbers, for tests).
         trace: a :class:`~pccompile.rules.report.Trace` to record the energy per vertex in.
+        x0: vertex id -> where its free value node starts (default: the feed-forward pass; a
+            vertex not named starts there too). Every error may then be non-zero from step 0,
+            so nothing is skipped.
+        noise: ``x -> xi`` added to every free value node after each step (MCPC's Langevin
+            term); nothing is skipped either.
     """
     net = resolve(plan, ff, setup)
     reached = dict(net.first_error)
+    if x0 is not None or noise is not None:
+        event_driven = False
     if not event_driven:
         net.first_error = dict.fromkeys(net.first_error, 0)
         net.first_move = dict.fromkeys(net.first_move, 0)
@@ -279,8 +323,9 @@ def run_inference(
     by_name = {v.vid: v.name for v in order}
     env = list(ff.env)
     xs: dict[int, list[Tensor]] = {}
+    start = x0 or {}
     for v in net.free:
-        xs[v.vid] = [t.detach().clone().requires_grad_() for t in ff.flat[v.vid]]
+        xs[v.vid] = [t.detach().clone().requires_grad_() for t in start.get(v.vid, ff.flat[v.vid])]
     x_inputs = {}
     for k, slot in net.input_slots.items():
         x_inputs[k] = env[slot] = ff.env[slot].detach().clone().requires_grad_()
@@ -295,13 +340,18 @@ def run_inference(
         elif v.vid in xs:
             leaves[v.vid] = rebuild(ff.leaves[v.vid], xs[v.vid])
     reads_values = {v.vid: not event_driven or _reads_values(net, v) for v in order}
+    tol = setup.tol
+    silent: list[str] = []
+    last_params = params_at(setup.steps)
+    steps_run = setup.steps
     for s in range(setup.steps + 1):
         want_params = params_at(s)
+        final = s == setup.steps
         terms: list[Tensor] = []
         per_vertex: dict | None = {} if trace is not None and trace.per_vertex else None
         for v in order:
             vid = v.vid
-            recompute = params_move or want_params or reads_values[vid]
+            recompute = params_move or want_params or reads_values[vid] or tol is not None
             needs_term = net.first_error[vid] <= s and vid not in net.predicted
             if vid in net.predicted:
                 mu = _predict(plan, ff, v, env, leaves, recompute)
@@ -317,6 +367,9 @@ def run_inference(
             terms.append(term if pi == 1.0 else pi * term)
             if per_vertex is not None:
                 per_vertex[vid] = [(a - b).detach() for a, b in zip(x, mu)]
+            # (log_energy=False: a tracer records the loop and no tensor value can be read)
+            if final and setup.log_energy and (v.params or v.param_leaves) and not _differs(x, mu):
+                silent.append(v.name)
         output = plan.read_output(env, leaves)
         loss = None
         if target is not None and loss_fn is not None:
@@ -329,18 +382,24 @@ def run_inference(
         for t in terms[1:]:
             total = total + t
         energy_log.append(total.detach())
+        if tol is not None and not final and s > 0:
+            prev, now = float(energy_log[-2]), float(energy_log[-1])
+            if abs(now - prev) <= tol * abs(prev):  # converged: this evaluation is the last
+                final, steps_run = True, s
+                want_params = want_params or last_params
         if per_vertex is not None:
             errors = [per_vertex.get(v.vid, []) for v in recorded]
             trace.record(names, errors, 0.0 if loss is None else w * batch * float(loss.detach()))
-        moving = [] if s == setup.steps else _moving(net, xs, x_inputs, s)
+        moving = [] if final else _moving(net, xs, x_inputs, s, setup.vertex_steps)
         wrt = moving + (params + extra if want_params else [])
-        if not wrt:
-            continue
-        grads = torch.autograd.grad(total, wrt, allow_unused=True)
-        if want_params and on_params is not None:
-            on_params(s, _param_grads(plan, params, extra, grads[len(moving) :], scale))
-        if moving:
-            _move(moving, grads[: len(moving)], setup.gamma, opt)
+        if wrt:
+            grads = torch.autograd.grad(total, wrt, allow_unused=True)
+            if want_params and on_params is not None:
+                on_params(s, _param_grads(plan, params, extra, grads[len(moving) :], scale))
+            if moving:
+                _move(moving, grads[: len(moving)], _gammas(net, xs, moving, setup), opt, noise)
+        if final:
+            break
     values = {by_name[vid]: [t.detach() for t in x] for vid, x in xs.items()}
     values.update({by_name[vid]: list(x) for vid, x in net.clamped.items()})
     return Inference(
@@ -349,7 +408,203 @@ def run_inference(
         energy=[float(e) for e in energy_log] if setup.log_energy else [],
         unreached=unreached(net, reached, setup.steps),
         output=plan.read_output(env, leaves),
+        silent=silent,
+        steps=steps_run,
     )
+
+
+def _differs(x: list[Tensor], mu: list[Tensor]) -> bool:
+    """Whether any element of the error ``x - mu`` is non-zero."""
+    with torch.no_grad():
+        return any(bool((a != b).any()) for a, b in zip(x, mu))
+
+
+def run_error_inference(
+    plan: Plan,
+    ff: FeedForward,
+    target: Any,
+    loss_fn: Callable,
+    setup: Setup,
+    *,
+    error_optimizer: Callable | None = None,
+    trace: Any = None,
+) -> tuple[dict[int, list[Tensor]], dict[int, list[Tensor]], list[float]]:
+    """ePC's inference: relax the errors, not the values (Goemaere et al. 2025).
+
+    Every free vertex's value is reparameterised as ``z_v = g_v(z_parents) + eps_v``; the
+    ``eps_v`` start at zero (so ``z`` starts at the feed-forward pass) and take ``setup.steps``
+    gradient steps ``eps -= gamma * dF/deps`` (or ``error_optimizer``'s) on
+    ``F = sum_v pi_v E_v(z_v, g_v(z_parents)) + w B L(out(z), y)``. The ``z`` are functions of
+    every upstream ``eps``, so ``dF/deps`` is one reverse pass over the whole graph per step
+    (autograd through the reparameterised forward: memory at BP's scale). This is by
+    definition not local; the weight update that follows is (the rule's final local
+    evaluation at the states ``z``, :func:`run_inference` with ``x0=``).
+
+    Returns ``(z, eps, energy)``: vertex id -> its final states ``z_v`` and errors ``eps_v``
+    (detached), and ``F`` at each of the ``steps + 1`` evaluations.
+    """
+    net = resolve(plan, ff, setup)
+    if net.input_slots:
+        raise ConfigError(
+            "ePC relaxes the errors of the vertices; free inputs (generative inference) have no "
+            "error variable. Use rule='il' for free_inputs."
+        )
+    order = net.order
+    recorded = [v for v in order if v.vid not in net.predicted]
+    names = [(v.name, v.level) for v in recorded]
+    batch = batch_size([ff.env[s] for s in plan.input_slots])
+    w = float(setup.output_precision)
+    energies = setup.energies
+    eps = {v.vid: [torch.zeros_like(t).requires_grad_() for t in ff.flat[v.vid]] for v in net.free}
+    flat = [t for e in eps.values() for t in e]
+    opt = error_optimizer(flat) if error_optimizer is not None and flat else None
+    env = list(ff.env)
+    leaves: list = list(ff.leaves)
+    for vid, value in net.clamped.items():
+        leaves[vid] = rebuild(ff.leaves[vid], value)
+    energy_log: list[float] = []
+    states: dict[int, list[Tensor]] = {}
+    for s in range(setup.steps + 1):
+        last = s == setup.steps
+        terms: list[Tensor] = []
+        per_vertex: dict[int, list[Tensor]] = {}
+        with torch.set_grad_enabled(not last):
+            for v in order:
+                vid = v.vid
+                mu = _predict(plan, ff, v, env, leaves, recompute=True)
+                if vid in net.predicted:
+                    leaves[vid] = rebuild(ff.leaves[vid], mu)
+                    continue
+                fn = energies.get(v.name, squared_error)
+                pi = setup.precision.get(v.name, 1.0)
+                if vid in net.clamped:
+                    x = net.clamped[vid]
+                    term = sum(fn(a, b) for a, b in zip(x, mu))
+                    errs = [(a - b).detach() for a, b in zip(x, mu)]
+                else:
+                    z = [m + e for m, e in zip(mu, eps[vid])]
+                    leaves[vid] = rebuild(ff.leaves[vid], z)
+                    if last:
+                        states[vid] = [t.detach() for t in z]
+                    if fn is squared_error:  # 1/2 ||z - mu||^2 is 1/2 ||eps||^2, read directly
+                        term = sum(0.5 * (e * e).sum() for e in eps[vid])
+                    else:
+                        term = sum(fn(a, b) for a, b in zip(z, mu))
+                    errs = [e.detach() for e in eps[vid]]
+                terms.append(term if pi == 1.0 else pi * term)
+                per_vertex[vid] = errs
+            out = plan.read_output(env, leaves)
+            loss_term = (w * batch) * loss_fn(out, target).reshape(())
+            total = loss_term
+            for t in terms:
+                total = total + t
+        energy_log.append(float(total.detach()))
+        if trace is not None and trace.per_vertex:
+            errors = [per_vertex.get(v.vid, []) for v in recorded]
+            trace.record(names, errors, float(loss_term.detach()))
+        if last or not flat:
+            continue
+        grads = torch.autograd.grad(total, flat, allow_unused=True)
+        _move(flat, grads, setup.gamma, opt)
+    errors = {vid: [t.detach() for t in e] for vid, e in eps.items()}
+    return states, errors, energy_log
+
+
+def energy_at(
+    plan: Plan,
+    ff: FeedForward,
+    target: Any,
+    loss_fn: Callable,
+    setup: Setup,
+    values: Mapping[int, list[Tensor]],
+) -> Tensor:
+    """``F`` with the free value nodes at ``values`` (vertex id -> tensors; a free vertex not
+    given sits at the feed-forward pass), every prediction re-evaluated from them: a
+    differentiable function of the values and the parameters (the custom-loop hook,
+    :mod:`pccompile.rules.custom`)."""
+    net = resolve(plan, ff, setup)
+    batch = batch_size([ff.env[s] for s in plan.input_slots])
+    w = float(setup.output_precision)
+    env = list(ff.env)
+    leaves: list = list(ff.leaves)
+    for vid, value in net.clamped.items():
+        leaves[vid] = rebuild(ff.leaves[vid], value)
+    xs = {v.vid: list(values.get(v.vid, ff.flat[v.vid])) for v in net.free}
+    for vid, x in xs.items():
+        leaves[vid] = rebuild(ff.leaves[vid], x)
+    total = None
+    for v in net.order:
+        mu = _predict(plan, ff, v, env, leaves, recompute=True)
+        if v.vid in net.predicted:
+            leaves[v.vid] = rebuild(ff.leaves[v.vid], mu)
+            continue
+        fn = setup.energies.get(v.name, squared_error)
+        pi = setup.precision.get(v.name, 1.0)
+        x = net.clamped.get(v.vid) or xs[v.vid]
+        term = sum(fn(a, b) for a, b in zip(x, mu))
+        term = term if pi == 1.0 else pi * term
+        total = term if total is None else total + term
+    if target is not None and loss_fn is not None:
+        out = plan.read_output(env, leaves)
+        term = (w * batch) * loss_fn(out, target).reshape(())
+        total = term if total is None else total + term
+    return torch.zeros(()) if total is None else total
+
+
+def local_param_grads(
+    plan: Plan,
+    ff: FeedForward,
+    target: Any,
+    loss_fn: Callable,
+    setup: Setup,
+    states: Mapping[int, list[Tensor]],
+    errors: Mapping[int, list[Tensor]],
+) -> Grads:
+    """Every parameter's gradient from its own vertex at the given state: ``dF/dtheta / (w B)``
+    with every prediction ``mu_v = g_v(z_parents)`` read from the (detached) states, so a vertex's
+    gradient involves only its prediction and its error.
+
+    For squared-error vertices the error is taken as given (``errors``: ``dE/dmu_v = -eps_v``),
+    not recomputed as ``z_v - mu_v``: an error far below ``mu_v``'s magnitude survives (in the
+    state form ``(mu + eps) - mu`` it would round away). Other energies read ``E_v(z_v, mu_v)``.
+    """
+    net = resolve(plan, ff, setup)
+    batch = batch_size([ff.env[s] for s in plan.input_slots])
+    w = float(setup.output_precision)
+    env = list(ff.env)
+    leaves: list = list(ff.leaves)
+    for vid, value in net.clamped.items():
+        leaves[vid] = rebuild(ff.leaves[vid], value)
+    for vid, z in states.items():
+        leaves[vid] = rebuild(ff.leaves[vid], list(z))
+    terms: list[Tensor] = []
+    for v in net.order:
+        vid = v.vid
+        mu = _predict(plan, ff, v, env, leaves, recompute=True)
+        if vid in net.predicted:
+            leaves[vid] = rebuild(ff.leaves[vid], mu)
+            continue
+        fn = setup.energies.get(v.name, squared_error)
+        pi = setup.precision.get(v.name, 1.0)
+        if fn is squared_error and vid in errors:  # d/dtheta of E = -J^T eps, eps as given
+            term = sum(-(m * e).sum() for m, e in zip(mu, errors[vid]))
+        else:
+            x = net.clamped.get(vid) or states[vid]
+            term = sum(fn(a, b) for a, b in zip(x, mu))
+        terms.append(term if pi == 1.0 else pi * term)
+    out = plan.read_output(env, leaves)
+    total = (w * batch) * loss_fn(out, target).reshape(())
+    for t in terms:
+        total = total + t
+    params = _param_inputs(plan, ff)
+    extra = [
+        p for fn in setup.energies.values() if isinstance(fn, nn.Module) for p in fn.parameters()
+    ]
+    extra = [p for p in extra if p.requires_grad]
+    if not params + extra:
+        return Grads()
+    grads = torch.autograd.grad(total, params + extra, allow_unused=True)
+    return _param_grads(plan, params, extra, grads, 1.0 / (w * batch))
 
 
 def _reads_values(net: _Net, v: Vertex) -> bool:
@@ -385,10 +640,24 @@ def _predict(plan, ff, v, env, leaves, recompute: bool) -> list[Tensor]:
     return [t for t in tree_flatten(out)[0] if is_float_tensor(t)]
 
 
-def _moving(net: _Net, xs: dict, x_inputs: dict, s: int) -> list[Tensor]:
-    """The value nodes whose gradient may be non-zero at evaluation ``s``."""
-    out = [t for v in net.free if net.first_move[v.vid] <= s + 1 for t in xs[v.vid]]
+def _moving(net: _Net, xs: dict, x_inputs: dict, s: int, held: Mapping) -> list[Tensor]:
+    """The value nodes whose gradient may be non-zero at evaluation ``s`` (and that still move:
+    a vertex named in ``held`` (``vertex_steps``) moves in its first ``held[name]`` steps)."""
+    out = [
+        t
+        for v in net.free
+        if net.first_move[v.vid] <= s + 1 and s < held.get(v.name, NEVER)
+        for t in xs[v.vid]
+    ]
     return out + list(x_inputs.values())
+
+
+def _gammas(net: _Net, xs: dict, moving: list[Tensor], setup: Setup) -> float | list[float]:
+    """The step size of each moving tensor (one number when no vertex has its own)."""
+    if not setup.vertex_gamma:
+        return setup.gamma
+    of = {id(t): setup.vertex_gamma.get(v.name, setup.gamma) for v in net.free for t in xs[v.vid]}
+    return [of.get(id(t), setup.gamma) for t in moving]
 
 
 def _param_inputs(plan: Plan, ff: FeedForward) -> list[Tensor]:
@@ -414,13 +683,17 @@ def _param_grads(plan: Plan, params: list, extra: list, grads: tuple, scale: flo
     return out
 
 
-def _move(xs: list[Tensor], grads: tuple, gamma: float, opt) -> None:
+def _move(xs: list[Tensor], grads: tuple, gamma: float, opt, noise=None) -> None:
     with torch.no_grad():
         if opt is not None:
             for x, g in zip(xs, grads):
                 x.grad = None if g is None else g
             opt.step()
-            return
-        for x, g in zip(xs, grads):
-            if g is not None:
-                x.sub_(g, alpha=gamma)
+        else:
+            steps = gamma if isinstance(gamma, list) else [gamma] * len(xs)
+            for x, g, step in zip(xs, grads, steps):
+                if g is not None:
+                    x.sub_(g, alpha=step)
+        if noise is not None:
+            for x in xs:
+                x.add_(noise(x))

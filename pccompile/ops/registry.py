@@ -50,6 +50,7 @@ __all__ = [
     "check_method",
     "registered_ops",
     "registered_rules",
+    "needs_replay",
 ]
 
 _MODULES: dict[type, OpRule] = {}
@@ -303,3 +304,48 @@ def registered_ops() -> dict[str, dict[str, OpRule]]:
         },
         "methods": {f"Tensor.{n}": r for n, r in _METHODS.items()},
     }
+
+
+# Random or stateful only in training mode: in eval mode a pure function (running statistics
+# read, no draws).
+_EVAL_PURE_MODULES = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.modules.dropout._DropoutNd,
+)
+# Functions whose draws / batch statistics hang on a flag: (position, keyword, default).
+_FLAGGED = {
+    torch.nn.functional.dropout: (2, "training", True),
+    torch.nn.functional.dropout1d: (2, "training", True),
+    torch.nn.functional.dropout2d: (2, "training", True),
+    torch.nn.functional.dropout3d: (2, "training", True),
+    torch.nn.functional.alpha_dropout: (2, "training", False),
+    torch.nn.functional.feature_alpha_dropout: (2, "training", False),
+    torch.nn.functional.batch_norm: (5, "training", False),
+    torch.nn.functional.instance_norm: (5, "use_input_stats", True),
+}
+
+
+def needs_replay(node: fx.Node, module: nn.Module | None, rule: OpRule | None) -> bool:
+    """Whether re-evaluating ``node`` needs the feed-forward pass's recorded RNG state or
+    buffers (the one classification of purity the loops share): its rule is random or stateful,
+    and this call is not one of the cases that are pure as traced: a BatchNorm / InstanceNorm /
+    Dropout module (or a module made only of those and of buffer-free torch.nn layers) in eval
+    mode, or a dropout / batch_norm / instance_norm function called with its flag off."""
+    if rule is None or not (rule.replays_rng or rule.protects_buffers):
+        return False
+    if node.op == "call_module" and module is not None:
+        if module.training:
+            return True
+        leaves = [m for m in module.modules() if not list(m.children())]
+        return not all(isinstance(m, _EVAL_PURE_MODULES) or _stateless(m) for m in leaves)
+    flag = _FLAGGED.get(node.target) if node.op == "call_function" else None
+    if flag is not None:
+        pos, key, default = flag
+        value = node.kwargs.get(key, node.args[pos] if len(node.args) > pos else default)
+        return value is not False  # a traced flag is a constant; anything else: assume random
+    return True
+
+
+def _stateless(m: nn.Module) -> bool:
+    return not list(m.buffers(recurse=False)) and type(m).__module__.startswith("torch.nn")

@@ -8,6 +8,8 @@ name       file                                                    exact?
 ``fpa``    :mod:`.fpa` (schedules: :mod:`.propagate`, :mod:`.sync`)  gamma=1, steps >= depth
 ``il``     :mod:`.il` (:mod:`.sync`)                               approximates BP
 ``ipc``    :mod:`.ipc` (:mod:`.sync`)                              approximates BP
+``epc``    :mod:`.epc` (errors relaxed by reverse passes)          approximates BP
+``mcpc``   :mod:`.mcpc` (Langevin inference)                       samples, not BP
 =========  ======================================================  =========================
 
 Every rule implements :class:`~pccompile.rules.base.Rule`; :func:`make_rule` builds a validated
@@ -21,17 +23,21 @@ from dataclasses import fields, replace
 from ..errors import ConfigError
 from .base import Rule, Schedule
 from .bp import BP, BPRule
+from .epc import EPC, EPCRule
 from .fpa import FPA, FPARule
 from .il import IL, ILRule
 from .ipc import IPC, IPCRule
+from .mcpc import MCPC, MCPCRule
 from .report import LearnReport, Trace
 from .zil import ZIL, ZILRule
 
 __all__ = [
     "BP",
+    "EPC",
     "FPA",
     "IL",
     "IPC",
+    "MCPC",
     "ZIL",
     "RULES",
     "LearnReport",
@@ -43,8 +49,10 @@ __all__ = [
     "rule_of",
 ]
 
-RuleConfig = BP | ZIL | FPA | IL | IPC
-RULES: dict[str, Rule] = {r.name: r for r in (BPRule(), ZILRule(), FPARule(), ILRule(), IPCRule())}
+RuleConfig = BP | ZIL | FPA | IL | IPC | EPC | MCPC
+RULES: dict[str, Rule] = {
+    r.name: r for r in (BPRule(), ZILRule(), FPARule(), ILRule(), IPCRule(), EPCRule(), MCPCRule())
+}
 _CONFIGS = tuple(r.config for r in RULES.values())
 _DEFAULTS = {name: r.config() for name, r in RULES.items()}  # frozen: one instance each is enough
 

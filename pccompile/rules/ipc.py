@@ -23,10 +23,10 @@ from typing import Any, Literal
 import torch
 
 from ..engine import Grads
-from ..engine.inference import run_inference
+from ..engine.evaluate import refresh
+from ..engine.inference import Setup, run_inference
 from ..errors import ConfigError
-from .base import Schedule
-from .il import ILRule, check_approximate, compiled, setup_of
+from .il import ILRule, check_approximate, compiled, initial_values, phases
 
 __all__ = ["IPC", "IPCRule", "STEP_GRADS"]
 
@@ -42,9 +42,10 @@ class IPC:
     """Incremental PC: value nodes and parameters are updated at every inference step.
 
     Takes IL's options (``gamma``, ``steps``, ``output``, ``output_precision``, ``precision``,
-    ``energies``, ``value_optimizer``) and how the per-step parameter update is applied:
-    ``optimizer`` (a ``torch.optim.Optimizer`` stepped at every evaluation), ``lr`` (plain steps
-    inside inference) or neither (averaged into ``p.grad``).
+    ``energies``, ``value_optimizer``, ``init``, ``beta``/``nudging``, ``tol``) and how the
+    per-step parameter update is applied: ``optimizer`` (a ``torch.optim.Optimizer`` stepped at
+    every evaluation), ``lr`` (plain steps inside inference) or neither (averaged into
+    ``p.grad``).
     """
 
     gamma: float = 0.1
@@ -56,7 +57,12 @@ class IPC:
     precision: Mapping[str, float] = field(default_factory=dict)
     energies: Mapping[str, Callable] = field(default_factory=dict)
     value_optimizer: Callable | None = None
-    init: Literal["forward"] = "forward"
+    init: str | Callable = "forward"
+    beta: float | None = None
+    nudging: Literal["positive", "negative", "centered"] = "positive"
+    tol: float | None = None
+    vertex_gamma: Mapping[str, float] = field(default_factory=dict)
+    vertex_steps: Mapping[str, int] = field(default_factory=dict)
     compile: bool | str = False
     name: str = "ipc"
 
@@ -85,15 +91,23 @@ class IPCRule(ILRule):
     name = "ipc"
     config = IPC
 
-    def run(self, plan, ff, cfg: IPC, schedule: Schedule, target, loss_fn, trace, clamp=None):
-        steps = schedule.steps
+    def run_phase(self, plan, ff, cfg: IPC, setup: Setup, target, loss_fn, trace) -> Grads:
+        steps = setup.steps
+        moves = cfg.lr > 0 or cfg.optimizer is not None
+        if moves and len(phases(cfg)) > 1:
+            raise ConfigError(
+                "IPC: centred nudging runs two inference phases from the same start; with the "
+                "weights moving inside inference (lr= or optimizer=) they would not share it. "
+                "Use nudging='positive'/'negative', or lr=0 (the per-step gradients averaged)."
+            )
         if cfg.compile:
-            setup = setup_of(cfg, steps, clamp)
             return compiled(
                 plan, ff, target, loss_fn, setup, trace, "ipc", backend=cfg.compile, lr=cfg.lr
             )
         averaged = Grads()
-        moves = cfg.lr > 0 or cfg.optimizer is not None
+        # The caller's accumulated p.grad is set aside while the optimizer is stepped on each
+        # evaluation's gradient, and given back afterwards (learn writes nothing itself).
+        kept = {p: p.grad for p in plan.live_params} if cfg.optimizer is not None else {}
 
         def apply(s: int, g: Grads) -> None:
             if not moves:
@@ -109,24 +123,31 @@ class IPCRule(ILRule):
                 if cfg.optimizer is None:
                     for p, t in g.params.items():
                         p.add_(t, alpha=-cfg.lr)
+                    refresh(plan, ff)
                     return
                 for p in plan.live_params:
                     p.grad = None
                 for p, t in g.params.items():
                     p.grad = t.clone() if p.grad is None else p.grad + t
             cfg.optimizer.step()
+            refresh(plan, ff)
 
-        run = run_inference(
-            plan,
-            ff,
-            target,
-            loss_fn,
-            setup_of(cfg, steps, clamp),
-            params_at=lambda s: True,
-            on_params=apply,
-            params_move=moves,
-            trace=trace,
-        )
+        try:
+            run = run_inference(
+                plan,
+                ff,
+                target,
+                loss_fn,
+                setup,
+                params_at=lambda s: True,
+                on_params=apply,
+                params_move=moves,
+                trace=trace,
+                x0=initial_values(plan, ff, cfg.init),
+            )
+        finally:
+            for p, g in kept.items():
+                p.grad = g
         if moves:
             averaged.written = False
         averaged.run = run

@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-__all__ = ["LearnReport", "Trace"]
+__all__ = ["LearnReport", "Trace", "first_rise", "silent_message", "divergence_message"]
 
 
 @dataclass
@@ -28,6 +29,7 @@ class Trace:
     errors: dict[str, list[list]] = field(default_factory=dict)
     keep_errors: bool = False
     per_vertex: bool = True  # False: only the total energy per step (what LearnReport.energy shows)
+    rule: str = ""  # the rule that ran (captions explain the dynamics by it)
 
     @property
     def steps(self) -> int:
@@ -81,6 +83,13 @@ class LearnReport:
             step of each input shape; 0 otherwise).
         recaptures: captures the PCModule has made so far because the model changed after
             ``convert`` (a guard failed, :mod:`pccompile.guards`).
+        silent: vertices with parameters the error reaches by the graph whose error is still
+            exactly zero at the end of inference (numerically unreached; ``learn`` warns with
+            :class:`~pccompile.NumericallyUnreachedWarning`).
+        diverged_at: the first inference step at which the energy rose under plain gradient
+            steps (``learn`` warns with :class:`~pccompile.DivergenceWarning`); None if it
+            never did.
+        warnings: the messages of the warnings ``learn`` issued for this step.
     """
 
     rule: str
@@ -93,3 +102,55 @@ class LearnReport:
     unreached: list[str] = field(default_factory=list)
     compile_seconds: float = 0.0
     recaptures: int = 0
+    silent: list[str] = field(default_factory=list)
+    diverged_at: int | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+# The rules whose inference is plain gradient descent on the energy (a rise means divergence).
+DESCENT_RULES = ("il", "ipc", "epc")
+
+
+def first_rise(energy: list[float], rtol: float = 1e-3) -> int | None:
+    """The first step whose energy exceeds the lowest energy before it by more than ``rtol``
+    (relative), provided the run ends above its lowest energy by as much (a rise that recovers,
+    or one within rounding, is not divergence); None otherwise. ``rtol``: ``1e-3`` suits
+    float32 energies (the loss term's rounding scales with the logits, not with the loss),
+    ``1e-9`` float64."""
+    finite = [e for e in energy if math.isfinite(e)]
+    if len(finite) < 2:
+        return None
+    lo, first = math.inf, None
+    for s, e in enumerate(energy):
+        if not math.isfinite(e):
+            continue
+        if first is None and s > 0 and e - lo > rtol * abs(lo):
+            first = s
+        lo = min(lo, e)
+    if first is None or finite[-1] - lo <= rtol * abs(lo):
+        return None
+    return first
+
+
+def silent_message(rule: str, names: list[str], dtype: Any, params: list[str] = ()) -> str:
+    """The numerically-unreached warning: which vertices (and parameters), why, what to do."""
+    shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+    if params:
+        shown += "; parameters " + ", ".join(params[:8]) + (", ..." if len(params) > 8 else "")
+    f64 = "" if dtype == torch.float64 else " run in float64 (model.double()),"
+    return (
+        f"{rule}: the error reaches {len(names)} parametric vertices by the graph but is still "
+        f"exactly zero there after inference ({shown}): the signal that arrives is below "
+        f"{dtype}'s resolution (x + delta == x), so their parameters get a zero gradient. "
+        f"Remedies:{f64} rule='epc' (the error reaches every vertex in one reverse pass), or "
+        f"convert(..., parametrization='mupc') (depth-scaled edges)."
+    )
+
+
+def divergence_message(rule: str, step: int, energy: list[float], gamma: float) -> str:
+    return (
+        f"{rule}: inference diverges: the energy rose from {energy[step - 1]:.4g} to "
+        f"{energy[step]:.4g} at step {step} (of {len(energy) - 1}) under plain gradient steps "
+        f"of gamma={gamma}. A descent step lowers a smooth energy when it is small enough: "
+        f"use a smaller gamma (e.g. {gamma / 2:g})."
+    )
