@@ -206,6 +206,7 @@ class PCModule(nn.Module):
         ff = feed_forward(
             plan, inputs, target, _checked(loss_fn), record_state=schedule.records_state
         )
+        ff.root = self._pc_model
         tr = None
         if trace or schedule.mode == "faithful":  # faithful schedules report the energy per step
             tr = Trace(keep_errors=trace == "errors", per_vertex=bool(trace))
@@ -219,7 +220,7 @@ class PCModule(nn.Module):
         grads.finish(plan, ff)
         grads.write(plan)
         run = grads.run
-        unreached = list(run.unreached) if run is not None else []
+        unreached = list(run.unreached) if run is not None else grads.unreached
         if unreached:
             layers = plan.gm.meta.get("pc_granularity") == "layer"
             hint = "" if layers else " or convert with granularity='layer'"

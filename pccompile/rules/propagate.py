@@ -12,10 +12,10 @@ update: BP's cost. This is Z-IL's efficient mode on a leveled graph, and FPA's f
 
 from __future__ import annotations
 
-from ..engine import FeedForward, Grads, Plan, add_to, output_feedback
+from ..engine import FeedForward, Grads, Plan, add_to, loss_feedback
 from ..engine.vjp import vjp_pruned
 
-__all__ = ["propagate"]
+__all__ = ["propagate", "set_unreached"]
 
 
 def propagate(plan: Plan, ff: FeedForward, *, gamma: float, last_level: int) -> Grads:
@@ -31,7 +31,8 @@ def propagate(plan: Plan, ff: FeedForward, *, gamma: float, last_level: int) -> 
     vertices, flat, mu, env, leaves = plan.vertices, ff.flat, ff.mu, ff.env, ff.leaves
     acc: list = [None] * len(vertices)
     grads = Grads()
-    output_feedback(plan, ff.loss, flat, acc, weight=-1.0)
+    # the loss's error on the output (and on any activation it reads), and its direct terms
+    loss_feedback(plan, ff, grads, weight=-1.0).into(acc)
     for t in range(1, min(last_level, len(plan.by_level) - 1) + 1):
         for vid in plan.by_level[t]:
             fb, acc[vid] = acc[vid], None
@@ -47,4 +48,16 @@ def propagate(plan: Plan, ff: FeedForward, *, gamma: float, last_level: int) -> 
             mu[vid] = flat[vid] = leaves[vid] = None
             if v.slot >= 0:
                 env[v.slot] = None
+    unreached = [v for v in vertices if v.level > last_level and (v.params or v.param_leaves)]
+    set_unreached(grads, plan, unreached)
     return grads
+
+
+def set_unreached(grads: Grads, plan: Plan, unreached: list) -> None:
+    """Record the vertices with parameters that too few steps left unreached: their parameters
+    get zeros (learn warns); a parameter no error reaches otherwise keeps its ``.grad``."""
+    grads.unreached = [v.name for v in unreached]
+    params = [p for v in unreached for p in v.params]
+    if any(v.param_leaves for v in unreached):
+        params += plan.prologue_params
+    grads.zero_fill = tuple(params)
