@@ -361,3 +361,31 @@ def test_trace_norm_of_huge_float64_errors_does_not_overflow():
     tr.record([("v", 1), ("w", 1)], [[torch.full((1,), 1e200, dtype=torch.float64)], []], 0.0)
     assert tr.energy[0] == math.inf and tr.error_norm["v"][0] == 1e200
     assert tr.level_error_norms()[1] == [1e200]
+
+
+# ---------------------------------------------------------------- the differential checker
+
+
+@pytest.mark.parametrize("rule,mode", RULES, ids=IDS)
+@pytest.mark.parametrize("case", ["l2-and-feature", "clip-logit-scale"])
+def test_checker_trains_losses_that_read_the_model(case, rule, mode):
+    from pccompile.testing import train_against_bp
+
+    make_model, make_loss, classes = CASES[case]
+    torch.manual_seed(0)
+    data = batches(classes=classes)
+    rep = train_against_bp(make_model().double(), data, None, rule, loss_for=make_loss, mode=mode)
+    assert rep.ok(1e-12), rep.problems(1e-12)
+    # falsified: the same run with gamma = 0.5 (Z-IL's level-l update scaled by 0.5**l) fails
+    if rule == "zil":
+        bad = train_against_bp(
+            make_model().double(), data, None, rule, loss_for=make_loss, mode=mode, gamma=0.5
+        )
+        assert not bad.ok(1e-6)
+
+
+def test_checker_needs_one_loss():
+    from pccompile.testing import train_against_bp
+
+    with pytest.raises(pccompile.ConfigError, match="loss_for"):
+        train_against_bp(mlp(), batches(), None, "zil")

@@ -48,8 +48,11 @@ def propagate(plan: Plan, ff: FeedForward, *, gamma: float, last_level: int) -> 
             mu[vid] = flat[vid] = leaves[vid] = None
             if v.slot >= 0:
                 env[v.slot] = None
-    unreached = [v for v in vertices if v.level > last_level and (v.params or v.param_leaves)]
-    set_unreached(grads, plan, unreached)
+    if last_level < len(plan.by_level) - 1:  # too few steps: some levels never ran
+        unreached = [v for v in vertices if v.level > last_level and (v.params or v.param_leaves)]
+        set_unreached(grads, plan, unreached)
+    else:
+        grads.zero_fill = ()
     return grads
 
 
