@@ -389,3 +389,20 @@ def test_checker_needs_one_loss():
 
     with pytest.raises(pccompile.ConfigError, match="loss_for"):
         train_against_bp(mlp(), batches(), None, "zil")
+
+
+def test_a_hook_that_removes_itself_stays_removed_in_the_faithful_schedule():
+    model = mlp().double()
+    x, y = batches()[0]
+    model[2].register_forward_hook(lambda *a: None)  # makes the vertex a hooked one
+    pcm = pccompile.convert(model, x, "zil", mode="faithful")
+    calls = []
+
+    def once(mod, args, out):
+        calls.append(1)
+        handle.remove()
+
+    handle = model[2].register_forward_hook(once)
+    pcm.learn(*x, target=y, loss_fn=F.mse_loss)
+    pcm.learn(*x, target=y, loss_fn=F.mse_loss)
+    assert len(calls) == 1 and len(model[2]._forward_hooks) == 1

@@ -98,8 +98,10 @@ def _watching_hooks(state: VertexState) -> Iterator[None]:
     try:
         yield
     finally:
-        for hooks, original in saved:
-            hooks.update(original)
+        for hooks, original in saved:  # a hook that removed itself stays removed
+            for hid, fn in original.items():
+                if hid in hooks:
+                    hooks[hid] = fn
 
 
 def _watched(fn: Callable, m: torch.nn.Module, key: tuple, active: dict) -> Callable:
