@@ -16,10 +16,9 @@ Notation: value node ``x_v`` (a tensor per float output of the vertex), predicti
 from .evaluate import FeedForward, VertexState, call_vertex, feed_forward, leafify, rebuild, walk
 from .grads import Grads
 from .plan import Plan, Vertex, compile_plan
-from .vjp import Feedback, add_to, loss_feedback, vjp
+from .vjp import add_to, loss_feedback, vjp
 
 __all__ = [
-    "Feedback",
     "FeedForward",
     "Grads",
     "Plan",

@@ -7,8 +7,7 @@ value nodes. Writes: feedback ``J_{v,p}^T eps_v`` into the parents' accumulators
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -18,7 +17,7 @@ from .evaluate import FeedForward
 from .grads import Grads
 from .plan import Plan, Vertex
 
-__all__ = ["Feedback", "add_to", "loss_feedback", "vjp", "vjp_pruned"]
+__all__ = ["add_to", "loss_feedback", "vjp", "vjp_pruned"]
 
 Tensor = torch.Tensor
 
@@ -159,85 +158,73 @@ def add_to(acc: list, r: int, gs) -> None:
             cur[j] = g if cur[j] is None else cur[j] + g
 
 
-def loss_feedback(plan: Plan, ff: FeedForward, grads: Grads, *, weight: float = 1.0) -> Feedback:
+def loss_feedback(
+    plan: Plan, ff: FeedForward, grads: Grads, acc: list, *, weight: float = 1.0
+) -> dict[int, list]:
     """Differentiate the loss over everything it reads, once per learn step.
 
     ``loss_fn`` is evaluated once, in the feed-forward pass, and may read more than the output:
 
-    * the output's value nodes: their feedback ``J_out^T e_out = -weight * dL/dx`` (a negative
-      ``weight`` gives ``+dL/dx``, for schedules that store error nodes sign-flipped);
+    * the output's value nodes: their feedback ``J_out^T e_out = -weight * dL/dx`` goes into
+      the parents' accumulators ``acc`` (a negative ``weight`` gives ``+dL/dx``, for schedules
+      that store error nodes sign-flipped);
     * a parameter (or any other leaf tensor) directly (an L2 penalty, CLIP's ``logit_scale``, a
       learned log-variance): its direct term ``dL/dtheta``, local to the loss (part of the output
       vertex's energy), goes into ``grads``;
     * an activation of this pass (a prediction captured by a forward hook, a value node captured
-      by a pre-hook): the vertex that produced it is also an output of the PC graph, and the
-      loss's error on it is feedback to that vertex (:attr:`Feedback.extra`).
+      by a pre-hook): the vertex that produced it is also an output of the PC graph; the loss's
+      error on it is returned (vertex id -> feedback per value-node tensor) for the schedule to
+      deliver to that vertex.
 
-    The loss's autograd graph is walked from its root to find what it reads; the walk stops at
-    leaves and at nodes created by the model's forward (sequence numbers up to the pass's
-    last), which must be predictions of this pass. Anything else (a tensor an earlier forward
-    left on an attribute) is refused naming it.
+    What the loss reads is found by walking its autograd graph (:func:`_loss_reads`); a tensor
+    an earlier call left on an attribute is refused naming it.
     """
     loss = ff.loss
-    v = plan.output
-    parents = v.parents
+    parents = plan.output.parents
     flat = ff.flat
     outs = flat[parents[0]] if len(parents) == 1 else [t for r in parents for t in flat[r]]
     if not loss.requires_grad:
         if outs:
             raise InputError("The loss does not depend on the model output; nothing to learn from.")
-        return Feedback({}, {})
-    reads = _loss_reads(plan, ff, outs)
-    direct, act = reads.direct, reads.activations
+        return {}
+    direct, act = _loss_reads(plan, ff, outs)
     cot = torch.full_like(loss, -weight)
+    if not direct and not act:  # the common case: the loss reads the output only
+        res = _grad([loss], outs, [cot], False) if outs else ()
+        k = 0
+        for r in parents:
+            n = len(flat[r])
+            add_to(acc, r, res[k : k + n])
+            k += n
+        return {}
     inputs = [*outs, *direct, *(t for _, _, t in act)]
-    handles = []
-    if act:  # cut the loss's graph at the activations: their error enters their vertex's VJP
-        cut = {}
-        for key, (_, _, t) in enumerate(act):
-            if t.grad_fn is not None:
-                handles.append(t.register_hook(_cut(cut, key)))
+    # Cut the loss's graph at the activations it reads: their error enters their own vertex's
+    # VJP, so autograd must not also carry it on to that vertex's parameters and parents here
+    # (a tensor hook captures the error and passes zeros on).
+    cut: dict[int, Tensor] = {}
+    handles = [t.register_hook(_cut(cut, key)) for key, (_, _, t) in enumerate(act) if t.grad_fn]
     try:
-        res = _grad([loss], inputs, [cot], bool(act)) if inputs else ()
+        res = _grad([loss], inputs, [cot], bool(act))
     finally:
         for h in handles:
             h.remove()
-    feedback = Feedback({}, {})
     k = 0
     for r in parents:
         n = len(flat[r])
-        feedback.output[r] = list(res[k : k + n])
+        add_to(acc, r, res[k : k + n])
         k += n
-    scale = 1.0 / -weight  # res holds -weight * dL/d(.) ; a parameter's term is +dL/dtheta
+    scale = 1.0 / -weight  # res holds -weight * dL/d(.); a parameter's term is +dL/dtheta
     for p, g in zip(direct, res[k : k + len(direct)]):
         if g is not None:
             grads.add_param(p, g, scale)
     k += len(direct)
+    extra: dict[int, list] = {}
     for key, ((vid, j, t), g) in enumerate(zip(act, res[k:])):
         g = cut.get(key, g) if t.grad_fn is not None else g
         if g is not None:
-            cur = feedback.extra.setdefault(vid, [None] * len(flat[vid]))
+            cur = extra.setdefault(vid, [None] * len(flat[vid]))
             cur[j] = g if cur[j] is None else cur[j] + g
-    return feedback
-
-
-@dataclass
-class Feedback:
-    """What the loss sends into the PC graph: ``output`` (vertex id -> feedback per value-node
-    tensor) for the output's parents, ``extra`` for vertices whose activations the loss reads
-    besides the output (a hooked feature, deep supervision)."""
-
-    output: dict[int, list]
-    extra: dict[int, list]
-
-    def into(self, acc: list, vertices: Any = None) -> None:
-        """Add this feedback to the accumulators ``acc`` (``extra`` only for the vertex ids in
-        ``vertices``, when given: a schedule may deliver it later than the output's)."""
-        for r, gs in self.output.items():
-            add_to(acc, r, gs)
-        for r, gs in self.extra.items():
-            if vertices is None or r in vertices:
-                add_to(acc, r, gs)
+    return extra
 
 
 def _cut(store: dict, key: int) -> Callable:
@@ -248,43 +235,41 @@ def _cut(store: dict, key: int) -> Callable:
     return hook
 
 
-@dataclass
-class _Reads:
-    direct: list  # leaf tensors the loss reads itself (parameters, a user's tensors)
-    activations: list  # (vertex id, index in its value node, tensor) read besides the output
+_ACCUMULATE = type(torch.zeros(1, requires_grad=True).view(1).grad_fn.next_functions[0][0])
 
 
-def _loss_reads(plan: Plan, ff: FeedForward, outs: list) -> _Reads:
-    """What the loss's autograd graph reaches, apart from the output's value nodes.
+def _loss_reads(plan: Plan, ff: FeedForward, outs: list) -> tuple[list, list]:
+    """What the loss's autograd graph reaches apart from the output's value nodes: the leaf
+    tensors it reads itself (parameters, a user's tensors) and the activations of this pass,
+    as ``(vertex id, index in its value node, tensor)``.
 
     The walk goes through every node the loss made and every node of this pass that is not a
-    prediction (a hook's computation on an activation, an intermediate inside a vertex: parts
-    of the loss's own function of value nodes and parameters), and stops at leaves and at
-    predictions. Nodes older than this pass (sequence numbers before its first prediction's)
-    were left by an earlier call: refused."""
+    prediction (a hook's computation on an activation: part of the loss's own function of value
+    nodes and parameters), and stops at leaves and at predictions. Autograd's sequence numbers
+    tell them apart: the loss's nodes come after the pass's last prediction, the pass's lie
+    between its first and its last, and older ones were left by an earlier call: refused."""
+    end = _edge_seq(ff, reversed(plan.vertices))
+    start = by_fn = None
     own = {id(t) for t in outs}
-    span = by_fn = None
     direct, acts, stale, seen = [], [], [], set()
     stack = [(ff.loss.grad_fn, 0)]
     while stack:
         fn, nr = stack.pop()
         if fn is None:
             continue
-        if type(fn).__name__ == "AccumulateGrad":
+        if type(fn) is _ACCUMULATE:
             var = fn.variable
             if id(var) not in own and id(var) not in seen:
                 seen.add(id(var))
                 direct.append(var)
             continue
-        if span is None:
-            span = _pass_span(plan, ff)
         seq = fn._sequence_nr()
-        if seq <= span[1]:  # made by the forward, or before it
-            if seq < span[0]:
+        if seq <= end:  # made by the forward, or before it
+            if start is None:
+                start, by_fn = _edge_seq(ff, plan.vertices), _predictions(plan, ff)
+            if seq < start:
                 stale.append(fn)
                 continue
-            if by_fn is None:
-                by_fn = _predictions(plan, ff)
             hit = by_fn.get((fn, nr))
             if hit is not None:
                 acts.append(hit)
@@ -302,26 +287,21 @@ def _loss_reads(plan: Plan, ff: FeedForward, outs: list) -> _Reads:
             f"from forward (e.g. `return out, aux`) and read it from the output in loss_fn."
         )
     if all(isinstance(t, torch.nn.Parameter) for t in direct):
-        return _Reads(direct, acts)
+        return direct, acts
     by_leaf = {id(x): (v.vid, j, x) for v in plan.hidden for j, x in enumerate(ff.flat[v.vid])}
     keep = [t for t in direct if id(t) not in by_leaf]  # a user's own leaf tensor: as autograd
     acts += [by_leaf[id(t)] for t in direct if id(t) in by_leaf]  # a value node (a pre-hook)
-    return _Reads(keep, list({(a[0], a[1]): a for a in acts}.values()))
+    return keep, list({(a[0], a[1]): a for a in acts}.values())
 
 
-def _pass_span(plan: Plan, ff: FeedForward) -> tuple[int, int]:
-    """Sequence numbers of the first and the last prediction of the feed-forward pass: the
-    autograd nodes the pass made lie between (and a first vertex's intermediates just before),
-    the loss's come after."""
-    first = next(_seqs(ff, plan.vertices), None)
-    return (0, -1) if first is None else (first, next(_seqs(ff, reversed(plan.vertices))))
-
-
-def _seqs(ff: FeedForward, vertices: Any) -> Iterator[int]:
+def _edge_seq(ff: FeedForward, vertices: Any) -> int:
+    """The sequence number of the first prediction with an autograd node among ``vertices``
+    (-1 if none): given in reverse order, the pass's last; in order, its first."""
     for v in vertices:
         for m in ff.mu[v.vid] or ():
             if m.grad_fn is not None:
-                yield m.grad_fn._sequence_nr()
+                return m.grad_fn._sequence_nr()
+    return -1
 
 
 def _predictions(plan: Plan, ff: FeedForward) -> dict:

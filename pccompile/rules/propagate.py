@@ -32,7 +32,8 @@ def propagate(plan: Plan, ff: FeedForward, *, gamma: float, last_level: int) -> 
     acc: list = [None] * len(vertices)
     grads = Grads()
     # the loss's error on the output (and on any activation it reads), and its direct terms
-    loss_feedback(plan, ff, grads, weight=-1.0).into(acc)
+    for vid, fb in loss_feedback(plan, ff, grads, acc, weight=-1.0).items():
+        add_to(acc, vid, fb)  # an activation the loss reads: feedback before the front arrives
     for t in range(1, min(last_level, len(plan.by_level) - 1) + 1):
         for vid in plan.by_level[t]:
             fb, acc[vid] = acc[vid], None

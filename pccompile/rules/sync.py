@@ -71,8 +71,10 @@ def run_sync(
     # vertices levelling would put on that edge: its error arrives at step level(v) - 1.
     dist, far = distances(plan), len(plan.vertices) + 1
     reached: set[int] = set()  # vertices whose parameters were read with the error there
-    fb = loss_feedback(plan, ff, grads, weight=output_weight)
-    arrives = {vid: plan.vertices[vid].level - 1 for vid in fb.extra}
+    out_fb: list = [None] * len(plan.vertices)
+    extra = loss_feedback(plan, ff, grads, out_fb, weight=output_weight)
+    arrives = {vid: plan.vertices[vid].level - 1 for vid in extra}
+    out_fb = [(vid, fb) for vid, fb in enumerate(out_fb) if fb is not None]
     loss_term = output_weight * float(ff.loss.detach())
     for s in range(n_updates + 1):
         # Vertices the error front has not reached have x = mu = their feed-forward values, so
@@ -89,7 +91,11 @@ def run_sync(
                 errors = [_zeros_for(e, state.x0[v.vid]) for v, e in zip(plan.hidden, errors)]
             trace.record(names, errors, loss_term)
         acc: list = [None] * len(plan.vertices)
-        fb.into(acc, {vid for vid, t in arrives.items() if t <= s})
+        for vid, fb in out_fb:
+            add_to(acc, vid, fb)
+        for vid, fb in extra.items():
+            if arrives[vid] <= s:
+                add_to(acc, vid, fb)
         wset = weights_at(s) or set()
         reached.update(vid for vid in wset if dist.get(vid, far) <= s)
         for v in active:
