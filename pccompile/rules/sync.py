@@ -233,10 +233,6 @@ def activation_steps(plan: Plan) -> dict[int, int]:
 
 def distances(plan: Plan) -> dict[int, int]:
     """Each vertex's shortest distance to the output: the step at which the error arrives."""
-    children: dict[int, list[int]] = {v.vid: [] for v in plan.vertices}
-    for v in plan.vertices:
-        for r in [v.source] if v.kind == "identity" else v.parents:
-            children[r].append(v.vid)
     dist = {plan.output.vid: 0}
     frontier = [plan.output.vid]
     while frontier:  # breadth-first from the output, against the edges
