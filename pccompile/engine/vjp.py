@@ -235,7 +235,12 @@ def _cut(store: dict, key: int) -> Callable:
     return hook
 
 
-_ACCUMULATE = type(torch.zeros(1, requires_grad=True).view(1).grad_fn.next_functions[0][0])
+def _accumulate_grad_type() -> type:
+    with torch.enable_grad():  # the first import may happen inside a user's no_grad block
+        return type(torch.zeros(1, requires_grad=True).view(1).grad_fn.next_functions[0][0])
+
+
+_ACCUMULATE = _accumulate_grad_type()
 
 
 def _loss_reads(plan: Plan, ff: FeedForward, outs: list) -> tuple[list, list]:
