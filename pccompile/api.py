@@ -25,10 +25,11 @@ from .engine import Plan, compile_plan
 from .errors import ConfigError, InputError, TraceError, UnsupportedOpError
 from .frontend.annotate import TracedRunError, annotate, check_trace
 from .frontend.capture import capture
-from .frontend.export import capture_export
+from .frontend.export import capture_export, without_generation_cache
 from .frontend.export import unflatten_output as _unflatten
 from .frontend.layers import Granularity, check_granularity, group_layers
 from .frontend.level import level_graph, set_levels
+from .frontend.names import name_vertices
 from .frontend.unroll import unroll_recurrent
 from .module import PCModule
 from .rules import RuleConfig, make_rule, rule_of
@@ -69,8 +70,28 @@ class CaptureOptions:
             )
 
 
-def build_plan(model: nn.Module, inputs: tuple, training: bool, *, opts: CaptureOptions) -> Plan:
-    """capture -> unroll -> annotate -> levelling -> compiled plan, for one training mode."""
+def build_plan(
+    model: nn.Module, inputs: tuple, training: bool | None, *, opts: CaptureOptions
+) -> Plan:
+    """capture -> unroll -> annotate -> levelling -> compiled plan, for one training mode
+    (``training=None``: every submodule's flag as the model has it, what PCModule captures)."""
+    with without_generation_cache(model):  # a transformers Cache is no output of the graph
+        gm = _annotated(model, inputs, training, opts)
+    name_vertices(gm)  # before grouping: a layer is named after its parametric op
+    if opts.granularity == "layer":
+        group_layers(gm)
+    if opts.level:
+        level_graph(gm)
+    else:
+        set_levels(gm)
+    if training is None:  # the plan's mode: training if any module of it is
+        training = any(m.training for m in model.modules())
+    return compile_plan(gm, training)
+
+
+def _annotated(model: nn.Module, inputs: tuple, training: bool | None, opts: CaptureOptions):
+    """The annotated graph from the front end ``opts.capture`` names (``auto``: fx, then
+    export)."""
     if opts.capture == "export":
         gm = _annotated_export(model, inputs, training)
     else:
@@ -86,16 +107,10 @@ def build_plan(model: nn.Module, inputs: tuple, training: bool, *, opts: Capture
                     f"Neither front end can convert {type(model).__name__}.\n"
                     f"1. torch.fx: {fx_error}\n2. torch.export: {export_error}"
                 ) from export_error
-    if opts.granularity == "layer":
-        group_layers(gm)
-    if opts.level:
-        level_graph(gm)
-    else:
-        set_levels(gm)
-    return compile_plan(gm, training)
+    return gm
 
 
-def _annotated_fx(model: nn.Module, inputs: tuple, training: bool, opts: CaptureOptions):
+def _annotated_fx(model: nn.Module, inputs: tuple, training: bool | None, opts: CaptureOptions):
     gm, user_leaves = capture(
         model, training=training, leaf_modules=opts.leaf_modules, concrete_args=opts.concrete_args
     )
@@ -106,7 +121,7 @@ def _annotated_fx(model: nn.Module, inputs: tuple, training: bool, opts: Capture
     return gm
 
 
-def _annotated_export(model: nn.Module, inputs: tuple, training: bool):
+def _annotated_export(model: nn.Module, inputs: tuple, training: bool | None):
     gm, _ = capture_export(model, inputs, training=training)
     traced_out = annotate(gm, inputs, set())
     check_trace(model, inputs, _unflatten(gm, traced_out), training, None)
@@ -170,6 +185,13 @@ def convert(
         )
     if not isinstance(model, nn.Module):
         raise ConfigError(f"convert() takes an nn.Module, got {type(model).__name__}.")
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        raise ConfigError(
+            "This model is wrapped in DistributedDataParallel, whose gradient hooks only fire in "
+            "backward(), which PC learning never calls: the ranks would drift apart silently. "
+            "Convert the plain module (ddp.module) and wrap the result in "
+            "pccompile.distributed.DataParallel (docs/train.md)."
+        )
     cfg = make_rule(rule, **rule_options)
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     if isinstance(example_inputs, list):

@@ -45,6 +45,11 @@ class Gaussian(nn.Module):
             errors: at the optimum ``var`` is the mean squared error).
         shape: the variance's shape, broadcast against one sample (``()``: one per vertex;
             ``(C, 1, 1)``: one per channel of an image vertex).
+
+    The log-variance is held in float64 until the first evaluation, which gives it the dtype
+    and device of the vertex's errors (a float32 model gets a float32 parameter, a float64 one
+    keeps the given variance exactly). The parameter stays the same object, so an optimiser
+    built over it before the first step keeps working.
     """
 
     def __init__(self, variance: float = 1.0, *, learn: bool = False, shape: tuple = ()):
@@ -64,7 +69,10 @@ class Gaussian(nn.Module):
 
     def forward(self, x: Tensor, mu: Tensor) -> Tensor:
         e = x - mu
-        log_var = self.log_var.to(e.dtype)
+        if self.log_var.dtype != e.dtype or self.log_var.device != e.device:
+            with torch.no_grad():  # follow the model (see the class docstring)
+                self.log_var.data = self.log_var.data.to(e.device, e.dtype)
+        log_var = self.log_var
         per = 0.5 * (e * e) * torch.exp(-log_var) + 0.5 * log_var
         return per.sum()
 

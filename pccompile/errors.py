@@ -15,12 +15,18 @@ __all__ = [
     "ExactnessError",
     "CheckFailedError",
     "ModelSpecError",
+    "RecaptureLimitError",
     "UnreachedWarning",
 ]
 
 
 class PCCompileError(Exception):
-    """Base class of every error pccompile raises on purpose."""
+    """Base class of every error pccompile raises on purpose.
+
+    ``cli_words`` maps the Python API's words in the message to the command line's
+    (``overwrite=True`` -> ``--force``): the ``pccompile`` command says them its way."""
+
+    cli_words: dict[str, str] = {}
 
 
 class TraceError(PCCompileError):
@@ -50,6 +56,11 @@ class CheckFailedError(PCCompileError):
 
 class ModelSpecError(PCCompileError, ValueError):
     """A MODEL spec, input shape or weights file cannot be used (message: what and the fix)."""
+
+
+class RecaptureLimitError(PCCompileError):
+    """The model kept changing after ``convert`` (a guard failed) more often than
+    :data:`pccompile.guards.recapture_limit` allows; the message names the guard and the fix."""
 
 
 class UnreachedWarning(UserWarning):

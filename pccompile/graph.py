@@ -5,13 +5,15 @@ Reads: an annotated, levelled GraphModule (``node.meta["pc"]``, levels from
 
 The FX graph is the one intermediate representation: levelling inserts identity vertices into it
 as nodes, and the engine compiles its schedule from it. This view copies what a reader wants to
-see. Its nodes are the live PC vertices keyed by FX node name, with attributes ``kind``
-(``input`` | ``op`` | ``identity`` | ``output``), ``level`` (longest path to the output, output =
-0), ``shape``, ``params`` (qualified names of the trainable parameters the vertex uses), ``op``
-(what it calls: ``module:layer1.0.conv1``, ``function:relu``, ``method:view``), ``label`` (what a
-person reads in a picture: the module's class ``Conv2d``, the function or method name ``relu``,
-``identity``, ``input``, ``output``) and ``fx`` (the FX node name); identity vertices also carry
-``source`` and ``target``, the edge they pad. Edges run parent -> child.
+see. Its nodes are the live PC vertices keyed by vertex name (module paths such as
+``layers.0.att.o``, the keys of ``precision=``/``clamp=``; :mod:`pccompile.frontend.names`), with
+attributes ``kind`` (``input`` | ``op`` | ``identity`` | ``output``), ``level`` (longest path to
+the output, output = 0), ``shape``, ``params`` (qualified names of the trainable parameters the
+vertex uses), ``op`` (what it calls: ``module:layer1.0.conv1``, ``function:relu``,
+``method:view``), ``label`` (what a person reads in a picture: the module's class ``Conv2d``, the
+function or method name ``relu``, ``identity``, ``input``, ``output``) and ``fx`` (the FX node
+name); identity vertices also carry ``source`` and ``target``, the edge they pad. Edges run
+parent -> child.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import networkx as nx
 import torch.fx as fx
 
 from .frontend.level import pc_parents
+from .frontend.names import vertex_name
 
 __all__ = ["pc_graph"]
 
@@ -44,11 +47,13 @@ def pc_graph(gm: fx.GraphModule) -> nx.DiGraph:
             "label": _readable(gm, node, info.role),
         }
         if info.role == "identity":
-            attrs.update(op="identity", source=info.pads[0].name, target=info.pads[1].name)
-        g.add_node(node.name, **attrs)
+            attrs.update(
+                op="identity", source=vertex_name(info.pads[0]), target=vertex_name(info.pads[1])
+            )
+        g.add_node(vertex_name(node), **attrs)
         if info.role != "input":
             for p in pc_parents(node):
-                g.add_edge(p.name, node.name)
+                g.add_edge(vertex_name(p), vertex_name(node))
     return g
 
 

@@ -2,9 +2,12 @@
 
 Reads: the user's module (shared, not copied) and a plan builder from :mod:`pccompile.api`.
 Writes: ``p.grad`` of the shared parameters in ``learn`` (accumulated like ``backward()``).
-Invariants: ``state_dict()`` has exactly the original's keys and tensors (the original's
-children, parameters and buffers are registered under their own names); a plan is built once per
-training mode, because tracing bakes ``self.training`` branches into the graph.
+Invariants: the PCModule is a view of the original's root: it holds the original's own
+``_parameters``, ``_buffers`` and ``_modules`` dicts (not copies), so ``state_dict()`` has
+exactly the original's keys and tensors, a head replaced or a buffer reassigned on either is
+seen by both, and ``.to()``/``.double()`` move the original's tensors; ``training`` is the
+original's flag. A plan is used only while the model is in the state it was captured for
+(:mod:`pccompile.guards`): a change after ``convert`` is captured again, or refused.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from .engine.inference import Inference, run_inference
 from .errors import ConfigError, ExactnessError, InputError, PCCompileError, UnreachedWarning
 from .frontend.annotate import complete_inputs
 from .graph import pc_graph
+from .guards import PlanCache
 from .rules import LearnReport, RuleConfig, Trace, make_rule, rule_of
 from .rules.bp import detach
 from .rules.il import setup_of
@@ -60,20 +64,29 @@ class PCModule(nn.Module):
                 f"The model has submodules/parameters named {clash}, which clash with PCModule's "
                 f"own attributes; rename them before converting."
             )
-        for name, p in model.named_parameters(recurse=False):
-            self.register_parameter(name, p)
-        for name, b in model.named_buffers(recurse=False):
-            self.register_buffer(name, b, persistent=name not in model._non_persistent_buffers_set)
-        for name, child in model.named_children():
-            self.add_module(name, child)
-        self.training = model.training
         d = self.__dict__
+        # the original's own registries, shared: whatever either side registers, both see
+        for registry in ("_parameters", "_buffers", "_modules", "_non_persistent_buffers_set"):
+            d[registry] = model.__dict__[registry]
         d["_pc_model"], d["_pc_rule"], d["_pc_loss_fn"] = model, rule, loss_fn
-        d["_pc_builder"], d["_pc_options"], d["_pc_plans"] = builder, options, {}
+        d["_pc_builder"], d["_pc_options"] = builder, options
+        d["_pc_plans"] = _plan_cache(model, builder)
         d["_pc_example"] = tuple(
             t.detach() if isinstance(t, torch.Tensor) else t for t in example_inputs
         )
-        self._plan(self.training, self._pc_example)
+        self._plan(self._pc_example)
+
+    @property
+    def training(self) -> bool:  # type: ignore[override]
+        """The original's training flag (``model.eval()`` on the original is seen here)."""
+        model = self.__dict__.get("_pc_model")
+        return True if model is None else model.training
+
+    @training.setter
+    def training(self, mode: bool) -> None:
+        model = self.__dict__.get("_pc_model")
+        if model is not None:  # nn.Module.__init__ sets it before the model is attached
+            model.training = mode
 
     # ------------------------------------------------------------------ introspection
     @property
@@ -99,25 +112,26 @@ class PCModule(nn.Module):
     def graph(self) -> nx.DiGraph:
         """The PC graph for the current training mode (vertices with ``kind``, ``level``...), a
         networkx view of the levelled FX graph (``self.plan.gm``)."""
-        return pc_graph(self._plan(self.training).gm)
+        return pc_graph(self._plan().gm)
 
     @property
     def plan(self) -> Plan:
-        return self._plan(self.training)
+        return self._plan()
+
+    @property
+    def recaptures(self) -> int:
+        """Captures made since ``convert`` because the model changed (a guard failed)."""
+        return self._pc_plans.recaptures
 
     @property
     def code(self) -> str:
         """Python source of the traced forward (for reading)."""
-        return self._plan(self.training).gm.code
+        return self._plan().gm.code
 
-    def _plan(self, training: bool, inputs: tuple | None = None) -> Plan:
-        plan = self._pc_plans.get(training)
-        if plan is None:
-            if inputs is None:
-                inputs = self._example_on_device()
-            plan = self._pc_builder(self._pc_model, inputs, training)
-            self._pc_plans[training] = plan
-        return plan
+    def _plan(self, inputs: tuple | None = None) -> Plan:
+        """The plan for the model as it is now (its guards checked; captured again if none of
+        the cached plans' guards hold), traced from ``inputs`` when a capture is needed."""
+        return self._pc_plans.get(self._example_on_device() if inputs is None else inputs)
 
     def _example_on_device(self) -> tuple:
         dev = self._device()
@@ -130,26 +144,52 @@ class PCModule(nn.Module):
         p = next(self._pc_model.parameters(), None)
         return p.device if p is not None else None
 
+    @property
+    def _ddp_params_and_buffers_to_ignore(self) -> Any:
+        # DistributedDataParallel(pcm) reads this attribute while it is constructed: refuse
+        # there, rather than let its backward hooks (which learn never fires) drift the ranks.
+        raise ConfigError(
+            "DistributedDataParallel(pcm) cannot synchronise PC learning: learn() writes p.grad "
+            "without backward(), so DDP's all-reduce hooks never fire and the ranks would drift "
+            "apart. Use pccompile.distributed.DataParallel(pcm) instead (docs/train.md)."
+        )
+
     # Plans hold compiled closures; they are rebuilt on demand after copying or unpickling.
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_pc_plans"] = {}
+        del state["_pc_plans"]
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
+        self.__dict__["_pc_plans"] = _plan_cache(self._pc_model, self._pc_builder)
 
     def train(self, mode: bool = True) -> PCModule:
-        super().train(mode)
-        self._pc_model.training = mode
+        """``train()``/``eval()`` of the original itself, so an override runs (one that keeps a
+        BatchNorm in eval, say); the plan for the flags it leaves is found or captured at the
+        next forward or learn."""
+        self._pc_model.train(mode)
+        return self
+
+    def _apply(self, fn: Callable, recurse: bool = True) -> PCModule:
+        """``.to()``, ``.double()``, ``.cuda()``...: applied to the original (its root tensors
+        are this module's, so none is orphaned) and to the example inputs. The plans hold the
+        old tensors and are dropped; the next forward or learn captures the model as it is."""
+        self._pc_model._apply(fn, recurse)
+        with torch.no_grad():
+            self.__dict__["_pc_example"] = tuple(
+                fn(t) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+                for t in self._pc_example
+            )
+        self._pc_plans.clear()
         return self
 
     # ------------------------------------------------------------------ forward
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         model = self._pc_model
         if model._forward_pre_hooks or model._forward_hooks:
-            return _with_root_hooks(model, self._plan(self.training, args).gm, args, kwargs)
-        return self._plan(self.training, args).gm(*args, **kwargs)
+            return _with_root_hooks(model, self._plan(args).gm, args, kwargs)
+        return self._plan(args).gm(*args, **kwargs)
 
     # ------------------------------------------------------------------ learning
     def learn(
@@ -198,7 +238,11 @@ class PCModule(nn.Module):
             # the same arguments the graph was traced with (concrete_args fixed at conversion)
             fixed = getattr(self._pc_options, "concrete_args", None) or {}
             return pc_rule.backward(self._pc_model, inputs, target, _checked(loss_fn), fixed)
-        plan = self._plan(self.training, inputs)
+        model = self._pc_model
+        hooked = None
+        if model._forward_pre_hooks or model._forward_hooks:  # around the graph, as in forward
+            inputs, loss_fn, hooked = _root_hooks_in_learn(model, inputs, loss_fn)
+        plan = self._plan(inputs)
         if not (plan.plain_inputs and len(inputs) == plan.n_inputs):  # else nothing to complete
             inputs = complete_inputs(plan.gm, inputs)
         check_inputs(inputs, plan.n_inputs, self._device())
@@ -251,9 +295,10 @@ class PCModule(nn.Module):
             schedule.steps,
             energy,
             tr if trace else None,
-            ff.output.detach() if type(ff.output) is torch.Tensor else tree_map(detach, ff.output),
+            _output_of(ff.output if hooked is None or hooked[0] is None else hooked[0]),
             unreached,
             0.0 if run is None else run.compile_seconds,
+            self._pc_plans.recaptures,
         )
 
     # ------------------------------------------------------------------ inference
@@ -308,7 +353,7 @@ class PCModule(nn.Module):
         loss_fn = self._pc_loss_fn if loss_fn is None else loss_fn
         if target is not None and loss_fn is None:
             raise ConfigError("infer(target=...) needs loss_fn=..., or convert(..., loss_fn=...).")
-        plan = self._plan(self.training, inputs)
+        plan = self._plan(inputs)
         inputs = complete_inputs(plan.gm, inputs)
         check_inputs(inputs, plan.n_inputs, self._device())
         ff_loss = _no_loss if target is None else _checked(loss_fn)
@@ -349,6 +394,59 @@ def _with_root_hooks(model: nn.Module, gm: Any, args: tuple, kwargs: dict) -> An
         if res is not None:
             result = res
     return result
+
+
+def _plan_cache(model: nn.Module, builder: Callable) -> PlanCache:
+    """The plans of a PCModule: captures of ``model`` with every submodule's training flag as
+    the model has it (``training=None``), one per state its guards tell apart."""
+    return PlanCache(model, lambda inputs: builder(model, inputs, None))
+
+
+def _root_hooks_in_learn(
+    model: nn.Module, inputs: tuple, loss_fn: Callable
+) -> tuple[tuple, Callable, list]:
+    """The root's hooks in ``learn``: the forward pre-hooks change the inputs before the graph
+    runs; the forward hooks act on the graph's output, so they are part of the loss (the
+    output vertex's energy is ``loss_fn(hooks(output), target)``, differentiated by autograd).
+    Returns the inputs, that loss, and a cell holding the hooked output of its first call (the
+    feed-forward pass; the faithful schedule evaluates the loss again on inferred values)."""
+    args, kwargs = inputs, {}
+    for hook_id, hook in list(model._forward_pre_hooks.items()):
+        if hook_id in model._forward_pre_hooks_with_kwargs:
+            res = hook(model, args, kwargs)
+            if res is not None:
+                args, kwargs = res
+        else:
+            res = hook(model, args)
+            if res is not None:
+                args = res if isinstance(res, tuple) else (res,)
+    if kwargs:
+        raise InputError(
+            f"A forward pre-hook on {type(model).__name__} returns keyword arguments, which "
+            f"learn() cannot pass to the graph (it takes the inputs positionally)."
+        )
+    hooked: list = [None]
+    if not model._forward_hooks:
+        return tuple(args), loss_fn, hooked
+
+    def hooked_loss(output: Any, target: Any) -> torch.Tensor:
+        for hook_id, hook in list(model._forward_hooks.items()):
+            if hook_id in model._forward_hooks_with_kwargs:
+                res = hook(model, args, {}, output)
+            else:
+                res = hook(model, args, output)
+            if res is not None:
+                output = res
+        if hooked[0] is None:  # the feed-forward pass's (later calls see inferred values)
+            hooked[0] = output
+        return loss_fn(output, target)
+
+    hooked_loss.__wrapped__ = loss_fn
+    return tuple(args), hooked_loss, hooked
+
+
+def _output_of(output: Any) -> Any:
+    return output.detach() if type(output) is torch.Tensor else tree_map(detach, output)
 
 
 def _names(model: nn.Module) -> list[str]:

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 from torch.utils._pytree import tree_flatten
 
-__all__ = ["preserved", "cuda_devices", "python_state"]
+__all__ = ["preserved", "cuda_devices", "python_state", "root_hooks_off"]
 
 
 def cuda_devices(*values: Any) -> list[int]:
@@ -41,6 +41,25 @@ def python_state(model: nn.Module, *, containers: bool = False) -> dict[str, Any
             elif containers and isinstance(v, (dict, list, set, tuple)) and not k.startswith("_"):
                 out[key] = len(v)
     return out
+
+
+@contextlib.contextmanager
+def root_hooks_off(model: nn.Module) -> Iterator[None]:
+    """Run ``model(...)`` inside the block without the forward (pre-)hooks on ``model`` itself.
+
+    A captured graph is the root's ``forward``; the root's hooks run around it
+    (:class:`pccompile.PCModule` applies them in ``forward`` and ``learn``), so they must not
+    be traced into it (torch.export calls the module) nor be part of what it is checked
+    against. Hooks on submodules stay."""
+    d = model.__dict__
+    names = [k for k in d if k.startswith("_forward_") and "hooks" in k]
+    saved = {k: d[k] for k in names}
+    for k, v in saved.items():
+        d[k] = type(v)()
+    try:
+        yield
+    finally:
+        d.update(saved)
 
 
 def _containers(value: Any) -> Any:

@@ -28,7 +28,8 @@ def graph_summary(pcm: PCModule) -> dict[str, Any]:
         ``depth``, ``leveled``, ``steps`` (``{"zil": depth + 1, "fpa": depth}`` on a leveled
         graph), ``parameters`` (distinct parameter tensors), ``param_uses`` and ``per_level``
         (one dict per level: ``level``, ``vertices``, ``op``, ``identity``, ``input``,
-        ``output``, ``param_uses``).
+        ``output``, ``param_uses``, ``names``: the vertex names, the keys of ``precision=``,
+        ``clamp=``, ``energies=``; see :mod:`pccompile.frontend.names`).
 
     Example:
         >>> s = graph_summary(pccompile.convert(net, x))
@@ -38,7 +39,9 @@ def graph_summary(pcm: PCModule) -> dict[str, Any]:
     g, plan = pcm.graph, pcm.plan
     kinds = Counter(d["kind"] for _, d in g.nodes(data=True))
     per: dict[int, Counter] = {}
-    for _, d in g.nodes(data=True):
+    names: dict[int, list[str]] = {}
+    for name, d in g.nodes(data=True):
+        names.setdefault(d["level"], []).append(name)
         c = per.setdefault(d["level"], Counter())
         c["vertices"] += 1
         c[d["kind"]] += 1
@@ -66,6 +69,7 @@ def graph_summary(pcm: PCModule) -> dict[str, Any]:
                 "input": c["input"],
                 "output": c["output"],
                 "param_uses": c["param_uses"],
+                "names": names[lvl],
             }
             for lvl, c in sorted(per.items(), reverse=True)
         ],

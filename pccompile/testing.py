@@ -15,8 +15,11 @@ from the same initial state and the same random stream:
         clip_grad_norm_ -> optimizer.step()      # SGD with momentum and weight decay
         optimizer.zero_grad(set_to_none=...)
 
-and after every micro-batch and step compares ``.grad``, parameters, **buffers** and the global
-RNG state, and checks that no two parameters share a ``.grad`` tensor (autograd never does that).
+and after every micro-batch and step compares ``.grad``, parameters, **buffers**, the output and
+the global RNG state, and checks that no two parameters share a ``.grad`` tensor (autograd never
+does that). Training loops also change the model between steps (freeze a layer, swap the head,
+anneal a temperature, call ``eval()``, cast it): ``callbacks`` run before every step, identically
+on both runs (:class:`Loop`), so each such habit is checked like the loop itself.
 """
 
 from __future__ import annotations
@@ -29,13 +32,22 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from torch.utils._pytree import tree_flatten, tree_map
 
 from .api import convert
 from .engine.grads import memory_of
 from .errors import ConfigError
 from .preserve import python_state
 
-__all__ = ["Habits", "DiffRow", "DiffReport", "train_against_bp", "shared_grads"]
+__all__ = [
+    "HABITS",
+    "Habits",
+    "Loop",
+    "DiffRow",
+    "DiffReport",
+    "train_against_bp",
+    "shared_grads",
+]
 
 
 @dataclass(frozen=True)
@@ -58,6 +70,85 @@ class Habits:
 
 
 @dataclass
+class Loop:
+    """What a callback of :func:`train_against_bp` sees before a step, in either run.
+
+    Attributes:
+        step: the step about to run (0 before the first).
+        model: the module the loop trains: the plain model in the BP run, the ``PCModule`` in
+            the PC run (``pcm.eval()``, ``pcm.double()``, ``pcm.load_state_dict(...)``).
+        original: the plain module in both runs (``model.eval()`` on the original, swapping a
+            submodule, freezing a layer).
+        optimizer: the run's optimizer; a callback may replace it (after adding parameters) or
+            change its ``param_groups`` (learning-rate schedules).
+        cast: applied to ``(inputs, target)`` before each micro-batch (set it after
+            ``model.double()``).
+    """
+
+    step: int
+    model: nn.Module
+    original: nn.Module
+    optimizer: torch.optim.Optimizer
+    cast: Callable[[tuple, Any], tuple[tuple, Any]] | None = None
+
+    def sgd(self, habits: Habits | None = None) -> torch.optim.Optimizer:
+        """A fresh SGD over the original's parameters with the checker's habits (after
+        adding or replacing parameters); also assigned to ``self.optimizer``."""
+        h = habits or Habits()
+        self.optimizer = torch.optim.SGD(
+            self.original.parameters(), h.lr, h.momentum, weight_decay=h.weight_decay
+        )
+        return self.optimizer
+
+
+def _eval_toggle(loop: Loop) -> None:
+    """``train()`` on even steps, ``eval()`` on odd ones, through the module the loop trains."""
+    loop.model.train(loop.step % 2 == 0)
+
+
+def _freeze_first(loop: Loop) -> None:
+    """Before step 1, freeze the first submodule that owns parameters; unfreeze it at step 2."""
+    if loop.step in (1, 2):
+        owner = next(
+            (m for m in loop.original.modules() if any(True for _ in m.parameters(recurse=False))),
+            None,
+        )
+        if owner is not None:
+            owner.requires_grad_(loop.step == 2)
+
+
+def _lr_decay(loop: Loop) -> None:
+    """Halve every group's learning rate before each step but the first."""
+    if loop.step > 0:
+        for group in loop.optimizer.param_groups:
+            group["lr"] *= 0.5
+
+
+def _to_float64(loop: Loop) -> None:
+    """Before step 1, ``.double()`` the module the loop trains and cast the batches."""
+    if loop.step == 1:
+        loop.model.double()
+        loop.cast = _cast_float64
+
+
+def _cast_float64(inputs: tuple, target: Any) -> tuple[tuple, Any]:
+    def cast(t: Any) -> Any:
+        return t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+
+    return tuple(cast(t) for t in inputs), tree_map(cast, target)
+
+
+#: Habits for any model, by name (``pccompile verify --train-steps N --habit NAME``): each a
+#: callback of :func:`train_against_bp` that changes the model (or the optimizer) between steps.
+HABITS: dict[str, Callable[[Loop], None]] = {
+    "eval-toggle": _eval_toggle,
+    "freeze-first": _freeze_first,
+    "lr-decay": _lr_decay,
+    "float64": _to_float64,
+}
+
+
+@dataclass
 class DiffRow:
     """Differences after one micro-batch (``phase="grad"``) or one optimizer step (``"step"``).
 
@@ -70,6 +161,7 @@ class DiffRow:
     grad_diff: float = 0.0
     param_diff: float = 0.0
     buffer_diff: float = 0.0
+    output_diff: float = 0.0  # learn's output against the BP forward's (grad rows)
     where: str = ""
     rng_equal: bool = True
     grad_presence: list[str] = field(default_factory=list)  # .grad None in one run only
@@ -77,7 +169,7 @@ class DiffRow:
 
     @property
     def worst(self) -> float:
-        return max(self.grad_diff, self.param_diff, self.buffer_diff)
+        return max(self.grad_diff, self.param_diff, self.buffer_diff, self.output_diff)
 
 
 @dataclass
@@ -116,7 +208,7 @@ class DiffReport:
             if r.worst > tol:
                 out.append(
                     f"{at}: grad {r.grad_diff:.3g}, params {r.param_diff:.3g}, buffers "
-                    f"{r.buffer_diff:.3g} (worst: {r.where})"
+                    f"{r.buffer_diff:.3g}, output {r.output_diff:.3g} (worst: {r.where})"
                 )
         return out
 
@@ -186,6 +278,8 @@ def train_against_bp(
     example_inputs: tuple | None = None,
     convert_options: dict | None = None,
     progress: Callable[[str], None] | None = None,
+    callbacks: Sequence[Callable[[Loop], None]] = (),
+    optimizer: Callable[[nn.Module], torch.optim.Optimizer] | None = None,
     **rule_options: Any,
 ) -> DiffReport:
     """Train a BP copy and a ``rule`` copy of ``model`` in lockstep and compare them.
@@ -207,6 +301,10 @@ def train_against_bp(
         example_inputs: for ``convert`` (default: the first micro-batch's inputs).
         convert_options: extra ``pccompile.convert`` keywords (``leaf_modules=`` ...).
         progress: called with ``"training step k/N, micro-batch j/M"`` before each micro-batch.
+        callbacks: ``fn(loop)`` called before every step in both runs, in order, from the same
+            RNG state (:class:`Loop`): the habits that change the model between steps.
+        optimizer: ``model -> optimizer`` (default: SGD with the habits' lr, momentum and
+            weight decay), built once per run on the plain model (layer-wise groups...).
 
     Returns:
         A :class:`DiffReport`; ``report.ok(tol)`` is True when every ``.grad``, parameter and
@@ -233,34 +331,60 @@ def train_against_bp(
     torch.manual_seed(seed)
     rng = torch.get_rng_state()
     pcm, changed = _convert_untouched(pc_model, example, rule, convert_options, rule_options)
-    opts = [
-        torch.optim.SGD(
+    make = optimizer or (
+        lambda m: torch.optim.SGD(
             m.parameters(), habits.lr, habits.momentum, weight_decay=habits.weight_decay
         )
-        for m in (bp_model, pc_model)
-    ]
+    )
+    loops = [Loop(0, bp_model, bp_model, make(bp_model)), Loop(0, pcm, pc_model, make(pc_model))]
     report = DiffReport(str(getattr(pcm.rule, "name", rule)), "", habits, convert_changed=changed)
     k = 0
     for step in range(habits.steps):
+        rng_after = rng
+        for loop in loops:  # the same habit, from the same random state, in both runs
+            loop.step = step
+            torch.set_rng_state(rng)
+            for fn in callbacks:
+                fn(loop)
+            rng_after = torch.get_rng_state()
+        rng = rng_after
+        bp, pc = loops
         for j in range(habits.accumulate):
             if progress is not None:
                 progress(f"training step {step + 1}/{habits.steps}, micro-batch {j + 1}")
             inputs, target = batches[k % len(batches)]
             k += 1
+            if bp.cast is not None:
+                inputs, target = bp.cast(inputs, target)
             torch.set_rng_state(rng)
-            loss_bp(bp_model(*inputs), target).backward()
+            out = bp_model(*inputs)
+            loss_bp(out, target).backward()
             rng_bp = torch.get_rng_state()
             torch.set_rng_state(rng)
             rep = pcm.learn(*inputs, target=target, loss_fn=loss_pc, **rule_options)
             report.mode = rep.mode
             row = _grad_row(step, bp_model, pc_model)
             row.rng_equal = torch.equal(torch.get_rng_state(), rng_bp)
+            row.output_diff = _output_diff(rep.output, out)
             report.rows.append(row)
             rng = rng_bp
-        for m, opt in zip((bp_model, pc_model), opts):
-            _optimizer_step(m, opt, habits)
+        for loop in loops:
+            _optimizer_step(loop.original, loop.optimizer, habits)
         report.rows.append(_step_row(step, bp_model, pc_model))
     return report
+
+
+def _output_diff(ours: Any, theirs: Any) -> float:
+    """The largest relative difference between two (nested) outputs' tensors."""
+    a, b = tree_flatten(ours)[0], tree_flatten(theirs)[0]
+    if len(a) != len(b):
+        return math.inf
+    pairs = {
+        str(i): (x.detach(), y.detach())
+        for i, (x, y) in enumerate(zip(a, b))
+        if isinstance(y, torch.Tensor) and isinstance(x, torch.Tensor)
+    }
+    return _worst(pairs)[0]
 
 
 def _optimizer_step(model: nn.Module, opt: torch.optim.Optimizer, habits: Habits) -> None:

@@ -1,5 +1,6 @@
 """Smoke test of ``benchmarks/pc_step.py`` (issue 14's table): the script runs in its quickest
-mode on the smallest model and writes its table and JSON. No timing is asserted."""
+mode on the smallest model and writes its table and JSON; and of ``guard_overhead.py`` (issue
+21). No timing is asserted."""
 
 import json
 import os
@@ -57,3 +58,34 @@ def test_pc_step_quick_compiled_row(tmp_path):
     rows = {r["row"]: r for r in d["rows"]}
     row = rows["il T=5 compiled:aot_eager"]
     assert row["available"] and row["compile_s"] > 0 and row["n"] == 3
+
+
+def test_guard_overhead_quick_run(tmp_path):
+    """``benchmarks/guard_overhead.py`` runs, writes its JSON, and a loop that changes nothing
+    made no new capture (the script asserts it)."""
+    out = tmp_path / "guards.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "guard_overhead.py"),
+            "--rounds",
+            "4",
+            "--samples",
+            "3",
+            "--inner",
+            "10",
+            "--skip-resnet",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (row,) = json.loads(out.read_text())
+    assert row["guarded_modules"] == 6 and row["check"]["median_s"] > 0
+    assert "check/learn" in proc.stdout

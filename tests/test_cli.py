@@ -246,6 +246,19 @@ def test_verify_train_steps_runs_the_differential_checker(capsys):
     assert code == 1 and out.startswith("FAIL") and "training run: step 0 (grad)" in out
 
 
+def test_verify_train_steps_with_habits(capsys):
+    from pccompile.cli.parser import _habit_names
+    from pccompile.testing import HABITS
+
+    assert _habit_names() == list(HABITS)
+    habits = [a for h in HABITS for a in ("--habit", h)]
+    code, out, err = run(capsys, "verify", *MLP, "--train-steps", "3", *habits, "--json")
+    report = json.loads(out)
+    assert code == 0 and report["passed"], err
+    assert report["training_run"]["habits"] == list(HABITS)
+    assert report["training_run"]["problems"] == []
+
+
 def test_verify_fails_with_fail_rows_on_a_non_exact_setting(capsys):
     code, out, _ = run(capsys, "verify", LSTM, "--rule", "zil", "--gamma", "0.5")
     assert code == 1

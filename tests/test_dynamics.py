@@ -138,7 +138,7 @@ def test_faithful_zil_trace_shows_the_error_front():
     for v in pcm.plan.hidden:
         if v.kind == "op":
             (eps,) = tr.errors[v.name][v.level]
-            torch.testing.assert_close(eps, -bp[v.name], rtol=1e-10, atol=1e-14)
+            torch.testing.assert_close(eps, -bp[v.node.name], rtol=1e-10, atol=1e-14)
     levels = tr.level_error_norms()
     assert all(levels[lvl][lvl - 1] == 0 and levels[lvl][lvl] > 0 for lvl in levels)
 

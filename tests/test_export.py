@@ -85,7 +85,7 @@ def test_bert_sequence_classification_equals_bp_bitwise():
     assert ops["embedding"] == 1
     assert ops["scaled_dot_product_attention"] == 2 and ops["gelu"] == 2
     names = [v.name for v in pcm.plan.vertices]
-    assert "bert_encoder_layer_0_attention_self_query_linear" in names  # named after modules
+    assert "bert.encoder.layer.0.attention.self.query.linear" in names  # named after modules
     batches = [((_ids(2, 8, seed=s),), torch.tensor([0, 2])) for s in (2, 3)]
     _check(model, batches, lambda o, y: F.cross_entropy(o.logits, y), bitwise=True)
 
@@ -126,11 +126,27 @@ def test_hf_vit_equals_bp_bitwise():
     _check(model, batches, lambda o, y: F.cross_entropy(o.logits, y), bitwise=True)
 
 
-def test_a_model_returning_a_cache_gets_the_use_cache_remedy():
-    cfg = transformers.GPT2Config(vocab_size=50, n_embd=16, n_layer=1, n_head=2, n_positions=32)
-    model = transformers.GPT2LMHeadModel(cfg)
-    with pytest.raises(TraceError, match="use_cache = False"):
-        pccompile.convert(model, _ids(2, 8))
+def test_a_transformers_model_built_as_usual_converts_without_its_cache():
+    """use_cache=True (the default): the generation Cache no loss reads is left out of the graph;
+    the model stays as built and Z-IL still gives autograd's gradients bitwise."""
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=50, n_positions=32)
+    model = transformers.GPT2LMHeadModel(cfg).eval()  # dropout off: one forward to compare
+    assert model.config.use_cache is True
+    x, y = _ids(2, 8), _ids(2, 8, seed=7)
+    with torch.no_grad():
+        eager = model(x)
+    assert "cache" in eager or "past_key_values" in eager  # what made torch.export refuse
+    pcm = pccompile.convert(model, x)
+    assert model.config.use_cache is True  # left as built
+    out = pcm.eval()(x)
+    assert list(out.keys()) == ["logits"] and torch.equal(out.logits, eager.logits)
+    model.zero_grad()
+    pcm.learn(x, target=y, loss_fn=_logits_xent)
+    pc = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    _logits_xent(model(x), y).backward()
+    assert all(torch.equal(a, p.grad) for a, p in zip(pc, model.parameters()))
 
 
 # ---------------------------------------------------------------------- everyday idioms

@@ -159,7 +159,7 @@ def test_auto_falls_back_to_export_where_fx_fails_and_builds_a_pc_network_of_ate
     }
     convs = [v for v in pcm.plan.vertices if "conv2d" in str(v.node.target)]
     assert len(convs) == sum(isinstance(m, torch.nn.Conv2d) for m in pcm.original.modules())
-    assert convs[0].name.startswith("stem_")  # named after the module that called it
+    assert convs[0].name.startswith("stem.")  # named after the module that called it
 
 
 def test_tables_name_cases_of_the_sweep():

@@ -47,7 +47,7 @@ def test_graph_attributes_and_parameter_uses():
     assert levels == {"placeholder": 4, "module:0": 3, "module:1": 2, "module:2": 1, "output": 0}
     params = {d["op"]: d["params"] for _, d in g.nodes(data=True) if d["kind"] == "op"}
     assert params["module:0"] == ("0.bias", "0.weight") and params["module:1"] == ()
-    assert g.nodes["_0"]["shape"] == (5, 3)
+    assert g.nodes["0"]["shape"] == (5, 3) and g.nodes["0"]["fx"] == "_0"  # named by module path
 
 
 class _Residual(torch.nn.Module):
@@ -77,8 +77,12 @@ def test_identity_vertices_are_nodes_of_the_levelled_fx_graph():
     assert "pc_identity" in pcm.code  # the generated forward shows them too
     assert torch.equal(gm(x), net(x))
     # the networkx view is built from those nodes
-    view = {v for v, d in pcm.graph.nodes(data=True) if d["kind"] == "identity"}
-    assert view == {n.name for n in ids}
+    view = {v: d["fx"] for v, d in pcm.graph.nodes(data=True) if d["kind"] == "identity"}
+    assert view == {
+        "inp->add:1": "pc_identity",
+        "inp->add:2": "pc_identity_1",
+        "inp->add:3": "pc_identity_2",
+    }  # named by the edge they pad, from its source
     # without levelling, no identity node and the skip edge spans 4 levels
     raw = pccompile.convert(net, x, level=False)
     assert not any(n.target is pc_identity for n in raw.plan.gm.graph.nodes)

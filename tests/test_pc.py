@@ -56,7 +56,7 @@ def grads(model) -> list[torch.Tensor]:
 def test_layer_granularity_groups_a_parametric_op_with_the_ops_after_it():
     pcm = pccompile.convert(mlp(), batch()[0], rule="il")
     names = [v.name for v in pcm.plan.vertices]
-    assert names == ["layer_1", "layer_3", "_5", "output"]  # flatten joins the first layer
+    assert names == ["1", "3", "5", "output"]  # flatten joins the first layer
     assert pcm.capture_options.granularity == "layer" and pcm.capture_options.level is False
     ops = pccompile.convert(mlp(), batch()[0], rule="il", granularity="op")
     assert len(ops.plan.vertices) == 7
@@ -72,7 +72,7 @@ def test_layer_granularity_keeps_joins_and_stateful_members():
     x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
     pcm = pccompile.convert(model, x, rule="il")
     kinds = {v.name: v.rule.kind for v in pcm.plan.vertices if v.rule is not None}
-    assert kinds["layer_conv1"] == "stateful"  # conv1 + bn1 + relu + maxpool: BN protects buffers
+    assert kinds["conv1"] == "stateful"  # conv1 + bn1 + relu + maxpool: BN protects buffers
     assert sum(1 for v in pcm.plan.vertices if v.kind == "op") < 40  # 60 op vertices at "op"
     model.eval()
     assert torch.equal(pcm.eval()(x), model(x))
@@ -107,9 +107,9 @@ def test_il_at_zero_steps_gives_bp_for_the_output_layer_and_warns_for_the_rest()
     model = mlp()
     x, y = batch()
     pcm = pccompile.convert(model, x, rule="il")
-    with pytest.warns(UnreachedWarning, match="layer_1, layer_3"):
+    with pytest.warns(UnreachedWarning, match="1, 3"):
         rep = pcm.learn(x, target=y, loss_fn=F.cross_entropy, steps=0)
-    assert rep.unreached == ["layer_1", "layer_3"]
+    assert rep.unreached == ["1", "3"]
     pc = grads(model)
     model.zero_grad()
     F.cross_entropy(model(x), y).backward()
@@ -144,12 +144,12 @@ def test_output_formulations_clamped_and_free():
     pcm = pccompile.convert(model, x, rule="il")
     clamp = pcm.infer(x, target=y, loss_fn=F.cross_entropy, steps=5)
     free = pcm.infer(x, target=y, loss_fn=F.cross_entropy, steps=5, output="free")
-    assert "_5" not in clamp.values and "_5" in free.values  # free: an output value node
+    assert "5" not in clamp.values and "5" in free.values  # free: an output value node
     assert (
         clamp.energy[0] == free.energy[0] == pytest.approx(6 * F.cross_entropy(model(x), y).item())
     )
     # a free output node absorbs part of the error: its hidden nodes move less
-    moved = lambda r: (r.values["layer_3"][0] - model[:5](x)).norm()
+    moved = lambda r: (r.values["3"][0] - model[:5](x)).norm()
     assert moved(free) < moved(clamp)
 
 
@@ -175,15 +175,15 @@ def test_partial_clamping_holds_a_vertex_and_its_error_drives_its_parents():
     x, y = batch()
     pcm = pccompile.convert(model, x, rule="il")
     held = torch.full((6, 12), 0.5, dtype=torch.float64)
-    r = pcm.infer(x, clamp={"layer_3": held}, steps=8)  # no target: only the clamp
-    assert torch.equal(r.values["layer_3"][0], held)
+    r = pcm.infer(x, clamp={"3": held}, steps=8)  # no target: only the clamp
+    assert torch.equal(r.values["3"][0], held)
     mu = model[:5](x)
     assert r.energy[0] == pytest.approx(squared_error(held, mu).item(), rel=1e-12)
-    assert r.energy[-1] < r.energy[0]  # layer_1 moved toward explaining the clamp
-    # learning with a clamp: layer_3's own weights learn from (held - mu) at T = 0
+    assert r.energy[-1] < r.energy[0]  # vertex "1" moved toward explaining the clamp
+    # learning with a clamp: vertex "3"'s own weights learn from (held - mu) at T = 0
     model.zero_grad()
-    with pytest.warns(UnreachedWarning, match="layer_1"):  # its error arrives at step 1
-        pcm.learn(x, target=y, loss_fn=F.cross_entropy, steps=0, clamp={"layer_3": held})
+    with pytest.warns(UnreachedWarning, match="1"):  # its error arrives at step 1
+        pcm.learn(x, target=y, loss_fn=F.cross_entropy, steps=0, clamp={"3": held})
     lin = model[3]
     h = model[:3](x).detach()
     pre = h @ lin.weight.T + lin.bias
@@ -192,9 +192,9 @@ def test_partial_clamping_holds_a_vertex_and_its_error_drives_its_parents():
     with pytest.raises(pccompile.ConfigError, match="no vertex named"):
         pcm.infer(x, clamp={"nope": held})
     with pytest.raises(pccompile.InputError, match="shapes"):
-        pcm.infer(x, clamp={"layer_3": held[:, :3]})
+        pcm.infer(x, clamp={"3": held[:, :3]})
     with pytest.raises(pccompile.ConfigError, match="clamp="):
-        pcm.learn(x, target=y, loss_fn=F.cross_entropy, rule="zil", clamp={"layer_3": held})
+        pcm.learn(x, target=y, loss_fn=F.cross_entropy, rule="zil", clamp={"3": held})
 
 
 def test_precision_scales_a_vertex_term_and_equals_a_gaussian_of_that_variance():
@@ -202,8 +202,8 @@ def test_precision_scales_a_vertex_term_and_equals_a_gaussian_of_that_variance()
     x, y = batch()
     pcm = pccompile.convert(model, x, rule="il", loss_fn=F.cross_entropy)
     base = pcm.infer(x, target=y, steps=3)
-    prec = pcm.infer(x, target=y, steps=3, precision={"layer_3": 4.0})
-    gauss = pcm.infer(x, target=y, steps=3, energies={"layer_3": Gaussian(0.25)})
+    prec = pcm.infer(x, target=y, steps=3, precision={"3": 4.0})
+    gauss = pcm.infer(x, target=y, steps=3, energies={"3": Gaussian(0.25)})
     assert base.energy[0] == prec.energy[0]  # every hidden error is zero at the start
     assert prec.energy[1] != base.energy[1]
     # same gradients: the Gaussian differs by the constant 1/2 log var per element
@@ -213,7 +213,7 @@ def test_precision_scales_a_vertex_term_and_equals_a_gaussian_of_that_variance()
     for k in prec.values:
         assert torch.allclose(prec.values[k][0], gauss.values[k][0], rtol=1e-12, atol=1e-14)
     with pytest.raises(pccompile.ConfigError, match="precision"):
-        pcm.infer(x, target=y, precision={"layer_3": -1.0})
+        pcm.infer(x, target=y, precision={"3": -1.0})
 
 
 def test_a_learned_variance_gets_its_local_gradient():
@@ -221,12 +221,12 @@ def test_a_learned_variance_gets_its_local_gradient():
     x, y = batch()
     g = Gaussian(2.0, learn=True).double()
     pcm = pccompile.convert(model, x, rule="il")
-    rule = IL(steps=4, energies={"layer_3": g})
+    rule = IL(steps=4, energies={"3": g})
     pcm.learn(x, target=y, loss_fn=F.cross_entropy, rule=rule)
     assert g.log_var.grad is not None and g.log_var.grad.shape == ()
     # d/dlogvar of sum 1/2 e^2 e^-lv + 1/2 lv, divided by B, at the final errors
-    r = pcm.infer(x, target=y, loss_fn=F.cross_entropy, steps=4, energies={"layer_3": g})
-    e = r.values["layer_3"][0] - torch.tanh(model[3](r.values["layer_1"][0]))
+    r = pcm.infer(x, target=y, loss_fn=F.cross_entropy, steps=4, energies={"3": g})
+    e = r.values["3"][0] - torch.tanh(model[3](r.values["1"][0]))
     want = (0.5 * (-(e * e) / 2.0 + 1.0)).sum() / 6
     assert g.log_var.grad.item() == pytest.approx(want.item(), rel=1e-10)
 
@@ -237,7 +237,7 @@ def test_custom_energies_drive_inference(energy):
     x, y = batch()
     pcm = pccompile.convert(model, x, rule="il")
     soft = torch.softmax(torch.randn(6, 12, dtype=torch.float64), 1)
-    r = pcm.infer(x, clamp={"layer_3": soft}, energies={"layer_3": energy}, steps=10)
+    r = pcm.infer(x, clamp={"3": soft}, energies={"3": energy}, steps=10)
     mu = model[:5](x)
     assert r.energy[0] == pytest.approx(energy(soft, mu).item(), rel=1e-12)
     assert r.energy[-1] < r.energy[0]
@@ -361,7 +361,7 @@ def test_compile_refuses_what_it_cannot_replay():
     model = cnn()  # train-mode BatchNorm and dropout: state replayed by the eager loop only
     x, y = batch()
     pcm = pccompile.convert(model, x, rule="il")
-    with pytest.raises(pccompile.ConfigError, match="compile=True: vertex 'layer_0'"):
+    with pytest.raises(pccompile.ConfigError, match="compile=True: vertex '0'"):
         pcm.learn(x, target=y, loss_fn=F.cross_entropy, compile="aot_eager")
     pcm = pccompile.convert(mlp(), x, rule="il")
     with pytest.raises(pccompile.ConfigError, match="per-vertex trace"):

@@ -646,7 +646,7 @@ def test_save_converted_refuses_what_load_converted_could_not_rebuild(tmp_path):
     custom = pccompile.convert(
         build_model(parse_spec(MLP_SPEC)).model,
         torch.randn(3, 4),
-        pccompile.IL(energies={"layer_0": pccompile.energies.squared_error}),
+        pccompile.IL(energies={"0": pccompile.energies.squared_error}),
     )
     with pytest.raises(ArtifactError, match=r"\['energies'\]"):
         save_converted(custom, tmp_path / "d", extra={"model": MLP_SPEC})

@@ -25,6 +25,8 @@ import os
 import pkgutil
 import sys
 import traceback
+import warnings
+from collections.abc import Callable
 
 from ..errors import CheckFailedError, PCCompileError, TraceError
 from .base import (
@@ -56,8 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     _configure_logging(args)
     args.exit_code = None  # a command sets it once its result is known (before printing it)
     try:
-        handler = pkgutil.resolve_name(args.handler)  # imports the commands (and torch) now
-        code = handler(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _warning_line(args.command)
+            done = _starting(args)
+            try:
+                handler = pkgutil.resolve_name(args.handler)  # imports the commands and torch
+            finally:  # erased before the command's output, or before an import error's line
+                done()
+            code = handler(args)
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
         return code
     except BrokenPipeError:  # stdout closed early (`| head`): not a failure of the command
@@ -77,6 +85,35 @@ def main(argv: list[str] | None = None) -> int:
             f"rerun with --debug for the traceback and report it.",
             EXIT_INTERNAL,
         )
+
+
+def _starting(args: argparse.Namespace) -> Callable[[], None]:
+    """On a terminal: one line on stderr while the commands and torch import (seconds of
+    silence otherwise), erased once they have; returns what erases it. Nothing with -q, --json
+    or when stderr is not a terminal."""
+    stream = sys.stderr
+    if args.quiet or getattr(args, "json", False) or not stream.isatty():
+        return lambda: None
+    text = f"pccompile {args.command}: starting (importing torch) ..."
+    stream.write(text)
+    stream.flush()
+
+    def erase() -> None:
+        stream.write("\r" + " " * len(text) + "\r")
+        stream.flush()
+
+    return erase
+
+
+def _warning_line(command: str) -> Callable[..., None]:
+    """``warnings.showwarning`` for the command line: ``pccompile verify: warning: ...`` on one
+    line, without the library's source path and line."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = one_line(str(message))
+        print(f"pccompile {command}: warning: {category.__name__}: {text}", file=sys.stderr)
+
+    return show
 
 
 def _configure_logging(args: argparse.Namespace) -> None:
@@ -119,6 +156,8 @@ def _silence_stdout() -> None:
 def _message(exc: BaseException) -> str:
     if isinstance(exc, PCCompileError):
         msg = str(exc)
+        for api, cli in exc.cli_words.items():  # overwrite=True -> --force
+            msg = msg.replace(api, cli)
         if isinstance(exc, TraceError):
             msg += " On the command line: --leaf-module NAME keeps submodule NAME opaque"
             msg += "; --capture export uses torch.export." if "capture='export'" in msg else "."

@@ -32,8 +32,9 @@ from ..io.render import (
     write_graph,
 )
 from ..losses import default_loss
+from ..rules import RULES, make_rule
 from ..summary import graph_summary
-from ..testing import DiffReport, Habits, train_against_bp
+from ..testing import HABITS, DiffReport, Habits, train_against_bp
 from ..verify import VerifyResult, verify
 from .common import (
     EXIT_FAIL,
@@ -128,6 +129,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
                         "granularity": args.granularity,
                     },
                     progress=bar.note,
+                    callbacks=[HABITS[h] for h in args.habit or ()],
                 )
     run_problems = [] if run is None else run.problems(res.tol)
     passed = res.passed and not run_problems
@@ -144,7 +146,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     elif args.quiet and not run_problems:
         print(verdict)
     elif not args.quiet:
-        opts = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(rule).items() if k != "name")
+        options = {k: v for k, v in dataclasses.asdict(rule).items() if k != "name"}
+        if "steps" in options and options["steps"] is None:  # what the graph's default is
+            options["steps"] = f"{RULES[rule.name].steps(pcm.plan, rule)} (the default)"
+        opts = ", ".join(f"{k}={v}" for k, v in options.items())
         print(
             f"verify {loaded.spec}: rule {res.rule} ({opts}; {res.mode} schedule) vs bp, "
             f"{args.dtype}, {mode_text(args.train_mode)}, input {shape_text(loaded.shapes)}"
@@ -209,6 +214,7 @@ def _training_run_report(
         return None
     return {
         "steps": args.train_steps,
+        "habits": list(args.habit or ()),
         "worst_rel_diff": run.worst,
         "bitwise": run.bitwise,
         "problems": problems,
@@ -285,11 +291,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         with bar.stage(stages[1]):
             pcm = convert_loaded(args, loaded)
         target, loss_fn, loss_text = default_loss(loaded.output, args.seed)
-        if args.graph == "energy" and not isinstance(loaded.output, torch.Tensor):
+        if args.graph != "predict" and not isinstance(loaded.output, torch.Tensor):
             raise CLIError(
-                f"--graph energy needs a model with one tensor output; {loaded.spec} returns a "
-                f"{type(loaded.output).__name__}. Wrap it in a module that returns one tensor."
+                f"--graph {args.graph} needs a model with one tensor output; {loaded.spec} returns "
+                f"a {type(loaded.output).__name__}. Wrap it in a module that returns one tensor."
             )
+        rule = _export_rule(args)
         with bar.stage(stages[2]):
             res = export_onnx(
                 pcm,
@@ -303,6 +310,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                 overwrite=args.force,
                 seed=args.seed,
                 dynamic_batch=not args.static_batch,
+                rule=rule,
             )
     check = (
         "not verified (--no-verify)"
@@ -324,7 +332,23 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"  outputs ({len(res.output_names)}): {_names(res.output_names)}")
         if res.graph == "energy":
             print(f"  energy = sum 1/2 ||error||^2 + loss; loss: {loss_text}")
+        if res.graph in ("learn", "il-learn"):
+            levels = ", ".join(f"{k} {v}" for k, v in res.phases.items())
+            print(f"  loss: {loss_text}; {res.nodes} nodes ({levels})")
     return EXIT_OK
+
+
+def _export_rule(args: argparse.Namespace) -> Any:
+    """The rule of a learn graph: ``--rule`` (zil or fpa) for ``learn``; IL with ``--gamma`` /
+    ``--steps`` for ``il-learn``; None (unused) for the other graphs."""
+    if args.graph == "learn":
+        return rule_from_args(args)
+    if args.graph == "il-learn":
+        if args.rule not in ("zil", "il"):  # zil: the option's default, i.e. not given
+            raise CLIError(f"--graph il-learn computes IL; --rule {args.rule} does not apply.")
+        opts = {k: getattr(args, k) for k in ("gamma", "steps") if getattr(args, k) is not None}
+        return make_rule("il", **opts)
+    return None
 
 
 def _export_report(
@@ -339,13 +363,15 @@ def _export_report(
         "dtype": args.dtype,
         "input_shapes": [list(s) for s in loaded.shapes],
         "dynamic_batch": res.dynamic_batch,
-        "loss_fn": loss_text if res.graph == "energy" else None,
+        "loss_fn": loss_text if res.graph != "predict" else None,
         "inputs": res.input_names,
         "outputs": res.output_names,
         "verified": res.max_abs_diff is not None,
         "max_abs_diff": res.max_abs_diff,
         "per_output": res.per_output,
         "tol": res.tol,
+        "nodes": res.nodes,
+        "phases": res.phases,
     }
 
 

@@ -57,17 +57,21 @@ examples:
 examples:
   pccompile export torchvision:resnet18 -o r18.onnx                  # needs pccompile[onnx]
   pccompile export torchvision:resnet18 -o r18_energy.onnx --graph energy
+  pccompile export models.py:make_net --input-shape 8,1,8,8 --graph learn -o step.onnx
 the batch dimension is dynamic where the model allows it (the JSON report says so).""",
     "train": """\
 examples:
   pccompile train --data digits --rule zil --epochs 10 -o runs/zil --compare bp
   pccompile train torchvision:resnet18 --data ~/data/cifar-10-batches-bin --optimizer adam -o r18
   pccompile train --data digits --epochs 20 -o runs/zil --resume     # continue runs/zil
+  pccompile train --data digits --rule il --rule-option output=free --trace -o runs/il-free
 writes OUT/metrics.json, model.pt, curves.png and checkpoint.pt (every epoch, atomically).""",
     "completion": """\
 examples:
   eval "$(pccompile completion bash)"                                   # this shell
-  pccompile completion bash > ~/.local/share/bash-completion/completions/pccompile""",
+  pccompile completion bash > ~/.local/share/bash-completion/completions/pccompile
+  eval "$(pccompile completion zsh)"                                    # zsh (bashcompinit)
+  pccompile completion fish > ~/.config/fish/completions/pccompile.fish""",
 }
 
 
@@ -88,6 +92,19 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return text
 
 
+def tolerance(text: str) -> float:
+    """``--tol``: a finite number >= 0 (0 asks for equality)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (0 <= value < float("inf")):
+        raise argparse.ArgumentTypeError(
+            f"must be a number >= 0 (0: equal; e.g. 1e-4), got {text!r}"
+        )
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``pccompile`` argument parser (subcommands convert, verify, inspect, export,
     completion, train)."""
@@ -104,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert(sub, common, rule)
     _add_verify(sub, common, rule)
     _add_inspect(sub, common)
-    _add_export(sub, common)
+    _add_export(sub, common, rule)
     _add_completion(sub)
     _add_train(sub)  # after completion: the completion script's command list keeps its order
     return parser
@@ -221,7 +238,9 @@ def _add_convert(sub: argparse._SubParsersAction, common: Parser, rule: Parser) 
 
 def _add_verify(sub: argparse._SubParsersAction, common: Parser, rule: Parser) -> None:
     p = _sub(sub, "verify", [common, rule], "one learn step with the rule vs backprop")
-    p.add_argument("--tol", type=float, help="relative L1 tolerance (default 1e-4; 1e-10 float64)")
+    p.add_argument(
+        "--tol", type=tolerance, help="relative L1 tolerance (default 1e-4; 1e-10 float64)"
+    )
     p.add_argument(
         "--train-steps",
         type=int,
@@ -231,7 +250,21 @@ def _add_verify(sub: argparse._SubParsersAction, common: Parser, rule: Parser) -
         "accumulated micro-batches each, clipping, momentum, weight decay) and require every "
         ".grad, parameter and buffer to stay within --tol of BP's (0: one step only)",
     )
+    p.add_argument(
+        "--habit",
+        action="append",
+        choices=_habit_names(),
+        help="with --train-steps: a loop habit applied to both copies between steps "
+        "(repeatable): eval-toggle (train/eval alternated), freeze-first (the first layer "
+        "frozen at step 1, unfrozen at step 2), lr-decay (halved each step), float64 "
+        "(.double() at step 1)",
+    )
     p.set_defaults(handler=f"{_COMMANDS}:cmd_verify")
+
+
+def _habit_names() -> list[str]:
+    # the names only: importing pccompile.testing (torch) at parse time would slow the CLI
+    return ["eval-toggle", "freeze-first", "lr-decay", "float64"]
 
 
 def _add_inspect(sub: argparse._SubParsersAction, common: Parser) -> None:
@@ -249,19 +282,22 @@ def _add_inspect(sub: argparse._SubParsersAction, common: Parser) -> None:
     p.set_defaults(handler=f"{_COMMANDS}:cmd_inspect")
 
 
-def _add_export(sub: argparse._SubParsersAction, common: Parser) -> None:
-    p = _sub(sub, "export", [common], "ONNX of the prediction or of the PC energy")
+def _add_export(sub: argparse._SubParsersAction, common: Parser, rule: Parser) -> None:
+    p = _sub(sub, "export", [common, rule], "ONNX of the prediction, the PC energy or a learn step")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="the .onnx file")
     p.add_argument(
         "--graph",
-        choices=["predict", "energy"],
+        choices=["predict", "energy", "learn", "il-learn"],
         default="predict",
-        help="the model's forward, or the PC network's errors and energy",
+        help="the model's forward; the PC network's errors and energy; one Z-IL learning step "
+        "(inputs, target, parameters -> loss, grad.<parameter>); one IL step (--gamma, "
+        "--steps; docs/export.md); learn graphs run in the model's mode (--train-mode: "
+        "BatchNorm on batch statistics, its running statistics as new.<buffer> outputs)",
     )
     p.add_argument(
         "--no-verify", action="store_true", help="skip onnx.checker and the onnxruntime comparison"
     )
-    p.add_argument("--tol", type=float, default=1e-4, help="max abs diff allowed")
+    p.add_argument("--tol", type=tolerance, default=1e-4, help="max abs diff allowed")
     p.add_argument(
         "--static-batch",
         action="store_true",
@@ -301,6 +337,23 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--steps", type=int, help="inference steps (default: the rule's)")
     r.add_argument("--mode", choices=["auto", "efficient", "faithful"], help="schedule (zil/fpa)")
     r.add_argument(
+        "--rule-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="any option of the rule's config, repeatable: output=free, output_precision=0.5, "
+        "lr=0.01 (ipc), 'precision={\"fc2\": 4.0}', compile=true (VALUE as JSON, else a string)",
+    )
+    r.add_argument(
+        "--granularity",
+        choices=["op", "layer"],
+        help="vertex granularity (default: the rule's: layer for il/ipc, op for zil/fpa)",
+    )
+    r.add_argument(
+        "--trace",
+        action="store_true",
+        help="record each epoch's last batch's inference and draw it as OUT/trace_epoch<k>.png",
+    )
+    r.add_argument(
         "--compare",
         choices=["bp"],
         help="also train a BP copy from the same weights on the same batches; metrics get bp_* "
@@ -312,9 +365,20 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd", help="optimizer")
     t.add_argument("--lr", type=float, help="learning rate (default: 0.05 sgd, 0.001 adam)")
     t.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    t.add_argument(
+        "--lr-schedule",
+        choices=["constant", "cosine"],
+        default="constant",
+        help="cosine: lr * (1 + cos(pi s/S)) / 2 at step s of S (all epochs' batches)",
+    )
     t.add_argument("--weight-decay", type=float, default=0.0, help="weight decay")
     t.add_argument(
         "--limit-batches", type=int, metavar="N", help="at most N batches per epoch (quick runs)"
+    )
+    t.add_argument(
+        "--dtype",
+        choices=["float32", "float64", "bfloat16"],
+        help="cast the model and the images to this dtype (default: the model's own)",
     )
     t.add_argument("--threads", type=int, metavar="N", help="torch.set_num_threads(N)")
     t.add_argument(
@@ -343,7 +407,7 @@ def _add_completion(sub: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES["completion"],
         formatter_class=HelpFormatter,
     )
-    p.add_argument("shell", choices=["bash"], help="the shell")
+    p.add_argument("shell", choices=["bash", "zsh", "fish"], help="the shell")
     p.set_defaults(
         handler="pccompile.cli.completion:cmd_completion",
         json=False,

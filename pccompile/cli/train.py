@@ -13,6 +13,7 @@ anything is written; Ctrl-C exits 130 leaving the last complete checkpoint.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import sys
 from typing import Any
@@ -20,23 +21,29 @@ from typing import Any
 import torch
 
 from ..data import Dataset, load_dataset
-from ..distributed import init_from_env, is_main, world_size
+from ..distributed import init_from_env, is_main, rank, world_size
+from ..errors import CheckFailedError, PCCompileError
 from ..io.weights import load_weights
 from ..modelspec import build_model, parse_spec
 from ..train import ResidualCNN, TrainConfig, batch_norms, check_train_outdir, fit
-from .common import EXIT_INTERRUPTED, EXIT_OK, emit
+from .base import parse_rule_options
+from .common import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, emit
 
 __all__ = ["cmd_train", "config_from_args"]
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     opts = {k: getattr(args, k) for k in ("gamma", "steps", "mode") if getattr(args, k) is not None}
+    opts.update(parse_rule_options(args.rule_option))
     lr = args.lr if args.lr is not None else (1e-3 if args.optimizer == "adam" else 0.05)
     return TrainConfig(
         rule=args.rule,
         rule_options=opts,
+        granularity=args.granularity,
+        trace=args.trace,
         optimizer=args.optimizer,
         lr=lr,
+        lr_schedule=args.lr_schedule,
         momentum=args.momentum,
         weight_decay=args.weight_decay,
         epochs=args.epochs,
@@ -45,6 +52,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         compare_bp=args.compare == "bp",
         limit_batches=args.limit_batches,
         device=_device(args.device),
+        dtype=args.dtype,
     )
 
 
@@ -68,7 +76,7 @@ def _model(args: argparse.Namespace, data: Dataset) -> torch.nn.Module:
     model = build_model(spec, n).model
     if args.weights:
         load_weights(model, args.weights)
-    return model.float()
+    return model  # its own dtype unless --dtype (the trainer casts, and the images follow)
 
 
 class _Bar:
@@ -117,16 +125,54 @@ def _line(row: dict[str, Any], epochs: int) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     """``pccompile train``: train MODEL on --data with --rule into OUT (data-parallel over the
     ranks when started by ``torchrun``; rank 0 prints and writes)."""
-    joined = init_from_env()
+    joined = init_from_env(device=getattr(args, "device", "cpu"))
     try:
+        if world_size() == 1:
+            return _train(args)
         if not is_main():
             args.quiet, args.json = True, False
-        return _train(args)
+        try:
+            return _train(args)
+        except (PCCompileError, OSError) as exc:
+            raise SystemExit(_report_once(args, exc)) from None
     finally:
         if joined:
             import torch.distributed as dist
 
             dist.destroy_process_group()
+
+
+_REPORTED = "pccompile-train/error-reported"
+
+
+def _report_once(args: argparse.Namespace, exc: BaseException) -> int:
+    """Bad input fails alike on every rank: rank 0 alone prints it, and the other ranks wait
+    until it has (torchrun stops the others when one exits); returns the exit code.
+    Internal errors, which may be one rank's own, are printed by every rank that hits one."""
+    from . import _fail, _message
+
+    code = EXIT_FAIL if isinstance(exc, CheckFailedError) else EXIT_USAGE
+    store = _store()
+    if is_main():
+        _fail(args, _message(exc), code)
+        sys.stderr.flush()
+        if store is not None:
+            store.set(_REPORTED, "1")
+    elif store is not None:
+        try:
+            store.wait([_REPORTED], datetime.timedelta(seconds=30))
+        except Exception:  # rank 0 did not fail here: say it ourselves
+            _fail(args, f"rank {rank()}: {_message(exc)}", code)
+    return code
+
+
+def _store() -> Any:
+    try:
+        from torch.distributed import distributed_c10d
+
+        return distributed_c10d._get_default_store()
+    except Exception:  # no default store (a custom init): every rank prints
+        return None
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -174,5 +220,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"command": "train", "ok": True, "outdir": str(args.output), **last}))
     else:
-        emit(args, f"wrote {args.output} (checkpoint.pt, metrics.json, model.pt, curves.png)")
+        traces = ", trace_epoch<k>.png" if config.trace else ""
+        emit(
+            args, f"wrote {args.output} (checkpoint.pt, metrics.json, model.pt, curves.png{traces})"
+        )
     return EXIT_OK

@@ -87,8 +87,8 @@ def energy_module(
     for v in net.free:
         if len(v.node.meta["pc"].shapes) != 1:
             _refuse(f"vertex {v.name!r} has several tensor outputs.")
-        xs[v.vid] = g.placeholder(f"x_{v.name}")
-    clamps = {vid: g.placeholder(f"clamp_{by_vid[vid].name}") for vid in net.clamped}
+        xs[v.vid] = g.placeholder(f"x_{v.node.name}")  # an identifier: v.name may hold dots
+    clamps = {vid: g.placeholder(f"clamp_{by_vid[vid].node.name}") for vid in net.clamped}
     meta_slots: list[int] = []
     metas: dict[fx.Node, fx.Node] = {}
     for n in src.nodes:
@@ -101,7 +101,7 @@ def energy_module(
         for v in net.order
         if constants and v.kind == "op" and not v.parents and not free_in & set(v.input_slots)
     ]
-    consts = {by_vid[vid].node: g.placeholder(f"mu_{by_vid[vid].name}") for vid in const_vids}
+    consts = {by_vid[vid].node: g.placeholder(f"mu_{by_vid[vid].node.name}") for vid in const_vids}
     terms: list[fx.Node] = []
     for n in src.nodes:
         role = n.meta["pc"].role

@@ -53,7 +53,7 @@ class EnergyModule(nn.Module):
         self.__dict__["plan"] = plan
         self.__dict__["loss_fn"] = loss_fn
         self.n_inputs = plan.n_inputs if n_inputs is None else n_inputs
-        self.train(plan.training)
+        self.training = plan.training  # its own flag: train() would reset the user's modules
 
     def forward(self, *args: Any) -> tuple[torch.Tensor, ...]:
         plan = self.plan

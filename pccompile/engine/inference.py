@@ -39,6 +39,7 @@ from torch.utils._pytree import tree_flatten
 from ..energies import squared_error
 from ..errors import ConfigError, InputError
 from ..frontend.annotate import is_float_tensor
+from ..frontend.names import no_vertex_message
 from .evaluate import FeedForward, call_vertex, rebuild
 from .evaluate import _invoke as invoke
 from .grads import Grads
@@ -66,6 +67,8 @@ class Setup:
     free_inputs: positions of model inputs that become free value nodes (generative inference).
     value_optimizer: ``params -> torch.optim.Optimizer`` over the value nodes (default: plain
         steps of ``gamma``).
+    log_energy: record ``F`` at every evaluation (a Python float each; False while a tracer
+        records the loop, as the ONNX learn export does, where no value can be read).
     """
 
     gamma: float = 0.1
@@ -77,6 +80,7 @@ class Setup:
     clamp: Mapping[str, Any] = field(default_factory=dict)
     free_inputs: tuple[int, ...] = ()
     value_optimizer: Callable | None = None
+    log_energy: bool = True
 
 
 @dataclass
@@ -123,15 +127,12 @@ def resolve(plan: Plan, ff: FeedForward, setup: Setup) -> _Net:
     for table, what in ((setup.precision, "precision"), (setup.energies, "energies")):
         bad = sorted(set(table) - set(names))
         if bad:
-            raise ConfigError(
-                f"{what}: no vertex named {bad}; the vertices are {sorted(names)} "
-                f"(pcm.plan.vertices, or `pccompile graph`)."
-            )
+            raise ConfigError(no_vertex_message(what, bad[0], list(names)))
     clamped: dict[int, list[Tensor]] = {}
     for name, value in setup.clamp.items():
         v = names.get(name)
         if v is None:
-            raise ConfigError(f"clamp: no vertex named {name!r}; the vertices are {sorted(names)}.")
+            raise ConfigError(no_vertex_message("clamp", name, list(names)))
         flat = [t for t in tree_flatten(value)[0] if is_float_tensor(t)]
         ref = ff.flat[v.vid]
         if len(flat) != len(ref) or any(a.shape != b.shape for a, b in zip(flat, ref)):
@@ -345,7 +346,7 @@ def run_inference(
     return Inference(
         values=values,
         inputs=[x_inputs[k].detach() if k in x_inputs else t for k, t in enumerate(inputs)],
-        energy=[float(e) for e in energy_log],
+        energy=[float(e) for e in energy_log] if setup.log_energy else [],
         unreached=unreached(net, reached, setup.steps),
         output=plan.read_output(env, leaves),
     )

@@ -24,6 +24,7 @@ from torch.fx.node import map_arg
 
 from ..errors import UnsupportedOpError
 from ..frontend.export import unflatten_output
+from ..frontend.names import vertex_name
 
 __all__ = ["ArgSource", "Plan", "Vertex", "compile_plan", "fetch"]
 
@@ -118,7 +119,9 @@ def compile_plan(gm: fx.GraphModule, training: bool) -> Plan:
     boundary: set[int] = set()
     for node in scheduled:
         info = node.meta["pc"]
-        common = dict(vid=vid[node], name=node.name, level=info.level, node=node, slot=slot[node])
+        common = dict(
+            vid=vid[node], name=vertex_name(node), level=info.level, node=node, slot=slot[node]
+        )
         if info.role == "identity":
             (src,) = node.all_input_nodes
             vertices.append(Vertex(kind="identity", parents=(vid[src],), source=vid[src], **common))

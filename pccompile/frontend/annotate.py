@@ -36,7 +36,7 @@ from torch.utils._pytree import tree_flatten
 
 from ..errors import InputError, TraceError, UnsupportedOpError
 from ..ops import OpRule, rule_for, source_line
-from ..preserve import preserved, python_state
+from ..preserve import preserved, python_state, root_hooks_off
 from .capture import attribute_change_error
 from .functionalize import assign_buffer
 from .pytrees import register_dataclasses
@@ -152,7 +152,7 @@ def check_trace(
     model: torch.nn.Module,
     inputs: tuple,
     traced_out: Any,
-    training: bool,
+    training: bool | None,
     concrete_args: dict | None,
 ) -> None:
     """Compare the traced graph's output with the module's own, on the example inputs.
@@ -167,7 +167,7 @@ def check_trace(
         TraceError: the outputs differ, or the module's own forward fails on the inputs.
     """
     try:
-        with preserved(model, inputs, training=training), torch.no_grad():
+        with preserved(model, inputs, training=training), torch.no_grad(), root_hooks_off(model):
             before = python_state(model)
             eager = model(*inputs, **(concrete_args or {}))
             changed = sorted(k for k, v in python_state(model).items() if before.get(k, v) != v)

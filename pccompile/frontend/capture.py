@@ -223,7 +223,7 @@ def _passes_through(tb, path_suffix: str) -> bool:
 def capture(
     model: nn.Module,
     *,
-    training: bool,
+    training: bool | None,
     leaf_modules: Iterable[type | str] = (),
     concrete_args: dict[str, Any] | None = None,
 ) -> tuple[fx.GraphModule, set[str]]:
@@ -351,7 +351,11 @@ def _default_to_concrete(graph: fx.Graph, concrete_args: dict[str, Any] | None) 
 
 
 def _trace(
-    tracer: PCTracer, model: nn.Module, training: bool, concrete_args: dict | None, scalars: dict
+    tracer: PCTracer,
+    model: nn.Module,
+    training: bool | None,
+    concrete_args: dict | None,
+    scalars: dict,
 ) -> tuple[fx.GraphModule, list[str], set[str]]:
     """One trace, with the model's state restored afterwards. Returns the GraphModule (built
     before the restore: it takes the tensor constants FX stored on the root), the Python

@@ -32,15 +32,41 @@ from torch.export import Dim
 
 from ..errors import InputError, TraceError
 from ..ops.messages import module_path
-from ..preserve import preserved
+from ..preserve import preserved, root_hooks_off
 from .functionalize import functionalize
 from .pytrees import register_dataclasses
 
-__all__ = ["capture_export", "unflatten_output"]
+__all__ = ["capture_export", "unflatten_output", "without_generation_cache"]
+
+
+@contextlib.contextmanager
+def without_generation_cache(model: nn.Module):
+    """While a graph is captured and checked: ``config.use_cache = False`` on every transformers
+    config of ``model`` that has it on, restored afterwards.
+
+    A transformers model built as usual (``use_cache=True``, the default) returns a key/value
+    ``Cache`` for generation beside its logits. No loss reads it, a PC network has no use for
+    it, and no graph can output it (it is not a pytree), so the converted graph simply leaves it
+    out (``pcm(ids).logits`` as before; ``cache`` absent). The model itself is left as built (the
+    ``bp`` reference rule runs it as it is). Attentions and hidden states are outputs only when
+    the config asks for them (``output_attentions``/``output_hidden_states``), and then stay.
+    """
+    configs = {}
+    for m in model.modules():
+        cfg = getattr(m, "config", None)
+        if cfg is not None and getattr(cfg, "use_cache", None) is True:
+            configs[id(cfg)] = cfg
+    for cfg in configs.values():
+        cfg.use_cache = False
+    try:
+        yield
+    finally:
+        for cfg in configs.values():
+            cfg.use_cache = True
 
 
 def capture_export(
-    model: nn.Module, inputs: tuple, *, training: bool, kwargs: dict[str, Any] | None = None
+    model: nn.Module, inputs: tuple, *, training: bool | None, kwargs: dict[str, Any] | None = None
 ) -> tuple[fx.GraphModule, set[str]]:
     """Capture ``model`` with ``torch.export`` (non-strict) and functionalise the graph.
 
@@ -87,7 +113,7 @@ def capture_export(
     return gm, set()
 
 
-def _export(model: nn.Module, inputs: tuple, kwargs: dict | None, training: bool) -> Any:
+def _export(model: nn.Module, inputs: tuple, kwargs: dict | None, training: bool | None) -> Any:
     """``torch.export.export``, non-strict, leaving the model as it was. The batch dimension
     (dimension 0 of every tensor input) is left to export to keep dynamic where the model
     allows (``Dim.AUTO``), so batches of another size need no new conversion; a model export
@@ -103,7 +129,11 @@ def _export(model: nn.Module, inputs: tuple, kwargs: dict | None, training: bool
     while True:
         shapes = attempts[0]
         try:
-            with preserved(model, inputs, training=training), _quiet_torch_logs():
+            with (
+                preserved(model, inputs, training=training),
+                _quiet_torch_logs(),
+                root_hooks_off(model),
+            ):
                 return torch.export.export(
                     model, tuple(inputs), kwargs or None, dynamic_shapes=shapes, strict=False
                 )
@@ -159,9 +189,9 @@ def _export_remedy(exc: BaseException) -> str:
     text = str(exc)
     if "cache_utils" in text:
         return (
-            "The model returns a transformers Cache (key/value states for generation). Convert "
-            "it without one: build it with config.use_cache = False (or from_config(config, "
-            "use_cache=False))."
+            "The model returns a transformers Cache (key/value states for generation) although "
+            "its config.use_cache is off (pccompile turns it off while converting). Convert it "
+            "without one: a forward that returns the tensors the loss reads."
         )
     if "not a known type" in text:
         return (

@@ -35,7 +35,7 @@ def assign_buffer(buffer: torch.Tensor, value: torch.Tensor) -> None:
         buffer.copy_(value)
 
 
-def functionalize(gm: fx.GraphModule, training: bool) -> None:
+def functionalize(gm: fx.GraphModule, training: bool | None) -> None:
     """Rewrite in-place ops out of place, in ``gm`` (a fresh GraphModule owned by pccompile).
 
     ``x.relu_()``, ``x += y``, ``F.relu(x, inplace=True)`` and modules built with
@@ -69,7 +69,7 @@ def functionalize(gm: fx.GraphModule, training: bool) -> None:
             # A private out-of-place copy; the user's module keeps inplace=True.
             twin = copy.copy(mod)
             twin.inplace = False
-            twin.training = training
+            twin.training = mod.training if training is None else training
             new_target = node.target.replace(".", "_") + "_functional"
             gm.add_submodule(new_target, twin)
             node.target = new_target

@@ -36,6 +36,7 @@ from torch.fx.passes.utils.fuser_utils import erase_nodes, fuse_as_graphmodule, 
 
 from ..errors import ConfigError
 from ..ops import OpRule
+from .names import vertex_name
 
 __all__ = ["Granularity", "GRANULARITIES", "group_layers", "check_granularity"]
 
@@ -69,7 +70,7 @@ def group_layers(gm: fx.GraphModule) -> list[list[str]]:
     out = []
     for nodes in groups:
         out.append([n.name for n in nodes])
-        _fuse(gm, nodes, _module_name(gm, nodes, used))
+        _fuse(gm, nodes, _module_name(gm, nodes, used), vertex_name(_head(gm, nodes)))
     gm.graph.lint()
     gm.recompile()
     gm.meta["pc_granularity"] = "layer"
@@ -137,7 +138,7 @@ def _partition(gm: fx.GraphModule) -> list[list[fx.Node]]:
 
 def _module_name(gm: fx.GraphModule, nodes: list[fx.Node], used: set[str]) -> str:
     """``layer_<the parametric op's module path or node name>``, unique in ``gm``."""
-    head = next((n for n in nodes if _parametric(gm, n)), nodes[0])
+    head = _head(gm, nodes)
     base = "layer_" + re.sub(
         r"\W", "_", str(head.target if head.op == "call_module" else head.name)
     )
@@ -149,7 +150,12 @@ def _module_name(gm: fx.GraphModule, nodes: list[fx.Node], used: set[str]) -> st
     return name
 
 
-def _fuse(gm: fx.GraphModule, nodes: list[fx.Node], name: str) -> None:
+def _head(gm: fx.GraphModule, nodes: list[fx.Node]) -> fx.Node:
+    """The op a layer is named after: its parametric op (else its first)."""
+    return next((n for n in nodes if _parametric(gm, n)), nodes[0])
+
+
+def _fuse(gm: fx.GraphModule, nodes: list[fx.Node], name: str, vertex: str) -> None:
     infos = [n.meta["pc"] for n in nodes]
     last = infos[-1]
     sub, ins, outs = fuse_as_graphmodule(gm, nodes, name)
@@ -162,6 +168,7 @@ def _fuse(gm: fx.GraphModule, nodes: list[fx.Node], name: str) -> None:
         depends_on_params=any(i.depends_on_params for i in infos),
     )
     fused.meta["pc_layer"] = [n.name for n in nodes]
+    fused.meta["pc_name"] = vertex  # the vertex name (pccompile.frontend.names)
     end = nodes[-1]
     for n in gm.graph.nodes:  # data movement that named the layer's last op as its source
         info = n.meta.get("pc")

@@ -27,6 +27,8 @@ import copy
 import torch.fx as fx
 from torch.fx.node import map_arg
 
+from .names import identity_name
+
 __all__ = ["pc_identity", "set_levels", "level_graph", "data_parents", "pc_parents"]
 
 _DATA_ROLES = ("vertex", "identity", "struct", "input")
@@ -109,6 +111,7 @@ def level_graph(gm: fx.GraphModule) -> None:
                 for lvl in range(lu - 1, info.level, -1):
                     prev = graph.call_function(pc_identity, (prev,))
                     prev.meta["pc"] = _identity_info(u, c, lvl)
+                    prev.meta["pc_name"] = identity_name(u, c, lu - lvl)
             last[u] = prev
         if last:
             _rewire(graph, c, last)

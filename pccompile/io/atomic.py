@@ -14,6 +14,7 @@ user's notes or a nested output, is never deleted.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from ..errors import PCCompileError
 
-__all__ = ["OutputExistsError", "atomic_output", "check_output", "umask"]
+__all__ = ["OutputExistsError", "WriteFailedError", "atomic_output", "check_output", "umask"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,41 @@ Replaceable = Callable[[Path], Collection[str]]
 
 class OutputExistsError(PCCompileError, FileExistsError):
     """The output path exists and overwriting it was not asked for (or is not safe)."""
+
+    cli_words = {"overwrite=True": "--force"}
+
+
+class WriteFailedError(PCCompileError, OSError):
+    """Writing an output failed part-way: the disk is full (``ENOSPC``, or ``torch.save``'s
+    "PytorchStreamWriter failed" / "unexpected pos", which is how a full disk reaches it) or
+    another I/O error. Nothing was published under the requested name."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+# how torch.save's C++ writer reports a failed write (a full disk among others)
+_TORCH_WRITE_FAILED = ("PytorchStreamWriter failed", "inline_container", "unexpected pos")
+
+
+def _write_failed(exc: BaseException, final: Path) -> WriteFailedError | None:
+    """A :class:`WriteFailedError` for a failed write (``None`` for other errors)."""
+    no_space = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    torch_write = isinstance(exc, RuntimeError) and any(s in str(exc) for s in _TORCH_WRITE_FAILED)
+    if not (no_space or torch_write):
+        return None
+    folder = final.parent
+    try:
+        free = shutil.disk_usage(folder).free
+        room = f"the disk holding {str(folder)!r} has {free / 2**20:.1f} MiB free"
+    except OSError:
+        room = f"the disk holding {str(folder)!r} may be full"
+    cause = " ".join(str(exc).split())[:160]
+    return WriteFailedError(
+        errno.ENOSPC if no_space else errno.EIO,
+        f"Writing {str(final)!r} failed ({cause}); {room}. Nothing was written under that name: "
+        f"free some space or choose an output folder on another disk.",
+    )
 
 
 def umask() -> int:
@@ -139,6 +175,9 @@ def atomic_output(
                 os.replace(target, final)
         except BaseException as exc:
             _name_the_final_path(exc, tmpdir, final if directory else final.parent)
+            failed = _write_failed(exc, final)
+            if failed is not None:
+                raise failed from exc
             raise
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
@@ -162,7 +201,7 @@ def _check_existing(
 ) -> None:
     if not overwrite:
         raise OutputExistsError(
-            f"{str(final)!r} already exists; pass --force (overwrite=True) to replace it, or "
+            f"{str(final)!r} already exists; pass overwrite=True to replace it, or "
             f"choose another output path."
         )
     if not directory:
@@ -187,8 +226,8 @@ def _check_existing(
             f", ... ({len(foreign)} in all)" if len(foreign) > 5 else ""
         )
         raise OutputExistsError(
-            f"{str(final)!r} {what} ({shown}); --force only replaces what pccompile wrote, so "
-            f"move those away or choose another output directory."
+            f"{str(final)!r} {what} ({shown}); overwrite=True only replaces what pccompile "
+            f"wrote, so move those away or choose another output directory."
         )
 
 

@@ -20,6 +20,12 @@ in onnxruntime on a batch of another size):
   evaluate a PC network's error nodes and total energy
   ``F = sum_v 1/2 ||eps_v||^2 + L(mu_out, target)`` at any state of its value nodes, in any ONNX
   runtime.
+* ``learn``: ``(inputs, target, <parameter> for every trainable parameter, <buffer> for every
+  buffer the step updates) -> (loss, grad.<parameter>..., new.<buffer>...)``: one Z-IL learning
+  step (efficient schedule: local VJPs level by level), :mod:`pccompile.io.onnx_learn`.
+* ``il-learn``: the same signature for IL: ``T`` inference steps unrolled, then the local weight
+  gradients. Learn graphs have static shapes (the example's) and run in the module's current
+  training mode (BatchNorm's running-statistic updates are the ``new.`` outputs).
 """
 
 from __future__ import annotations
@@ -53,7 +59,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-GraphKind = Literal["predict", "energy"]
+GraphKind = Literal["predict", "energy", "learn", "il-learn"]
+GRAPHS: tuple[str, ...] = ("predict", "energy", "learn", "il-learn")
 DEFAULT_TOL = 1e-4
 # Above this many bytes of weights the file gets an external-data sidecar (ONNX's 2 GB limit).
 _EXTERNAL_DATA_BYTES = 1_800_000_000
@@ -76,11 +83,14 @@ class OnnxExport:
 
     Attributes:
         path: the ONNX file.
-        graph: ``"predict"`` or ``"energy"``.
+        graph: ``"predict"``, ``"energy"``, ``"learn"`` or ``"il-learn"``.
         input_names / output_names: the ONNX graph's input and output names, in order.
         max_abs_diff: max |onnxruntime - PyTorch| over every output (None when not verified).
         tol: the tolerance it was checked against.
         dynamic_batch: the first input's batch dimension is symbolic in the file.
+        nodes: the ONNX graph's node count (its top-level graph).
+        phases: learn graphs: phase (``forward``, ``level_<t>``, ``step_<s>``, ``params``) ->
+            number of ONNX nodes in it.
     """
 
     path: str
@@ -91,6 +101,8 @@ class OnnxExport:
     tol: float = DEFAULT_TOL
     per_output: dict[str, float] = field(default_factory=dict)
     dynamic_batch: bool = False
+    nodes: int = 0
+    phases: dict[str, int] = field(default_factory=dict)
 
 
 def require_onnx(verify: bool = True, what: str = "ONNX export") -> None:
@@ -117,30 +129,41 @@ def export_onnx(
     overwrite: bool = False,
     seed: int = 0,
     dynamic_batch: bool = True,
+    rule: Any = None,
 ) -> OnnxExport:
-    """Export ``pcm``'s prediction or its PC energy to ONNX, check it, then publish the file.
+    """Export ``pcm``'s prediction, its PC energy or one learning step to ONNX, check it, then
+    publish the file.
 
     Args:
-        pcm: a converted model; it is put in eval mode (its training flag is restored after).
+        pcm: a converted model; predict and energy put it in eval mode (its training flag is
+            restored after); learn graphs use its current mode.
         path: the ``.onnx`` file to write.
         example_inputs: inputs with the shapes to export (ONNX shapes are static).
-        graph: ``"predict"`` or ``"energy"``.
-        target: an example target (energy graph); its shape and dtype are the exported ones.
-        loss_fn: ``loss_fn(output, target) -> scalar`` (energy graph).
+        graph: ``"predict"``, ``"energy"``, ``"learn"`` (one Z-IL step) or ``"il-learn"`` (one
+            IL step); see the module docstring and docs/export.md.
+        target: an example target (energy and learn graphs); its shape and dtype are the
+            exported ones.
+        loss_fn: ``loss_fn(output, target) -> scalar`` (energy and learn graphs).
         verify: run ``onnx.checker.check_model`` and compare onnxruntime with PyTorch on fresh
             random inputs before publishing.
         tol: largest allowed max |onnxruntime - PyTorch|.
         overwrite: replace an existing ``path``.
         seed: seed of the verification inputs.
         dynamic_batch: try a dynamic batch dimension (kept only where the exporter finds the
-            model allows it; the file is then checked on a batch of another size).
+            model allows it; the file is then checked on a batch of another size). Learn graphs
+            are always static.
+        rule: learn graphs: the rule, ``"zil"`` (default) or ``"fpa"`` for ``learn``, an
+            :class:`~pccompile.IL` config for ``il-learn`` (default: ``pcm.rule`` if it is IL).
+            Learn graphs use the module's current training mode (predict and energy: eval).
 
     Returns:
         An :class:`OnnxExport` with the names and the observed max abs difference.
 
     Raises:
         ConfigError: the ``onnx`` extra is not installed (checked before anything runs).
-        ExportError: the exporter fails, or the file fails the ONNX checker.
+        ExportError: the exporter fails, or the file fails the ONNX checker; for learn graphs,
+            a rule that is not exact (``learn``), random ops (dropout in train mode), or a step
+            that cannot be traced.
         OnnxMismatchError: onnxruntime differs from PyTorch by more than ``tol`` (nothing is
             written under ``path``).
         OutputExistsError: ``path`` exists and ``overwrite`` is False.
@@ -151,9 +174,14 @@ def export_onnx(
         >>> res.max_abs_diff <= 1e-4
         True
     """
-    if graph not in ("predict", "energy"):
-        raise ExportError(f"graph must be 'predict' or 'energy', got {graph!r}.")
+    if graph not in GRAPHS:
+        raise ExportError(f"graph must be one of {GRAPHS}, got {graph!r}.")
     require_onnx(verify)
+    if graph in ("learn", "il-learn"):
+        from .onnx_learn import export_learn  # noqa: PLC0415 (imports this module)
+
+        opts = dict(verify=verify, tol=tol, overwrite=overwrite, seed=seed)
+        return export_learn(pcm, path, example_inputs, graph, target, loss_fn, rule, **opts)
     was_training = pcm.training
     pcm.eval()
     try:

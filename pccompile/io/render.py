@@ -118,15 +118,12 @@ def render_text(s: dict[str, Any]) -> str:
             r["op"],
             r["identity"],
             r["param_uses"],
-            "input" if r["input"] else ("output" if r["output"] else ""),
+            ", ".join(r["names"]),
         )
         for r in s["per_level"]
     ]
-    return (
-        "\n".join(head)
-        + "\n"
-        + format_table(["level", "vertices", "op", "identity", "param uses", "note"], rows)
-    )
+    header = ["level", "vertices", "op", "identity", "param uses", "names"]
+    return "\n".join(head) + "\n" + format_table(header, rows)
 
 
 def headline(s: dict[str, Any]) -> str:

@@ -16,6 +16,7 @@ it:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -27,7 +28,13 @@ from ..errors import ConfigError
 from .base import Schedule
 from .il import ILRule, check_approximate, compiled, setup_of
 
-__all__ = ["IPC", "IPCRule"]
+__all__ = ["IPC", "IPCRule", "STEP_GRADS"]
+
+#: Called as ``hook(params)`` with each evaluation's parameter gradients (a dict ``Parameter ->
+#: tensor``, replaced in place by the hook's values) just before iPC applies them inside
+#: inference: :class:`pccompile.distributed.DataParallel` averages them over the ranks there, so
+#: every rank takes the same step.
+STEP_GRADS: ContextVar[Callable[[dict], None] | None] = ContextVar("STEP_GRADS", default=None)
 
 
 @dataclass(frozen=True)
@@ -96,6 +103,8 @@ class IPCRule(ILRule):
                     averaged.add_leaf(slot, t, 1.0 / (steps + 1))
                 return
             g.finish(plan, ff, retain=True)
+            if (average := STEP_GRADS.get()) is not None:
+                average(g.params)
             with torch.no_grad():
                 if cfg.optimizer is None:
                     for p, t in g.params.items():

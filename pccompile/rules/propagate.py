@@ -12,13 +12,30 @@ update: BP's cost. This is Z-IL's efficient mode on a leveled graph, and FPA's f
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from contextvars import ContextVar
+
 from ..engine import FeedForward, Grads, Plan, add_to, loss_feedback
 from ..engine.vjp import vjp_pruned
 
-__all__ = ["propagate", "set_unreached"]
+__all__ = ["LEVEL_DONE", "propagate", "set_unreached"]
+
+#: Called as ``hook(t, grads)`` after level ``t``'s vertices have run: every contribution to the
+#: parameters that vertices at levels ``<= t`` use directly is then in ``grads`` (later levels
+#: never touch them). :class:`pccompile.distributed.DataParallel` starts those parameters'
+#: all-reduce there, overlapping it with the levels still to run.
+LEVEL_DONE: ContextVar[Callable[[int, Grads], None] | None] = ContextVar("LEVEL_DONE", default=None)
 
 
-def propagate(plan: Plan, ff: FeedForward, *, gamma: float, last_level: int) -> Grads:
+def propagate(
+    plan: Plan,
+    ff: FeedForward,
+    *,
+    gamma: float,
+    last_level: int,
+    scope: Callable[[int], AbstractContextManager] | None = None,
+) -> Grads:
     """The event-driven schedule: levels ``1 .. last_level`` in order, one VJP per vertex.
 
     Valid for Z-IL on a leveled graph, and for FPA with gamma = 1 on any graph (increasing level
@@ -27,34 +44,46 @@ def propagate(plan: Plan, ff: FeedForward, *, gamma: float, last_level: int) -> 
     Error nodes are carried sign-flipped here (``acc`` and ``neg_eps`` hold ``-eps``): the VJP of
     ``-eps`` gives a parameter's contribution with ``p.grad``'s sign directly, so parameter-sized
     gradients are kept as autograd returns them, never negated or copied.
+
+    ``scope(t)``, if given, is entered around level ``t``'s work (``t = 0``: the output's
+    feedback); the ONNX learn export uses it to tag each traced op with its level.
     """
     vertices, flat, mu, env, leaves = plan.vertices, ff.flat, ff.mu, ff.env, ff.leaves
+    scope = scope or _no_scope
     acc: list = [None] * len(vertices)
     grads = Grads()
-    # the loss's error on the output (and on any activation it reads), and its direct terms
-    for vid, fb in loss_feedback(plan, ff, grads, acc, weight=-1.0).items():
-        add_to(acc, vid, fb)  # an activation the loss reads: feedback before the front arrives
+    with scope(0):  # the loss's error on the output and on any activation it reads
+        for vid, fb in loss_feedback(plan, ff, grads, acc, weight=-1.0).items():
+            add_to(acc, vid, fb)  # an activation the loss reads: before the front arrives
+    level_done = LEVEL_DONE.get()
     for t in range(1, min(last_level, len(plan.by_level) - 1) + 1):
-        for vid in plan.by_level[t]:
-            fb, acc[vid] = acc[vid], None
-            v = vertices[vid]
-            if fb is not None:  # else no error reached it (e.g. steps ran out before its level)
-                # eps_v was 0 until the front arrived: eps_v <- 0 + gamma * (-0 + feedback).
-                neg_eps = fb if gamma == 1.0 else [None if f is None else gamma * f for f in fb]
-                if v.kind == "identity":
-                    add_to(acc, v.source, neg_eps)
-                else:
-                    vjp_pruned(v, mu[vid], neg_eps, flat, env, grads, acc)
-            # ff.release(v), inlined: its children are done and its own graph is consumed
-            mu[vid] = flat[vid] = leaves[vid] = None
-            if v.slot >= 0:
-                env[v.slot] = None
+        with scope(t):
+            for vid in plan.by_level[t]:
+                fb, acc[vid] = acc[vid], None
+                v = vertices[vid]
+                if fb is not None:  # else no error reached it (e.g. steps ran out before it)
+                    # eps_v was 0 until the front arrived: eps_v <- 0 + gamma * (-0 + feedback).
+                    neg_eps = fb if gamma == 1.0 else [None if f is None else gamma * f for f in fb]
+                    if v.kind == "identity":
+                        add_to(acc, v.source, neg_eps)
+                    else:
+                        vjp_pruned(v, mu[vid], neg_eps, flat, env, grads, acc)
+                # ff.release(v), inlined: its children are done and its own graph is consumed
+                mu[vid] = flat[vid] = leaves[vid] = None
+                if v.slot >= 0:
+                    env[v.slot] = None
+        if level_done is not None:
+            level_done(t, grads)
     if last_level < len(plan.by_level) - 1:  # too few steps: some levels never ran
         unreached = [v for v in vertices if v.level > last_level and (v.params or v.param_leaves)]
         set_unreached(grads, plan, unreached)
     else:
         grads.zero_fill = ()
     return grads
+
+
+def _no_scope(level: int) -> AbstractContextManager:
+    return nullcontext()
 
 
 def set_unreached(grads: Grads, plan: Plan, unreached: list) -> None:

@@ -87,6 +87,8 @@ class LearnReport:
             gradient is zero; ``learn`` also warns).
         compile_seconds: time ``torch.compile`` took in this step (``compile=True``: the first
             step of each input shape; 0 otherwise).
+        recaptures: captures the PCModule has made so far because the model changed after
+            ``convert`` (a guard failed, :mod:`pccompile.guards`).
     """
 
     rule: str
@@ -98,3 +100,4 @@ class LearnReport:
     output: Any = None
     unreached: list[str] = field(default_factory=list)
     compile_seconds: float = 0.0
+    recaptures: int = 0

@@ -12,6 +12,7 @@ A resume refuses a checkpoint whose configuration (all but ``epochs``) or ``meta
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable
@@ -32,6 +33,7 @@ __all__ = ["TRAIN_FILES", "check_train_outdir", "load_checkpoint", "fit"]
 
 CHECKPOINT, METRICS, MODEL, CURVES = "checkpoint.pt", "metrics.json", "model.pt", "curves.png"
 TRAIN_FILES = (CHECKPOINT, METRICS, MODEL, CURVES)
+TRACE_GLOB = "trace_epoch*.png"  # TrainConfig.trace: trace_epoch1.png, trace_epoch2.png ...
 
 
 def check_train_outdir(
@@ -53,7 +55,12 @@ def check_train_outdir(
             )
         check_output(out / METRICS, overwrite=True)  # writable
         return
-    check_output(out, overwrite=force, directory=True, replaceable=lambda _: TRAIN_FILES)
+    check_output(out, overwrite=force, directory=True, replaceable=_ours)
+
+
+def _ours(out: Path) -> tuple[str, ...]:
+    """What a run writes in OUT: the fixed files and the ``--trace`` pictures."""
+    return TRAIN_FILES + tuple(p.name for p in out.glob(TRACE_GLOB))
 
 
 def load_checkpoint(out: str | os.PathLike) -> dict[str, Any]:
@@ -78,10 +85,11 @@ def load_checkpoint(out: str | os.PathLike) -> dict[str, Any]:
 def _check_resumable(state: dict, config: TrainConfig, meta: dict) -> None:
     saved = dict(state["config"])
     now = config.as_dict()
+    default = {f.name: f.default for f in dataclasses.fields(config)}  # older checkpoints
     differ = [
-        f"{k} {saved.get(k)!r} -> {now[k]!r}"
+        f"{k} {saved.get(k, default[k])!r} -> {now[k]!r}"
         for k in now
-        if k not in ("epochs", "device") and saved.get(k) != now[k]
+        if k not in ("epochs", "device") and saved.get(k, default[k]) != now[k]
     ]
     saved_meta = state.get("meta", {})
     differ += [
@@ -92,6 +100,17 @@ def _check_resumable(state: dict, config: TrainConfig, meta: dict) -> None:
             f"--resume with other settings than the checkpoint's ({'; '.join(differ)}); repeat "
             f"the original command's options (only --epochs may change)."
         )
+
+
+def _draw_trace(trainer: Trainer, path: Path, warn: Callable[[str], None] | None) -> None:
+    from ..plot import plot_trace
+
+    title = f"{trainer.config.rule}, epoch {trainer.epoch}: inference on its last batch"
+    try:
+        plot_trace(trainer.last_trace, path, title=title)
+    except ConfigError as exc:  # matplotlib is an extra
+        if warn is not None:
+            warn(f"{path.name} skipped: {exc}")
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -147,7 +166,7 @@ def fit(
         trainer.load_state_dict(state)
     elif main:
         out.mkdir(parents=True, exist_ok=True)
-        for name in TRAIN_FILES:  # --force: what an earlier run left
+        for name in _ours(out):  # --force: what an earlier run left
             (out / name).unlink(missing_ok=True)
     while not trainer.done:
         row = trainer.run_epoch(on_batch)
@@ -156,6 +175,8 @@ def fit(
         _save(out / CHECKPOINT, {**trainer.state_dict(), "meta": meta})
         _write_json(out / METRICS, trainer.metrics)
         _save(out / MODEL, trainer.model.state_dict())
+        if config.trace and trainer.last_trace is not None:
+            _draw_trace(trainer, out / f"trace_epoch{trainer.epoch}.png", warn)
         if on_epoch is not None:
             on_epoch(row)
     if not main:

@@ -28,14 +28,18 @@ import torch.nn.functional as F
 
 from ..api import convert
 from ..data import Dataset
-from ..distributed import DataParallel, GlobalBatchNorm, all_mean, global_batchnorm, world_size
+from ..distributed import LEAF_MODULES, DataParallel, all_mean, global_layers, world_size
 from ..errors import ConfigError, InputError
+from ..frontend.layers import check_granularity
+from ..frontend.names import no_vertex_message
 from ..module import PCModule
 from ..rules import make_rule
 
-__all__ = ["TrainConfig", "Trainer", "check_fits", "batch_norms"]
+__all__ = ["TrainConfig", "Trainer", "check_fits", "batch_norms", "model_dtype"]
 
 OPTIMIZERS = ("sgd", "adam")
+DTYPES = ("float32", "float64", "bfloat16")
+LR_SCHEDULES = ("constant", "cosine")
 EVAL_CHUNK = 1024
 
 
@@ -45,8 +49,16 @@ class TrainConfig:
 
     Attributes:
         rule: the PC rule (``zil``, ``fpa``, ``il``, ``ipc``, or ``bp`` for plain autograd);
-            ``rule_options`` its options (``gamma``, ``steps``, ``mode``).
+            ``rule_options`` its options (any field of its config: ``gamma``, ``steps``,
+            ``mode``, ``output``, ``output_precision``, ``precision``, iPC's ``lr`` ...).
+        granularity: the vertex granularity to convert with (``op``, ``layer``; None: the
+            rule's default).
+        trace: record the inference of each epoch's last batch (``learn(trace=True)``);
+            :func:`pccompile.train.fit` draws it as ``trace_epoch<k>.png``.
         optimizer: ``sgd`` or ``adam``; ``lr``, ``momentum`` (SGD), ``weight_decay``.
+        lr_schedule: ``constant``, or ``cosine``: the learning rate at step ``s`` of ``S``
+            (all epochs' batches) is ``lr * (1 + cos(pi s / S)) / 2``, a function of the step
+            alone, so a resume continues it (a resume to more epochs stretches it).
         epochs: epochs to train in all (a resume continues up to it).
         batch_size: samples per optimizer step; the last partial batch of an epoch is dropped.
         seed: seeds the data order (the model's init is the caller's, seeded likewise).
@@ -54,12 +66,17 @@ class TrainConfig:
         limit_batches: train on at most this many batches per epoch (quick runs, tests).
         device: where the model and each batch live (``cpu``, ``cuda``, ``cuda:1``); the data
             set stays in host memory and the data order is drawn on the CPU.
+        dtype: ``float32``, ``float64`` or ``bfloat16``: the model is cast to it and each batch's
+            images too; ``None`` keeps the model's own floating dtype (the images follow it).
     """
 
     rule: str = "zil"
     rule_options: dict[str, Any] = field(default_factory=dict)
+    granularity: str | None = None
+    trace: bool = False
     optimizer: str = "sgd"
     lr: float = 0.05
+    lr_schedule: str = "constant"
     momentum: float = 0.0
     weight_decay: float = 0.0
     epochs: int = 1
@@ -68,10 +85,17 @@ class TrainConfig:
     compare_bp: bool = False
     limit_batches: int | None = None
     device: str = "cpu"
+    dtype: str | None = None
 
     def __post_init__(self) -> None:
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise ConfigError(f"dtype {self.dtype!r}: choose one of {list(DTYPES)}.")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer {self.optimizer!r}: choose one of {list(OPTIMIZERS)}.")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(
+                f"lr_schedule {self.lr_schedule!r}: choose one of {list(LR_SCHEDULES)}."
+            )
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}.")
@@ -80,6 +104,10 @@ class TrainConfig:
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"lr must be a positive number, got {self.lr}.")
         make_rule(self.rule, **self.rule_options)  # unknown rule or option: ConfigError now
+        if self.granularity is not None:
+            check_granularity(self.granularity)
+        if self.trace and self.rule == "bp":
+            raise ConfigError("trace: rule 'bp' runs no inference to trace; use a PC rule.")
         try:
             dev = torch.device(self.device)
         except (RuntimeError, ValueError):
@@ -98,7 +126,11 @@ class TrainConfig:
 
 
 def check_fits(
-    model: nn.Module, data: Dataset, batch_size: int, device: str | torch.device = "cpu"
+    model: nn.Module,
+    data: Dataset,
+    batch_size: int,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
 ) -> None:
     """Run ``model`` on a first batch (no grad, RNG and mode restored) and check that its output
     is a ``(batch, K)`` tensor of logits with ``K >= num_classes``, so cross-entropy fits.
@@ -106,7 +138,7 @@ def check_fits(
     Raises:
         InputError: the model rejects the images, or its output does not fit the labels.
     """
-    x = data.x_train[: min(batch_size, len(data.x_train))].to(device)
+    x = _images(data.x_train[: min(batch_size, len(data.x_train))], device, dtype)
     rng, training = get_rng(device), model.training
     try:
         with torch.no_grad():
@@ -135,9 +167,22 @@ def check_fits(
         )
 
 
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The floating dtype of the model's first floating parameter or buffer (float32 if none):
+    the dtype its inputs must have."""
+    for t in (*model.parameters(), *model.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return torch.float32
+
+
+def _images(x: torch.Tensor, device: Any, dtype: torch.dtype | None) -> torch.Tensor:
+    return x.to(device, dtype) if dtype is not None and x.is_floating_point() else x.to(device)
+
+
 def batch_norms(model: nn.Module) -> list[str]:
     """The ``nn.BatchNorm1d/2d/3d`` submodules of ``model``: data-parallel, the trainer makes
-    them :class:`pccompile.distributed.GlobalBatchNorm` (the global batch's statistics)."""
+    them use the global batch's statistics (:func:`pccompile.distributed.global_layers`)."""
     kinds = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
     return [n for n, m in model.named_modules() if type(m) in kinds]
 
@@ -146,6 +191,13 @@ def _optimizer(params: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def lr_at(cfg: TrainConfig, step: int, steps: int) -> float:
+    """The learning rate of optimizer step ``step`` (0-based) of ``steps`` in all."""
+    if cfg.lr_schedule == "cosine":
+        return cfg.lr * (1 + math.cos(math.pi * step / max(steps, 1))) / 2
+    return cfg.lr
 
 
 def get_rng(device: str | torch.device = "cpu") -> tuple:
@@ -161,7 +213,11 @@ def set_rng(state: tuple, device: str | torch.device = "cpu") -> None:
 
 
 def evaluate(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: str | torch.device = "cpu"
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
 ) -> tuple[float, float]:
     """Test loss and accuracy of ``model`` in eval mode (its mode is restored)."""
     training = model.training
@@ -169,13 +225,26 @@ def evaluate(
     loss, correct = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(y), EVAL_CHUNK):
-            out = model(x[i : i + EVAL_CHUNK].to(device))
+            out = model(_images(x[i : i + EVAL_CHUNK], device, dtype))
             yb = y[i : i + EVAL_CHUNK].to(device)
             loss += float(F.cross_entropy(out, yb, reduction="sum"))
             correct += int((out.argmax(1) == yb).sum())
     model.train(training)
     n = max(len(y), 1)
     return loss / n, correct / n
+
+
+def _check_vertex_keys(pcm: PCModule, rule: Any) -> None:
+    """The vertex names in the rule's ``precision``/``energies`` are vertices of ``pcm``."""
+    names = [v.name for v in pcm.plan.vertices if v.kind != "output"]
+    for what in ("precision", "energies"):
+        for key in getattr(rule, what, None) or {}:
+            if key not in names:
+                raise ConfigError(no_vertex_message(what, key, names))
+
+
+def _mean(xs: list[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
 
 
 def max_param_diff(a: nn.Module, b: nn.Module) -> float:
@@ -210,17 +279,29 @@ class Trainer:
                 f"give a multiple of {world_size()} (the global batch is split across ranks)."
             )
         self.device = torch.device(config.device)
-        model.to(self.device)
-        check_fits(model, data, config.batch_size, self.device)
-        leaves: list = []
-        if world_size() > 1 and batch_norms(model):  # statistics of the global batch
-            model, leaves = global_batchnorm(model), [GlobalBatchNorm]
+        self.dtype = getattr(torch, config.dtype) if config.dtype else model_dtype(model)
+        if config.dtype:
+            model.to(self.device, self.dtype)
+        else:  # the model's own dtypes, untouched
+            model.to(self.device)
+        check_fits(model, data, config.batch_size, self.device, self.dtype)
+        leaves: tuple = ()
+        if world_size() > 1:  # BatchNorm statistics and dropout masks of the global batch
+            model = global_layers(model, self.device)
+            # only the kinds present: leaf_modules rules out torch.export's fallback
+            present = {type(m) for m in model.modules()}
+            leaves = tuple(t for t in LEAF_MODULES if t in present)
         model.train()
         self.bp_model = copy.deepcopy(model) if config.compare_bp else None
         rule = make_rule(config.rule, **config.rule_options)
         self.model, self.data, self.config = model, data, config
-        example = data.x_train[: config.batch_size // world_size()].to(self.device)
-        self.pcm: PCModule = convert(model, example, rule, leaf_modules=leaves)
+        example = _images(
+            data.x_train[: config.batch_size // world_size()], self.device, self.dtype
+        )
+        self.pcm: PCModule = convert(
+            model, example, rule, leaf_modules=leaves, granularity=config.granularity
+        )
+        _check_vertex_keys(self.pcm, rule)  # a typo in precision= fails before any file
         self.dp = DataParallel(self.pcm)  # one process: does nothing
         self.bp_dp = DataParallel(self.bp_model) if self.bp_model is not None else None
         self.opt = _optimizer(model.parameters(), config)
@@ -228,6 +309,7 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(config.seed)
         self.epoch = 0
         self.metrics: list[dict[str, Any]] = []
+        self.last_trace = None  # config.trace: the Trace of the last epoch's last batch
 
     @property
     def done(self) -> bool:
@@ -245,17 +327,28 @@ class Trainer:
         perm = torch.randperm(len(data.y_train), generator=self.generator)
         n = self.batches_per_epoch()
         losses, bp_losses, seconds, bp_seconds = [], [], 0.0, 0.0
+        energy_start, energy_end = [], []
         for i in range(n):
             idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            x = self.dp.shard(data.x_train[idx]).to(self.device)
+            x = _images(self.dp.shard(data.x_train[idx]), self.device, self.dtype)
             y = self.dp.shard(data.y_train[idx]).to(self.device)
             rng = get_rng(self.device)
+            lr = lr_at(cfg, (self.epoch * n) + i, cfg.epochs * n)
+            for opt in (self.opt, self.bp_opt):
+                for group in opt.param_groups if opt is not None else ():
+                    group["lr"] = lr
             t0 = time.perf_counter()
             self.opt.zero_grad()
-            report = self.dp.learn(x, target=y, loss_fn=F.cross_entropy)  # + all-reduce
+            traced = {"trace": True} if cfg.trace and i == n - 1 else {}
+            report = self.dp.learn(x, target=y, loss_fn=F.cross_entropy, **traced)  # + all-reduce
             self.opt.step()
             seconds += time.perf_counter() - t0
             losses.append(all_mean(float(report.loss), device=self.device))
+            if report.energy:  # the rules and modes that track it (il, ipc; faithful zil/fpa)
+                energy_start.append(all_mean(report.energy[0], device=self.device))
+                energy_end.append(all_mean(report.energy[-1], device=self.device))
+            if traced:
+                self.last_trace = report.trace
             if self.bp_model is not None:
                 rng_pc = get_rng(self.device)
                 set_rng(rng, self.device)
@@ -271,7 +364,9 @@ class Trainer:
             if on_batch is not None:
                 on_batch(i + 1, n, losses[-1])
         self.epoch += 1
-        test_loss, test_acc = evaluate(self.model, data.x_test, data.y_test, self.device)
+        test_loss, test_acc = evaluate(
+            self.model, data.x_test, data.y_test, self.device, self.dtype
+        )
         row: dict[str, Any] = {
             "epoch": self.epoch,
             "rule": cfg.rule,
@@ -279,12 +374,17 @@ class Trainer:
             "test_loss": test_loss,
             "test_acc": test_acc,
             "seconds": seconds,
+            # the energy when inference starts (the feed-forward pass: the loss term alone) and
+            # when it ends, averaged over the epoch's batches; None where the rule tracks none
+            "energy_start": _mean(energy_start),
+            "energy_end": _mean(energy_end),
             "batches": n,
             "ranks": world_size(),
+            "lr": lr_at(cfg, self.epoch * n - 1, cfg.epochs * n),  # the epoch's last step's
         }
         if self.bp_model is not None:
             bp_test_loss, bp_test_acc = evaluate(
-                self.bp_model, data.x_test, data.y_test, self.device
+                self.bp_model, data.x_test, data.y_test, self.device, self.dtype
             )
             row.update(
                 bp_train_loss=sum(bp_losses) / len(bp_losses),
