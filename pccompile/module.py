@@ -409,7 +409,7 @@ def _root_hooks_in_learn(
     runs; the forward hooks act on the graph's output, so they are part of the loss (the
     output vertex's energy is ``loss_fn(hooks(output), target)``, differentiated by autograd).
     Returns the inputs, that loss, and a cell holding the hooked output of its first call (the
-    feed-forward pass; the faithful schedule evaluates the loss again on inferred values)."""
+    feed-forward pass; IL and iPC evaluate the loss again on inferred values)."""
     args, kwargs = inputs, {}
     for hook_id, hook in list(model._forward_pre_hooks.items()):
         if hook_id in model._forward_pre_hooks_with_kwargs:
