@@ -67,8 +67,9 @@ class RecaptureLimitError(PCCompileError):
 
 
 class UnreachedWarning(UserWarning):
-    """Approximate inference ended before the error reached some parameters (their gradient is
-    zero): ``steps`` is smaller than their distance from the output."""
+    """Inference ended before the error reached some parameters (their gradient is zero):
+    ``steps`` is smaller than their distance from the output (any rule: IL, iPC, and Z-IL or FPA
+    asked for fewer steps than the depth)."""
 
 
 class NumericallyUnreachedWarning(UserWarning):

@@ -262,6 +262,7 @@ class PCModule(nn.Module):
         ff = feed_forward(
             plan, inputs, target, _checked(loss_fn), record_state=schedule.records_state
         )
+        ff.root = self._pc_model
         tr = None
         if trace or schedule.mode == "faithful":  # faithful schedules report the energy per step
             tr = Trace(keep_errors=trace == "errors", per_vertex=bool(trace), rule=cfg.name)
@@ -277,7 +278,7 @@ class PCModule(nn.Module):
         grads.finish(plan, ff)
         grads.write(plan)
         run = grads.run
-        unreached = list(run.unreached) if run is not None else []
+        unreached = list(run.unreached) if run is not None else grads.unreached
         if unreached:
             layers = plan.gm.meta.get("pc_granularity") == "layer"
             hint = "" if layers else " or convert with granularity='layer'"
@@ -443,7 +444,7 @@ def _root_hooks_in_learn(
     runs; the forward hooks act on the graph's output, so they are part of the loss (the
     output vertex's energy is ``loss_fn(hooks(output), target)``, differentiated by autograd).
     Returns the inputs, that loss, and a cell holding the hooked output of its first call (the
-    feed-forward pass; the faithful schedule evaluates the loss again on inferred values)."""
+    feed-forward pass; IL and iPC evaluate the loss again on inferred values)."""
     args, kwargs = inputs, {}
     for hook_id, hook in list(model._forward_pre_hooks.items()):
         if hook_id in model._forward_pre_hooks_with_kwargs:

@@ -36,6 +36,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from .api import convert
 from .engine.grads import memory_of
+from .errors import ConfigError
 from .preserve import python_state
 
 __all__ = [
@@ -267,9 +268,10 @@ def _worst(pairs: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, 
 def train_against_bp(
     model: nn.Module,
     batches: Sequence[tuple[tuple, Any]],
-    loss_fn: Callable,
+    loss_fn: Callable | None,
     rule: Any = "zil",
     *,
+    loss_for: Callable[[nn.Module], Callable] | None = None,
     habits: Habits = Habits(),
     train: bool = True,
     seed: int = 0,
@@ -285,7 +287,11 @@ def train_against_bp(
     Args:
         model: the model; two deep copies are trained, ``model`` itself is left as it is.
         batches: ``(inputs_tuple, target)`` micro-batches, used in order (cycled).
-        loss_fn: ``loss_fn(output, target) -> scalar``.
+        loss_fn: ``loss_fn(output, target) -> scalar``, for a loss that reads only the output.
+        loss_for: for a loss that reads the model (an L2 penalty, a learnable temperature, an
+            activation a forward hook captures): ``loss_for(copy) -> loss_fn`` is called once
+            with each copy, before the PC copy is converted, so each copy's loss reads (and
+            hooks) its own model. Give it instead of ``loss_fn``.
         rule: the PC rule (name or config); ``rule_options`` override its fields
             (``mode="faithful"`` ...).
         habits: the loop's habits (accumulation, clipping, momentum, ``set_to_none``).
@@ -314,6 +320,13 @@ def train_against_bp(
     bp_model, pc_model = copy.deepcopy(model), copy.deepcopy(model)
     bp_model.train(train)
     pc_model.train(train)
+    if (loss_fn is None) == (loss_for is None):
+        raise ConfigError(
+            "train_against_bp needs loss_fn (a loss on the output) or loss_for (copy -> its "
+            "loss, for a loss that reads the model), exactly one of them."
+        )
+    losses = (loss_fn, loss_fn) if loss_for is None else (loss_for(bp_model), loss_for(pc_model))
+    loss_bp, loss_pc = losses
     example = example_inputs if example_inputs is not None else batches[0][0]
     torch.manual_seed(seed)
     rng = torch.get_rng_state()
@@ -345,10 +358,10 @@ def train_against_bp(
                 inputs, target = bp.cast(inputs, target)
             torch.set_rng_state(rng)
             out = bp_model(*inputs)
-            loss_fn(out, target).backward()
+            loss_bp(out, target).backward()
             rng_bp = torch.get_rng_state()
             torch.set_rng_state(rng)
-            rep = pcm.learn(*inputs, target=target, loss_fn=loss_fn, **rule_options)
+            rep = pcm.learn(*inputs, target=target, loss_fn=loss_pc, **rule_options)
             report.mode = rep.mode
             row = _grad_row(step, bp_model, pc_model)
             row.rng_equal = torch.equal(torch.get_rng_state(), rng_bp)

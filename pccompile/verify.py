@@ -8,12 +8,14 @@ buffers and the global RNG state are restored afterwards.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from .errors import UnreachedWarning
 from .module import PCModule
 
 __all__ = ["ParamCheck", "VerifyResult", "verify", "format_table", "default_tolerance"]
@@ -109,7 +111,9 @@ def verify(
             if progress is not None:
                 name = r if isinstance(r, str) else getattr(r or pcm.rule, "name", "rule")
                 progress(f"{name} step")
-            report = pcm.learn(*inputs, target=target, loss_fn=loss_fn, rule=r, **kw)
+            with warnings.catch_warnings():  # the table names the parameters not reached
+                warnings.simplefilter("ignore", UnreachedWarning)
+                report = pcm.learn(*inputs, target=target, loss_fn=loss_fn, rule=r, **kw)
             runs["bp" if r == "bp" else "pc"] = (_grads(pcm), report)
     finally:
         pcm.load_state_dict(state)

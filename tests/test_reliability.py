@@ -245,6 +245,21 @@ def _fail_vjp_on(monkeypatch, n: int) -> None:
                 monkeypatch.setattr(mod, name, failing(getattr(mod, name)))
 
 
+def _fail_recompute_on(monkeypatch, n: int):
+    """Make the n-th re-evaluation of a prediction during inference raise."""
+    import pccompile.rules.sync as sync
+
+    calls, real = [0], sync.call_vertex
+
+    def call_vertex(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == n:
+            raise Boom(f"re-evaluation {n}")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sync, "call_vertex", call_vertex)
+
+
 def _loss_failing_on(n: int):
     calls = [0]
 
@@ -263,12 +278,13 @@ def _loss_failing_on(n: int):
     [
         ("zil", {}, "vjp"),
         ("zil", {"mode": "faithful"}, "vjp"),
-        ("zil", {"mode": "faithful"}, "loss"),  # the loss is re-evaluated at every step
+        # the loss runs once per learn; a prediction is re-evaluated at every step
+        ("zil", {"mode": "faithful"}, "recompute"),
         ("fpa", {}, "vjp"),
         ("il", {"steps": 4}, "loss"),
         ("ipc", {"steps": 4}, "loss"),  # the fused step: the loss at every evaluation
     ],
-    ids=["zil-vjp", "zil-faithful-vjp", "zil-faithful-loss", "fpa-vjp", "il-loss", "ipc-loss"],
+    ids=["zil-vjp", "zil-faithful-vjp", "zil-faithful-recompute", "fpa-vjp", "il-loss", "ipc-loss"],
 )
 def test_failed_learn_step_leaves_grads_and_weights_untouched(
     monkeypatch, rule, opts, failure, start
@@ -281,6 +297,8 @@ def test_failed_learn_step_leaves_grads_and_weights_untouched(
     loss_fn = F.cross_entropy
     if failure == "vjp":
         _fail_vjp_on(monkeypatch, 3)
+    elif failure == "recompute":
+        _fail_recompute_on(monkeypatch, 3)
     else:
         loss_fn = _loss_failing_on(2)  # the first call is the feed-forward pass
     with pytest.raises(Boom):

@@ -16,7 +16,7 @@ Notation: value node ``x_v`` (a tensor per float output of the vertex), predicti
 from .evaluate import FeedForward, VertexState, call_vertex, feed_forward, leafify, rebuild, walk
 from .grads import Grads
 from .plan import Plan, Vertex, compile_plan
-from .vjp import add_to, output_feedback, vjp
+from .vjp import add_to, loss_feedback, vjp
 
 __all__ = [
     "FeedForward",
@@ -29,7 +29,7 @@ __all__ = [
     "compile_plan",
     "feed_forward",
     "leafify",
-    "output_feedback",
+    "loss_feedback",
     "rebuild",
     "vjp",
     "walk",

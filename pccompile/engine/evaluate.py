@@ -11,8 +11,8 @@ starts from the vertex's recorded state and changes no state.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +52,11 @@ class VertexState:
 
     rng: tuple | None = None
     buffers: dict[str, Tensor] | None = None
+    # modules of the vertex with forward (pre-)hooks, and per module the hooks that are part of
+    # the vertex's function (they returned a value or changed the module); the others observe
+    # (a feature-capturing hook) and fire once per learn, in the feed-forward pass, as in BP
+    hooked: list | None = None
+    active_hooks: dict[int, set] | None = None
 
 
 def _rng_snapshot(devices: list[int]) -> tuple:
@@ -69,7 +74,64 @@ def record_state_of(v: Vertex, devices: list[int]) -> VertexState | None:
         state.rng = _rng_snapshot(devices)
     if rule.protects_buffers and v.module is not None:
         state.buffers = {n: b.detach().clone() for n, b in v.module.named_buffers()}
+        hooked = [m for m in v.module.modules() if m._forward_pre_hooks or m._forward_hooks]
+        if hooked:
+            state.hooked, state.active_hooks = hooked, {}
     return state
+
+
+_HOOKS = ("_forward_pre_hooks", "_forward_hooks")
+
+
+@contextmanager
+def _watching_hooks(state: VertexState) -> Iterator[None]:
+    """Run the feed-forward call with every forward hook of the vertex wrapped, recording
+    which hooks are part of its function: they return a value (replace the inputs or the
+    output) or rebind a module attribute (the old spectral-norm API's pre-hook sets
+    ``weight``)."""
+    saved = []
+    for m in state.hooked:
+        for kind in _HOOKS:
+            hooks = getattr(m, kind)
+            saved.append((hooks, dict(hooks)))
+            for hid, fn in list(hooks.items()):
+                hooks[hid] = _watched(fn, m, (kind, hid), state.active_hooks)
+    try:
+        yield
+    finally:
+        for hooks, original in saved:  # a hook that removed itself stays removed
+            for hid, fn in original.items():
+                if hid in hooks:
+                    hooks[hid] = fn
+
+
+def _watched(fn: Callable, m: torch.nn.Module, key: tuple, active: dict) -> Callable:
+    def hook(*args: Any, **kwargs: Any) -> Any:
+        before = {k: id(x) for k, x in vars(m).items()}
+        res = fn(*args, **kwargs)
+        if res is not None or {k: id(x) for k, x in vars(m).items()} != before:
+            active.setdefault(id(m), set()).add(key)
+        return res
+
+    return hook
+
+
+@contextmanager
+def _quiet_hooks(state: VertexState) -> Iterator[None]:
+    """Re-evaluate with only the hooks that are part of the vertex's function (see
+    :func:`_watching_hooks`): observers do not fire again."""
+    saved = []
+    for m in state.hooked:
+        keep = state.active_hooks.get(id(m), ())
+        for kind in _HOOKS:
+            hooks = m.__dict__[kind]
+            saved.append((m, kind, hooks))
+            m.__dict__[kind] = type(hooks)((h, f) for h, f in hooks.items() if (kind, h) in keep)
+    try:
+        yield
+    finally:
+        for m, kind, hooks in saved:
+            m.__dict__[kind] = hooks
 
 
 def call_vertex(
@@ -93,7 +155,8 @@ def call_vertex(
     if not recompute:
         return _invoke(node, v.module, args, kwargs)
     rng = state.rng if state is not None and rule.replays_rng else None
-    with torch.random.fork_rng(devices=devices, enabled=rng is not None):
+    hooks = _quiet_hooks(state) if state is not None and state.hooked else _NO_SWITCH
+    with torch.random.fork_rng(devices=devices, enabled=rng is not None), hooks:
         if rng is not None:
             _rng_restore(rng, devices)
         if rule.protects_buffers and v.module is not None:
@@ -175,6 +238,7 @@ class FeedForward:
     loss: Tensor
     output: Any
     boundary_out: dict[int, Any]
+    root: Any = None  # the user's model, to name what a loss read (set by PCModule.learn)
 
 
 def walk(
@@ -252,9 +316,14 @@ def feed_forward(
             s = v.source
             leaves[vid], flat[vid], mu[vid] = leaves[s], flat[s], flat[s]
             return leaves[s]
+        st = None
         if record_state and (st := record_state_of(v, devices)) is not None:
             states[vid] = st
-        if v.call is not None:  # call_vertex(recompute=False), inlined
+        if record_state and st is not None and st.hooked:
+            with _watching_hooks(st):
+                args, kwargs = v.load(env, leaves)
+                out = _invoke(v.node, v.module, args, kwargs)
+        elif v.call is not None:  # call_vertex(recompute=False), inlined
             out = v.call(env, leaves)
         else:
             args, kwargs = v.load(env, leaves)

@@ -35,6 +35,13 @@ class Grads:
         self.leaves: dict[int, Tensor] = {}
         self.written = True  # False: the rule applied its updates itself (iPC with lr > 0)
         self.run = None  # the approximate rules' inference run (engine.inference.Run)
+        # Which live parameters get zeros when no contribution reached them. None: all of them
+        # (the approximate rules: the error did not reach them in time, and learn warns). The
+        # exact rules name only the parameters of the vertices too few steps left unreached:
+        # any other parameter without a contribution is one BP does not reach either, and its
+        # .grad stays as it was (None stays None), as autograd leaves it.
+        self.zero_fill: tuple[torch.nn.Parameter, ...] | None = None
+        self.unreached: list[str] = []  # the exact rules' vertices too few steps left unreached
         self._owned: dict[
             int, Tensor
         ] = {}  # id -> tensor allocated here (kept alive: ids stay unique)
@@ -77,19 +84,23 @@ class Grads:
 
     def write(self, plan: Plan) -> None:
         """Accumulate into ``p.grad`` like ``loss.backward()``; parameters the graph uses but no
-        update reached (too few steps) get zeros. No two parameters end up sharing a ``.grad``."""
+        update reached in time (too few steps, see :attr:`zero_fill`) get zeros, parameters BP
+        would not reach keep their ``.grad``. No two parameters end up sharing a ``.grad``."""
         if not self.written:
             return
         given: set[tuple[int, int]] = set()  # memory handed to a p.grad in this write
         # by id: a Parameter key would cost a Python-level Tensor.__hash__ per lookup
         params = {id(p): g for p, g in self.params.items()}
         live = {id(p) for p in plan.live_params}
+        fill = live if self.zero_fill is None else {id(p) for p in self.zero_fill}
         others = [p for p in self.params if id(p) not in live]  # e.g. a learned energy's
         # Grad mode is switched off only around the arithmetic (a switch costs as much as the
         # rest of a small model's write): stealing a tensor records nothing in any mode.
         for p in (*plan.live_params, *others):
             g = params.get(id(p))
             if g is None:
+                if id(p) not in fill:
+                    continue
                 with torch.no_grad():
                     g = torch.zeros_like(p)
             if p.grad is not None:

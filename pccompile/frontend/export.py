@@ -77,12 +77,23 @@ def capture_export(
         TraceError: ``torch.export`` cannot capture the model; the message carries its reason.
     """
     try:
-        exported = _export(model, inputs, kwargs, training)
+        with _custom_functions() as functions:
+            exported = _export(model, inputs, kwargs, training)
     except Exception as exc:  # export raises many types, all about the user's code
         raise TraceError(
             f"torch.export cannot capture {type(model).__name__}: {type(exc).__name__}: "
             f"{_first_line(exc)}\n{_export_remedy(exc)}"
         ) from exc
+    if functions:
+        names = ", ".join(sorted({f.__qualname__ for f in functions}))
+        raise TraceError(
+            f"torch.export cannot capture {type(model).__name__} exactly: it calls the custom "
+            f"torch.autograd.Function {names}, whose forward torch.export traces into ATen ops "
+            f"and whose own backward it drops (a straight-through estimator would get "
+            f"autograd's gradient through its forward instead). Capture with torch.fx "
+            f"(capture='fx'), where the Function stays one vertex whose VJP is its backward: "
+            f"make the code fx cannot follow a leaf (leaf_modules=[...]) or traceable."
+        )
     flat = exported.module()
     graph = flat.graph
     # A fresh GraphModule over the user's model: get_attr targets resolve to its Parameter and
@@ -134,6 +145,25 @@ def _export(model: nn.Module, inputs: tuple, kwargs: dict | None, training: bool
             if len(attempts) == 1:
                 raise
             attempts.pop(0)
+
+
+@contextlib.contextmanager
+def _custom_functions():
+    """Record the user-defined ``torch.autograd.Function`` classes the model calls while it is
+    exported (torch's own, such as checkpointing, differentiate as their forward does)."""
+    real = torch.autograd.Function.__dict__["apply"]
+    seen: set[type] = set()
+
+    def apply(cls, *args, **kwargs):
+        if not cls.__module__.startswith("torch."):
+            seen.add(cls)
+        return real.__get__(None, cls)(*args, **kwargs)
+
+    torch.autograd.Function.apply = classmethod(apply)
+    try:
+        yield seen
+    finally:
+        torch.autograd.Function.apply = real
 
 
 @contextlib.contextmanager

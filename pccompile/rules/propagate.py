@@ -16,10 +16,10 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from contextvars import ContextVar
 
-from ..engine import FeedForward, Grads, Plan, add_to, output_feedback
+from ..engine import FeedForward, Grads, Plan, add_to, loss_feedback
 from ..engine.vjp import vjp_pruned
 
-__all__ = ["LEVEL_DONE", "propagate"]
+__all__ = ["LEVEL_DONE", "propagate", "set_unreached"]
 
 #: Called as ``hook(t, grads)`` after level ``t``'s vertices have run: every contribution to the
 #: parameters that vertices at levels ``<= t`` use directly is then in ``grads`` (later levels
@@ -52,8 +52,9 @@ def propagate(
     scope = scope or _no_scope
     acc: list = [None] * len(vertices)
     grads = Grads()
-    with scope(0):
-        output_feedback(plan, ff.loss, flat, acc, weight=-1.0)
+    with scope(0):  # the loss's error on the output and on any activation it reads
+        for vid, fb in loss_feedback(plan, ff, grads, acc, weight=-1.0).items():
+            add_to(acc, vid, fb)  # an activation the loss reads: before the front arrives
     level_done = LEVEL_DONE.get()
     for t in range(1, min(last_level, len(plan.by_level) - 1) + 1):
         with scope(t):
@@ -73,8 +74,23 @@ def propagate(
                     env[v.slot] = None
         if level_done is not None:
             level_done(t, grads)
+    if last_level < len(plan.by_level) - 1:  # too few steps: some levels never ran
+        unreached = [v for v in vertices if v.level > last_level and (v.params or v.param_leaves)]
+        set_unreached(grads, plan, unreached)
+    else:
+        grads.zero_fill = ()
     return grads
 
 
 def _no_scope(level: int) -> AbstractContextManager:
     return nullcontext()
+
+
+def set_unreached(grads: Grads, plan: Plan, unreached: list) -> None:
+    """Record the vertices with parameters that too few steps left unreached: their parameters
+    get zeros (learn warns); a parameter no error reaches otherwise keeps its ``.grad``."""
+    grads.unreached = [v.name for v in unreached]
+    params = [p for v in unreached for p in v.params]
+    if any(v.param_leaves for v in unreached):
+        params += plan.prologue_params
+    grads.zero_fill = tuple(params)

@@ -43,19 +43,22 @@ class Trace:
                 continue
             acc = out.setdefault(self.levels[name], [0.0] * len(norms))
             for s, n in enumerate(norms):
-                acc[s] = (acc[s] ** 2 + n**2) ** 0.5
+                acc[s] = math.hypot(acc[s], n)
         return dict(sorted(out.items()))
 
     def record(self, names_levels: list[tuple[str, int]], eps: list, loss_term: float) -> None:
         total = loss_term
         for (name, level), e in zip(names_levels, eps):
-            # vector_norm reduces in place (no float64 copy of every error node per step)
-            sq = sum(float(torch.linalg.vector_norm(t)) ** 2 for t in e) if e else 0.0
+            # vector_norm reduces in place (no float64 copy of every error node per step); the
+            # norm as hypot and its square as n * n: n ** 2 raises OverflowError past 1.3e154
+            # (float64 errors behind the front), n * n gives inf
+            norm = math.hypot(*_norms(e))
+            sq = norm * norm
             total += 0.5 * sq
             if not self.per_vertex:
                 continue
             self.vertex_energy.setdefault(name, []).append(0.5 * sq)
-            self.error_norm.setdefault(name, []).append(sq**0.5)
+            self.error_norm.setdefault(name, []).append(norm)
             self.levels[name] = level
             if self.keep_errors:
                 self.errors.setdefault(name, []).append([t.detach().clone() for t in e])
@@ -64,6 +67,10 @@ class Trace:
             self.error_norm.setdefault("output", []).append(float("nan"))
             self.levels["output"] = 0
         self.energy.append(total)
+
+
+def _norms(e: list | None) -> list[float]:
+    return [float(torch.linalg.vector_norm(t)) for t in e or () if t is not None]
 
 
 @dataclass

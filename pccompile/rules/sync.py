@@ -12,7 +12,6 @@ FPA (faithful mode), IL and iPC are this loop with different schedules.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch.utils._pytree import tree_flatten
@@ -24,11 +23,12 @@ from ..engine import (
     Vertex,
     add_to,
     call_vertex,
-    output_feedback,
+    loss_feedback,
     rebuild,
     vjp,
 )
 from ..frontend.annotate import is_float_tensor
+from .propagate import set_unreached
 from .report import Trace
 
 __all__ = ["run_sync", "activation_steps"]
@@ -65,21 +65,39 @@ def run_sync(
     grads = Grads()
     names = [(v.name, v.level) for v in plan.hidden]
     first = activation_steps(plan) if event_driven else {v.vid: 0 for v in plan.hidden}
+    # loss_fn ran once, in the feed-forward pass (as BP's loss does): its error on the output
+    # is the output error of every step, and its direct parameter terms are added once. An
+    # activation the loss reads is an output of the PC graph too, reached through the identity
+    # vertices levelling would put on that edge: its error arrives at step level(v) - 1.
+    dist, far = distances(plan), len(plan.vertices) + 1
+    reached: set[int] = set()  # vertices whose parameters were read with the error there
+    out_fb: list = [None] * len(plan.vertices)
+    extra = loss_feedback(plan, ff, grads, out_fb, weight=output_weight)
+    arrives = {vid: plan.vertices[vid].level - 1 for vid in extra}
+    out_fb = [(vid, fb) for vid, fb in enumerate(out_fb) if fb is not None]
+    loss_term = output_weight * float(ff.loss.detach())
     for s in range(n_updates + 1):
         # Vertices the error front has not reached have x = mu = their feed-forward values, so
         # eps = 0 and their VJP is zero: skipping them changes no number.
         active = [v for v in state.order if first[v.vid] <= s]
         if recompute:
-            flat, mus, loss = state.predict(active, target, loss_fn)
+            flat, mus = state.predict(active)
         else:
-            flat, mus, loss = ff.flat, ff.mu, ff.loss
+            flat, mus = ff.flat, ff.mu
         eps = {v.vid: state.errors(v, mus[v.vid], recompute) for v in active}
         if trace is not None:
             errors = [eps.get(v.vid, []) for v in plan.hidden]
-            trace.record(names, errors, output_weight * float(loss.detach()))
+            if trace.keep_errors:  # zero errors as tensors, for the caller
+                errors = [_zeros_for(e, state.x0[v.vid]) for v, e in zip(plan.hidden, errors)]
+            trace.record(names, errors, loss_term)
         acc: list = [None] * len(plan.vertices)
-        output_feedback(plan, loss, flat, acc, weight=output_weight, retain=not recompute)
+        for vid, fb in out_fb:
+            add_to(acc, vid, fb)
+        for vid, fb in extra.items():
+            if arrives[vid] <= s:
+                add_to(acc, vid, fb)
         wset = weights_at(s) or set()
+        reached.update(vid for vid in wset if dist.get(vid, far) <= s)
         for v in active:
             if v.kind == "identity":
                 add_to(acc, v.source, eps[v.vid])
@@ -101,6 +119,8 @@ def run_sync(
             on_step(s, grads)
         if s < n_updates:
             state.move(acc, eps, gamma)
+    unreached = [v for v in plan.hidden if v.vid not in reached and (v.params or v.param_leaves)]
+    set_unreached(grads, plan, unreached)
     return grads
 
 
@@ -122,9 +142,9 @@ class _ValueNodes:
         self.x0 = {v.vid: [t.detach() for t in ff.flat[v.vid]] for v in plan.hidden}
         self.d: dict[int, list] = {vid: [None] * len(x) for vid, x in self.x0.items()}
 
-    def predict(self, active: list[Vertex], target, loss_fn: Callable) -> tuple[list, list, Any]:
-        """Fresh value-node leaves ``x0 + d``, each active vertex's prediction re-evaluated from
-        them (from its recorded feed-forward state), and the loss at the output."""
+    def predict(self, active: list[Vertex]) -> tuple[list, list]:
+        """Fresh value-node leaves ``x0 + d`` and each active vertex's prediction re-evaluated
+        from them (from its recorded feed-forward state)."""
         plan, ff = self.plan, self.ff
         n = len(plan.vertices)
         leaves, flat, mus = list(ff.leaves), [None] * n, [None] * n
@@ -149,10 +169,7 @@ class _ValueNodes:
                     devices=ff.devices,
                 )
             mus[v.vid] = [t for t in tree_flatten(out)[0] if is_float_tensor(t)]
-        output = plan.read_output(ff.env, leaves)
-        with torch.enable_grad():
-            loss = loss_fn(output, target).reshape(())
-        return flat, mus, loss
+        return flat, mus
 
     def errors(self, v: Vertex, mus: list, recomputed: bool) -> list:
         return _errors(self.x0[v.vid], self.d[v.vid], mus, recomputed)
@@ -170,16 +187,21 @@ class _ValueNodes:
 
 def _errors(x0: list, d: list, mus: list, recomputed: bool) -> list:
     """``eps = x - mu`` as ``d - (mu - x0)``: exactly ``d`` while ``mu`` sits at ``x0``.
-    Predictions that were not recomputed (FPA) are the feed-forward ones: no comparison."""
+    Predictions that were not recomputed (FPA) are the feed-forward ones: no comparison. An
+    error that is zero because nothing has reached the vertex is None (no VJP runs on it)."""
     out = []
     for a, di, m in zip(x0, d, mus):
         m = m.detach()
         moved = recomputed and m is not a and not torch.equal(m, a)
-        if di is None:
-            out.append(a - m if moved else torch.zeros_like(a))
+        if di is None:  # None: exactly zero, and no error ever reached it (.grad stays None)
+            out.append(a - m if moved else None)
         else:
             out.append(di - (m - a) if moved else di)
     return out
+
+
+def _zeros_for(eps: list, x0: list) -> list:
+    return [torch.zeros_like(a) if e is None else e for e, a in zip(eps, x0)] if eps else eps
 
 
 def _step(d: torch.Tensor | None, e: torch.Tensor | None, f: torch.Tensor | None, gamma: float):
@@ -200,10 +222,17 @@ def activation_steps(plan: Plan) -> dict[int, int]:
     """The first step at which each vertex's error can be non-zero, starting from the
     feed-forward pass: ``min(d(v), d(p) for p in parents(v))`` with ``d`` the shortest distance
     to the output (the front moves one edge per step; a parent that moves changes ``mu_v``)."""
-    children: dict[int, list[int]] = {v.vid: [] for v in plan.vertices}
-    for v in plan.vertices:
-        for r in [v.source] if v.kind == "identity" else v.parents:
-            children[r].append(v.vid)
+    dist = distances(plan)
+    far = len(plan.vertices) + 1
+    out = {}
+    for v in plan.hidden:
+        ps = [v.source] if v.kind == "identity" else v.parents
+        out[v.vid] = min([dist.get(v.vid, far)] + [dist.get(p, far) for p in ps])
+    return out
+
+
+def distances(plan: Plan) -> dict[int, int]:
+    """Each vertex's shortest distance to the output: the step at which the error arrives."""
     dist = {plan.output.vid: 0}
     frontier = [plan.output.vid]
     while frontier:  # breadth-first from the output, against the edges
@@ -218,9 +247,4 @@ def activation_steps(plan: Plan) -> dict[int, int]:
                     dist[p] = dist[c] + 1
                     nxt.append(p)
         frontier = nxt
-    far = len(plan.vertices) + 1
-    out = {}
-    for v in plan.hidden:
-        ps = [v.source] if v.kind == "identity" else v.parents
-        out[v.vid] = min([dist.get(v.vid, far)] + [dist.get(p, far) for p in ps])
-    return out
+    return dist
