@@ -757,3 +757,15 @@ def test_capture_option_selects_the_front_end(capsys):
     code, _, err = run(capsys, *base, "--capture", "fx")
     assert code == 2 and "Cannot trace Branchy with torch.fx" in err
     assert "Neither front end" not in err  # fx alone was tried
+
+
+@pytest.mark.parametrize("command", ["convert", "verify", "export", "train"])
+def test_every_registered_rule_is_a_choice_of_the_command_line(command):
+    """The parser lists rules by name (it must not import torch); a rule added to the registry
+    and not to the command line fails here."""
+    from pccompile.cli.parser import build_parser
+    from pccompile.rules import RULES
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    rule = next(a for a in sub.choices[command]._actions if a.dest == "rule")
+    assert set(RULES) - {"bp"} <= set(rule.choices), sorted(set(RULES) - set(rule.choices))

@@ -215,7 +215,10 @@ def _rule_options() -> argparse.ArgumentParser:
     rule = argparse.ArgumentParser(add_help=False)
     r = rule.add_argument_group("rule")
     r.add_argument(
-        "--rule", choices=["zil", "fpa", "il", "ipc"], default="zil", help="learning rule"
+        "--rule",
+        choices=["zil", "fpa", "il", "ipc", "epc", "mcpc"],
+        default="zil",
+        help="learning rule",
     )
     r.add_argument("--gamma", type=float, help="inference step size (exact only at 1)")
     r.add_argument("--steps", type=int, help="inference steps (default: the rule's)")
@@ -331,7 +334,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--seed", type=int, default=0, help="seed of the init and the data order")
     r = p.add_argument_group("rule")
     r.add_argument(
-        "--rule", choices=["zil", "fpa", "il", "ipc", "bp"], default="zil", help="learning rule"
+        "--rule",
+        choices=["zil", "fpa", "il", "ipc", "epc", "mcpc", "bp"],
+        default="zil",
+        help="learning rule",
     )
     r.add_argument("--gamma", type=float, help="inference step size (exact only at 1)")
     r.add_argument("--steps", type=int, help="inference steps (default: the rule's)")
