@@ -12,10 +12,11 @@ original's flag. A plan is used only while the model is in the state it was capt
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import networkx as nx
@@ -25,7 +26,7 @@ from torch.utils._pytree import tree_map
 
 from .checks import check_inputs, check_target
 from .engine import Plan, feed_forward
-from .engine.inference import Inference, run_inference
+from .engine.inference import ON_STEP, Inference, run_inference
 from .errors import (
     ConfigError,
     DivergenceWarning,
@@ -35,6 +36,7 @@ from .errors import (
     PCCompileError,
     UnreachedWarning,
 )
+from .extras import require
 from .frontend.annotate import complete_inputs
 from .graph import pc_graph
 from .guards import PlanCache
@@ -211,6 +213,7 @@ class PCModule(nn.Module):
         require_exact: bool = False,
         clamp: dict[str, Any] | None = None,
         free_inputs: tuple[int, ...] = (),
+        progress: bool = False,
         **options: Any,
     ) -> LearnReport:
         """Run one PC learning step on a batch and accumulate ``+dL/dtheta`` into ``p.grad``.
@@ -227,6 +230,8 @@ class PCModule(nn.Module):
                 (partial clamping; the approximate rules only).
             free_inputs: positions of model inputs that become free value nodes during
                 inference (unsupervised / generative training; the approximate rules only).
+            progress: show a tqdm bar over the inference steps of a long eager inference
+                (the approximate rules; needs the ``progress`` extra).
             **options: rule options for this step (``gamma=``, ``steps=`` ...).
 
         Returns:
@@ -274,7 +279,8 @@ class PCModule(nn.Module):
         if free_inputs and not pc_rule.approximate:
             raise ConfigError(f"free_inputs= needs an approximate rule, not {cfg.name!r}.")
         extra = {"clamp": clamp, "free_inputs": tuple(free_inputs)} if pc_rule.approximate else {}
-        grads = pc_rule.run(plan, ff, cfg, schedule, target, loss_fn, tr, **extra)
+        with _progress_bar(cfg.name, progress):
+            grads = pc_rule.run(plan, ff, cfg, schedule, target, loss_fn, tr, **extra)
         grads.finish(plan, ff)
         grads.write(plan)
         run = grads.run
@@ -395,6 +401,32 @@ class PCModule(nn.Module):
         ff = feed_forward(plan, inputs, target, ff_loss, record_state=True)
         setup = setup_of(cfg, steps, clamp, free_inputs)
         return run_inference(plan, ff, target, None if target is None else loss_fn, setup)
+
+
+@contextlib.contextmanager
+def _progress_bar(rule: str, on: bool) -> Iterator[None]:
+    """``learn(progress=True)``: a tqdm bar advanced by the inference loop's :data:`ON_STEP`
+    hook (one bar per inference phase: centred nudging runs two)."""
+    if not on:
+        yield
+        return
+    require("progress", "learn(progress=True)")
+    from tqdm.auto import tqdm
+
+    bars: list = []
+
+    def on_step(s: int, steps: int) -> None:
+        if s == 0:
+            bars.append(tqdm(total=steps + 1, desc=f"{rule} inference", unit="step", leave=False))
+        bars[-1].update(1)
+
+    token = ON_STEP.set(on_step)
+    try:
+        yield
+    finally:
+        ON_STEP.reset(token)
+        for bar in bars:
+            bar.close()
 
 
 def _no_loss(output: Any, target: Any) -> torch.Tensor:

@@ -472,3 +472,38 @@ def test_a_diverging_il_inference_warns_at_the_callers_line():
         rep = pcm.learn(x, target=y, loss_fn=F.cross_entropy, steps=300, gamma=1.0)
     assert rec[0].filename == __file__
     assert not all(math.isfinite(e) for e in rep.energy)
+
+
+@pytest.mark.parametrize("rule", ["il", "epc"])
+def test_progress_bar_counts_every_inference_step_and_changes_nothing(rule, monkeypatch):
+    """learn(progress=True): one tqdm bar per inference run, advanced once per step (0..T) by
+    the loop's ON_STEP hook; the gradients are the ones without the bar, bitwise."""
+    import tqdm.auto
+
+    made = []
+
+    class Bar:
+        def __init__(self, total, **kw):
+            self.total, self.n, self.closed = total, 0, False
+            made.append(self)
+
+        def update(self, k):
+            self.n += k
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+    x, y = torch.randn(4, 6), torch.tensor([0, 2, 1, 0])
+    pcm = pccompile.convert(net, x, rule=rule, loss_fn=F.cross_entropy)
+    pcm.learn(x, target=y, steps=7)
+    plain = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad(set_to_none=True)
+    pcm.learn(x, target=y, steps=7, progress=True)
+    assert [(b.total, b.n, b.closed) for b in made] == [(8, 8, True)]
+    assert all(torch.equal(a, p.grad) for a, p in zip(plain, net.parameters()))
+    from pccompile.engine.inference import ON_STEP
+
+    assert ON_STEP.get() is None  # the hook does not outlive the call

@@ -34,6 +34,7 @@ own vertex. :func:`energy_at` is ``F`` at given value nodes (the custom-loop hoo
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -51,6 +52,7 @@ from .grads import Grads
 from .plan import Plan, Vertex
 
 __all__ = [
+    "ON_STEP",
     "Setup",
     "Inference",
     "run_inference",
@@ -64,6 +66,12 @@ __all__ = [
 
 Tensor = torch.Tensor
 NEVER = 1 << 30
+
+#: Called as ``hook(s, steps)`` at the start of each eager inference step ``s`` (``0 .. steps``)
+#: of :func:`run_inference` and :func:`run_error_inference`: ``PCModule.learn(progress=True)``
+#: drives its progress bar from it. The compiled loop runs all steps in one call and never
+#: calls it.
+ON_STEP: ContextVar[Callable[[int, int], None] | None] = ContextVar("ON_STEP", default=None)
 
 
 @dataclass
@@ -344,7 +352,10 @@ def run_inference(
     silent: list[str] = []
     last_params = params_at(setup.steps)
     steps_run = setup.steps
+    on_step = ON_STEP.get()
     for s in range(setup.steps + 1):
+        if on_step is not None:
+            on_step(s, setup.steps)
         want_params = params_at(s)
         final = s == setup.steps
         terms: list[Tensor] = []
@@ -464,7 +475,10 @@ def run_error_inference(
         leaves[vid] = rebuild(ff.leaves[vid], value)
     energy_log: list[float] = []
     states: dict[int, list[Tensor]] = {}
+    on_step = ON_STEP.get()
     for s in range(setup.steps + 1):
+        if on_step is not None:
+            on_step(s, setup.steps)
         last = s == setup.steps
         terms: list[Tensor] = []
         per_vertex: dict[int, list[Tensor]] = {}
