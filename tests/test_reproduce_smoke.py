@@ -1,0 +1,99 @@
+"""Smoke test of ``benchmarks/reproduce.py --quick`` on a fake Fashion-MNIST the test writes (no
+real data in CI; MNIST-1D is generated): the page and its figures are written, and the numbers
+that are properties, not measurements, hold on any data: Z-IL bitwise equal to BP through the
+run, every broken condition off BP, rows only for registered rules. No timing is asserted."""
+
+import gzip
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import pccompile
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "benchmarks" / "reproduce.py"
+
+
+def _idx(path: Path, arr: np.ndarray) -> None:
+    head = b"\x00\x00\x08" + bytes([arr.ndim]) + struct.pack(">" + "I" * arr.ndim, *arr.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(head + arr.astype(np.uint8).tobytes())
+
+
+def _fake_fashion(root: Path) -> None:
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 512), ("t10k", 256)):
+        y = rng.integers(0, 10, n)
+        # class-dependent bright rows, so the models have something to learn
+        x = rng.integers(0, 64, (n, 28, 28))
+        x[np.arange(n), 2 * y + 4, :] = 255
+        _idx(root / f"{prefix}-images-idx3-ubyte.gz", x)
+        _idx(root / f"{prefix}-labels-idx1-ubyte.gz", y)
+
+
+def test_reproduce_quick_writes_the_page_and_its_properties_hold(tmp_path):
+    data = tmp_path / "fashion"
+    data.mkdir()
+    _fake_fashion(data)
+    page, out = tmp_path / "docs" / "reproduction.md", tmp_path / "r.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, str(SCRIPT), "--quick", "--fashion-mnist", str(data)]
+    proc = subprocess.run(
+        [*cmd, "--out", str(page), "--json", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+
+    # 1. Z-IL = BP bitwise through the whole run (CNN; GRU as a layer vertex), the unrolled GRU
+    #    to float32 rounding (its cells against torch's fused kernel)
+    seed = {r["name"].split(",")[0]: r for r in res["seed"]}
+    for name in ("VGG-style CNN", "GRU as one layer vertex (fused kernel)"):
+        assert all(e["bitwise"] and e["max_diff"] == 0 for e in seed[name]["epochs"]), name
+        assert seed[name]["loss_bp"] == seed[name]["loss_zil"]
+    unrolled = seed["GRU unrolled (a vertex per step)"]
+    assert max(e["max_diff"] for e in unrolled["epochs"]) < 1e-4
+    assert unrolled["vertices"] > 40  # one vertex per time step of the length-40 sequences
+
+    # 2. the held row is BP; every broken condition leaves it from the first step
+    rows = res["conditions"]["rows"]
+    assert rows[0]["bitwise"] and rows[0]["grad_divergence_step1"] == 0
+    assert len(rows) == 6 and all(r["grad_divergence_step1"] > 0.1 for r in rows[1:])
+
+    # 3./4. a row for every registered rule of the tables, none for the others
+    field_rules = {r["rule"] for r in res["field"]["rows"]}
+    assert {"bp", "il", "ipc"} <= field_rules <= set(pccompile.rules.RULES) | {"bp"}
+    for r in res["field"]["rows"]:
+        assert len(r["runs"]) and all(len(x["accs"]) == r["epochs"] for x in r["runs"])
+    left = {x["row"] for x in res["field"]["left_out"] + res["depth"]["left_out"]}
+    assert ("epc" in pccompile.rules.RULES) == ("ePC (T=5)" not in left)
+    assert [c["blocks"] for c in res["depth"]["rows"][0]["cells"]] == [2, 4]
+
+    text = page.read_text()
+    assert res["meta"]["git"]["commit"][:12] in text and "NOT the full profile" in text
+    for section in ("## 1.", "## 2.", "## 3.", "## 4."):
+        assert section in text
+    for fig in ("seed", "conditions", "depth"):
+        assert (page.parent / "figures" / f"reproduction_{fig}.png").stat().st_size > 1000
+
+    # --render rewrites the page from the saved run alone
+    page.unlink()
+    again = subprocess.run(
+        [sys.executable, str(SCRIPT), "--render", str(out), "--out", str(page)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert page.read_text() == text
