@@ -218,6 +218,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 10
     return 100.0 * hits / len(y)
 
 
+@torch.no_grad()
 def max_abs_diff(a: nn.Module, b: nn.Module) -> float:
     return max(
         float((p - q).abs().max()) for p, q in zip(a.parameters(), b.parameters(), strict=True)
@@ -248,13 +249,17 @@ def lockstep(
     make_opt: Callable,
     seed: int,
     convert_options: dict | None = None,
+    bp_on_graph: bool = False,
 ) -> dict:
-    """Train BP (autograd on the original module) and Z-IL side by side, same init and batches;
-    the order of the two alternates per batch so drift of a shared machine hits both alike."""
+    """Train BP and Z-IL side by side, same init and batches; the order of the two alternates
+    per batch so drift of a shared machine hits both alike. BP is autograd on the original
+    module, or (``bp_on_graph``) autograd through the converted graph's ops: for an unrolled RNN,
+    BPTT over the same per-step ops Z-IL runs, instead of torch's fused sequence kernel."""
     torch.manual_seed(seed)
     bp = make()
     zil = copy.deepcopy(bp)
     pcm = pccompile.convert(zil, data.x_train[:batch], **(convert_options or {}))
+    bp_forward = pccompile.convert(bp, data.x_train[:batch]) if bp_on_graph else bp
     opt_bp, opt_zil = make_opt(bp.parameters()), make_opt(zil.parameters())
     gen = torch.Generator().manual_seed(seed)
     out: dict[str, Any] = {
@@ -268,7 +273,7 @@ def lockstep(
 
     def step_bp(x, y):
         opt_bp.zero_grad()
-        loss = F.cross_entropy(bp(x), y)
+        loss = F.cross_entropy(bp_forward(x), y)
         loss.backward()
         opt_bp.step()
         return float(loss.detach())
@@ -321,7 +326,16 @@ def seed_claims(profile: Profile, fashion: Split, seed: int, out: list, save: Ca
     runs = [
         ("VGG-style CNN, Fashion-MNIST", vgg, fashion, profile.seed_cnn_epochs, 128, sgd, {}),
         (
-            "GRU unrolled (a vertex per step), MNIST-1D",
+            "GRU unrolled (a vertex per step), MNIST-1D; BP through the same unrolled ops",
+            GRUClassifier,
+            rnn_data,
+            profile.seed_rnn_epochs,
+            100,
+            adam,
+            {"bp_on_graph": True},
+        ),
+        (
+            "GRU unrolled (a vertex per step), MNIST-1D; BP on nn.GRU's fused kernel",
             GRUClassifier,
             rnn_data,
             profile.seed_rnn_epochs,
@@ -348,7 +362,13 @@ def seed_claims(profile: Profile, fashion: Split, seed: int, out: list, save: Ca
             batch=batch,
             make_opt=opt,
             seed=seed,
-            convert_options=conv,
+            convert_options={k: v for k, v in conv.items() if k != "bp_on_graph"},
+            bp_on_graph=conv.get("bp_on_graph", False),
+        )
+        r["bp"] = (
+            "autograd through the converted graph"
+            if conv.get("bp_on_graph")
+            else "autograd on the original module"
         )
         r.update(batch=batch, optimizer="SGD(0.01, momentum 0.9)" if opt is sgd else "Adam(3e-3)")
         r["train_samples"], r["test_samples"] = len(data.y_train), len(data.y_test)
@@ -733,6 +753,32 @@ def _ms(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
+def merge(runs: list[dict]) -> dict:
+    """One result from several runs of parts of the page (later runs' sections win); the page
+    lists each part's commit, start, time and command."""
+    res: dict[str, Any] = {"parts": []}
+    for r in runs:
+        for key in SECTION_KEYS:
+            if key in r:
+                res[key] = r[key]
+        for part in r.get("parts", [{**r["meta"], "sections": r["profile"]["sections"]}]):
+            res["parts"].append(part)
+    first = runs[0]["profile"]
+    res["profile"] = {
+        **first,
+        "sections": sorted({s for r in runs for s in r["profile"]["sections"]}),
+    }
+    for r in runs[1:]:
+        other = {k: v for k, v in r["profile"].items() if k != "sections"}
+        if other != {k: v for k, v in first.items() if k != "sections"}:
+            raise SystemExit("--render: the runs were made with different sizes; render apart.")
+    res["meta"] = {**runs[0]["meta"], "finished": all(r["meta"].get("finished") for r in runs)}
+    return res
+
+
+SECTION_KEYS = ("seed", "conditions", "field", "depth")
+
+
 def render(res: dict, out: Path) -> None:
     """Write the page and its figures from a run's results."""
     figdir = out.parent / "figures"
@@ -752,19 +798,24 @@ def render(res: dict, out: Path) -> None:
     w("")
     w("| | |")
     w("|---|---|")
-    w(f"| commit | `{m['git'].get('commit', '?')[:12]}`{_dirty(m)} |")
-    w(f"| started (UTC) | {m['started']} |")
-    w(f"| time taken | {m['seconds'] / 60:.1f} min |")
+    parts = res.get("parts") or [{**m, "sections": p["sections"]}]
+    for part in parts:
+        tag = f" (sections {', '.join(map(str, part['sections']))})" if len(parts) > 1 else ""
+        w(f"| commit{tag} | `{part['git'].get('commit', '?')[:12]}`{_dirty(part)} |")
+        w(f"| started (UTC){tag} | {part['started']} |")
+        w(f"| time taken{tag} | {part['seconds'] / 60:.1f} min |")
+        w(f"| load average at start / end{tag} | {part['load_start']} / {part['load_end']} |")
+        w(f"| command{tag} | `{part['command']}` |")
+    if len(parts) > 1:
+        w("| how | the parts ran as separate processes on this machine, their pages merged |")
     mc = m["machine"]
     w(
         f"| machine | {mc['cpu']}, {mc['cpu_count']} cores, torch {mc['torch']} with "
         f"{mc['torch_threads']} thread(s), Python {mc['python']} |"
     )
-    w(f"| load average at start / end | {m['load_start']} / {m['load_end']} |")
     seeds, cnn_seeds = ", ".join(map(str, p["seeds"])), ", ".join(map(str, p["cnn_seeds"]))
     w(f"| seeds | {seeds} (the CNN row of section 3: {cnn_seeds}) |")
     w(f"| sections run | {', '.join(map(str, p['sections']))} |")
-    w(f"| command | `{m['command']}` |")
     w("")
     w(_what_was_run(p))
     w("")
@@ -842,7 +893,9 @@ def _render_seed(runs: list[dict], figs: dict, rel, w) -> None:
     w("## 1. The seed's claims: Z-IL trains as BP does, at BP's cost")
     w("")
     w(
-        "BP is plain autograd on the original module; Z-IL is `pccompile.convert(model, x)` "
+        "BP is plain autograd on the original module (for one GRU row: through the same "
+        "unrolled ops Z-IL's graph runs, to tell Z-IL's exactness from the fused kernel's "
+        "rounding); Z-IL is `pccompile.convert(model, x)` "
         "(rule `zil`, leveled graph, efficient schedule) and `pcm.learn(...)`. Both start from "
         "the same weights, see the same batches and step identical optimizers. "
         "`max |θ_zil − θ_bp|` is over every parameter after each epoch; time is training time "
@@ -876,7 +929,8 @@ def _render_seed(runs: list[dict], figs: dict, rel, w) -> None:
             else f"equal to within {gap:.2g} at every step (largest training-loss difference)"
         )
         w(
-            f"* **{r['name']}** ({r['vertices']} vertices, depth {r['depth']}; "
+            f"* **{r['name']}** (BP: {r.get('bp', 'autograd on the original module')}; "
+            f"{r['vertices']} vertices, depth {r['depth']}; "
             f"{r['train_samples']:,} training samples, batch {r['batch']}, {r['optimizer']}; "
             f"{r['steps']} steps): training-loss curves {curve}; parameters "
             + (
@@ -1135,11 +1189,18 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, default=DEFAULT_OUT, help="the page (default docs/reproduction.md)"
     )
     ap.add_argument("--json", type=Path, default=DEFAULT_JSON)
-    ap.add_argument("--render", type=Path, metavar="JSON", help="rewrite the page from a saved run")
+    ap.add_argument(
+        "--render",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="rewrite the page from saved runs (several: runs of different sections, merged)",
+    )
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     if args.render:
-        render(json.loads(args.render.read_text()), args.out)
+        runs = [json.loads(f.read_text()) for f in args.render]
+        render(runs[0] if len(runs) == 1 else merge(runs), args.out)
         return 0
     torch.set_num_threads(args.threads)
     profile = QUICK if args.quick else FULL
