@@ -92,6 +92,7 @@ class Profile:
     depth_epochs: int = 3
     depth_train: int | None = 5000
     sections: tuple[int, ...] = (1, 2, 3, 4)
+    rows: tuple[str, ...] = ()  # section 3 only the rows whose "model/label" contains one of these
 
 
 FULL = Profile("full")
@@ -656,6 +657,8 @@ def field_table(profile: Profile, fashion: Split, out: dict, save: Callable) -> 
         for row in FIELD_ROWS:
             if key not in row.models:
                 continue
+            if profile.rows and not any(f in f"{key}/{row.label}" for f in profile.rows):
+                continue
             r, row_seeds, row_epochs = row.recipe, seeds, epochs
             if key == "mlp" and row.slow:
                 row_seeds = profile.slow_seeds or profile.seeds
@@ -759,18 +762,28 @@ def merge(runs: list[dict]) -> dict:
     res: dict[str, Any] = {"parts": []}
     for r in runs:
         for key in SECTION_KEYS:
-            if key in r:
-                res[key] = r[key]
+            if key not in r:
+                continue
+            if key == "field" and "field" in res:  # runs of different rows: concatenate
+                res["field"]["rows"] += r["field"]["rows"]
+                seen = {x["row"] for x in res["field"]["left_out"]}
+                res["field"]["left_out"] += [
+                    x for x in r["field"]["left_out"] if x["row"] not in seen
+                ]
+            else:
+                res[key] = copy.deepcopy(r[key])
         for part in r.get("parts", [{**r["meta"], "sections": r["profile"]["sections"]}]):
             res["parts"].append(part)
     first = runs[0]["profile"]
     res["profile"] = {
         **first,
         "sections": sorted({s for r in runs for s in r["profile"]["sections"]}),
+        "rows": [],
     }
+    apart = ("sections", "rows")
     for r in runs[1:]:
-        other = {k: v for k, v in r["profile"].items() if k != "sections"}
-        if other != {k: v for k, v in first.items() if k != "sections"}:
+        other = {k: v for k, v in r["profile"].items() if k not in apart}
+        if other != {k: v for k, v in first.items() if k not in apart}:
             raise SystemExit("--render: the runs were made with different sizes; render apart.")
     res["meta"] = {**runs[0]["meta"], "finished": all(r["meta"].get("finished") for r in runs)}
     return res
@@ -864,7 +877,7 @@ def _dirty(m: dict) -> str:
 
 def _what_was_run(p: dict) -> str:
     ref = json.loads(json.dumps(asdict(replace(FULL, sections=tuple(p["sections"])))))
-    full = p["name"] == "full" and p == ref
+    full = p["name"] == "full" and {**p, "rows": []} == ref and not p.get("rows")
     ftr = "all 60,000" if p["fashion_train"] is None else f"the first {p['fashion_train']:,}"
     fte = "all 10,000" if p["fashion_test"] is None else f"the first {p['fashion_test']:,}"
     lines = [
@@ -1170,6 +1183,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cnn-seeds", type=int, nargs="+")
     ap.add_argument("--mlp-epochs", type=int, help="section 3's MLP epochs (full: 25)")
     ap.add_argument("--cnn-epochs", type=int, help="section 3's CNN epochs (full: 5)")
+    ap.add_argument("--rows", nargs="+", help='section 3: only rows matching "model/label" parts')
     ap.add_argument("--slow-seeds", type=int, nargs="+", help="section 3's slow rows (iPC)")
     ap.add_argument("--slow-epochs", type=int, help="section 3's slow rows' epochs")
     ap.add_argument("--rnn-epochs", type=int, help="section 1's GRU epochs (full: 30)")
@@ -1211,6 +1225,7 @@ def main(argv: list[str] | None = None) -> int:
         "field_mlp_epochs": args.mlp_epochs,
         "field_cnn_epochs": args.cnn_epochs,
         "slow_seeds": tuple(args.slow_seeds) if args.slow_seeds else None,
+        "rows": tuple(args.rows) if args.rows else None,
         "slow_epochs": args.slow_epochs,
         "seed_rnn_epochs": args.rnn_epochs,
         "cond_steps": args.cond_steps,
