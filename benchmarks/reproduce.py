@@ -772,7 +772,7 @@ def merge(runs: list[dict]) -> dict:
                 ]
             else:
                 res[key] = copy.deepcopy(r[key])
-        for part in r.get("parts", [{**r["meta"], "sections": r["profile"]["sections"]}]):
+        for part in r.get("parts", [_part(r)]):
             res["parts"].append(part)
     first = runs[0]["profile"]
     res["profile"] = {
@@ -792,6 +792,11 @@ def merge(runs: list[dict]) -> dict:
 SECTION_KEYS = ("seed", "conditions", "field", "depth")
 
 
+def _part(r: dict) -> dict:
+    """One run's record for the page's run table."""
+    return {**r["meta"], "sections": r["profile"]["sections"], "rows": r["profile"].get("rows")}
+
+
 def render(res: dict, out: Path) -> None:
     """Write the page and its figures from a run's results."""
     figdir = out.parent / "figures"
@@ -809,18 +814,31 @@ def render(res: dict, out: Path) -> None:
         f"number below comes from the run that wrote this page."
     )
     w("")
+    parts = res.get("parts") or [_part(res)]
+    w("| run | commit | started (UTC) | minutes | load average at start / end | command |")
+    w("|---|---|---|---|---|---|")
+    for part in parts:
+        what = f"sections {', '.join(map(str, part['sections']))}"
+        if part.get("rows"):
+            what += f" (rows {', '.join(part['rows'])})"
+        w(
+            f"| {what} | `{part['git'].get('commit', '?')[:12]}`{_dirty(part)} | "
+            f"{part['started']} | {part['seconds'] / 60:.1f} | {part['load_start']} / "
+            f"{part['load_end']} | `{part['command']}` |"
+        )
+    w("")
+    for part in parts:
+        if part.get("note"):
+            w(f"* {part['note']}")
+    if len(parts) > 1:
+        w(
+            "* The runs above ran as separate processes on this machine at the same time; "
+            "`--render` merged their results into this page (later runs' sections replace "
+            "earlier ones; section 3's rows are concatenated)."
+        )
+    w("")
     w("| | |")
     w("|---|---|")
-    parts = res.get("parts") or [{**m, "sections": p["sections"]}]
-    for part in parts:
-        tag = f" (sections {', '.join(map(str, part['sections']))})" if len(parts) > 1 else ""
-        w(f"| commit{tag} | `{part['git'].get('commit', '?')[:12]}`{_dirty(part)} |")
-        w(f"| started (UTC){tag} | {part['started']} |")
-        w(f"| time taken{tag} | {part['seconds'] / 60:.1f} min |")
-        w(f"| load average at start / end{tag} | {part['load_start']} / {part['load_end']} |")
-        w(f"| command{tag} | `{part['command']}` |")
-    if len(parts) > 1:
-        w("| how | the parts ran as separate processes on this machine, their pages merged |")
     mc = m["machine"]
     w(
         f"| machine | {mc['cpu']}, {mc['cpu_count']} cores, torch {mc['torch']} with "
@@ -878,27 +896,32 @@ def _dirty(m: dict) -> str:
 def _what_was_run(p: dict) -> str:
     ref = json.loads(json.dumps(asdict(replace(FULL, sections=tuple(p["sections"])))))
     full = p["name"] == "full" and {**p, "rows": []} == ref and not p.get("rows")
-    ftr = "all 60,000" if p["fashion_train"] is None else f"the first {p['fashion_train']:,}"
-    fte = "all 10,000" if p["fashion_test"] is None else f"the first {p['fashion_test']:,}"
+
+    def v(key: str, fmt=str) -> str:  # the value run, and the full profile's where it differs
+        got, want = p[key], ref[key]
+        return fmt(got) + ("" if got == want else f" (full profile: {fmt(want)})")
+
+    n = lambda x: "all" if x is None else f"the first {x:,}"  # noqa: E731
+    ipc = (
+        f" (iPC: {v('slow_epochs')} epochs, seeds {v('slow_seeds')})"
+        if p["slow_seeds"] or p["slow_epochs"]
+        else ""
+    )
+    bullets = {
+        1: f"* Section 1: CNN {v('seed_cnn_epochs')} epochs; GRUs {v('seed_rnn_epochs')} epochs "
+        f"on MNIST-1D ({v('mnist1d_samples')} samples, 80/20 split).",
+        2: f"* Section 2: {v('cond_steps')} training steps per condition.",
+        3: f"* Section 3: MLP {v('field_mlp_epochs')} epochs (pcx: 25), seeds {v('seeds')}{ipc}; "
+        f"CNN {v('field_cnn_epochs')} epochs, seeds {v('cnn_seeds')}.",
+        4: f"* Section 4: blocks {v('depth_blocks')}, {v('depth_epochs')} epochs on "
+        f"{v('depth_train', n)} training images.",
+    }
     lines = [
         "**What was run**" + (" (the full profile)" if full else " (NOT the full profile):"),
         "",
-        f"* Fashion-MNIST: {ftr} training images, {fte} test images.",
-        f"* Section 1: CNN {p['seed_cnn_epochs']} epochs; GRUs {p['seed_rnn_epochs']} epochs on "
-        f"MNIST-1D ({p['mnist1d_samples']:,} samples, 80/20 split).",
-        f"* Section 2: {p['cond_steps']} training steps per condition.",
-        f"* Section 3: MLP {p['field_mlp_epochs']} epochs (pcx: 25), seeds {list(p['seeds'])}"
-        + (
-            f" (iPC: {p['slow_epochs'] or p['field_mlp_epochs']} epochs, seeds "
-            f"{list(p['slow_seeds'] or p['seeds'])})"
-            if p["slow_seeds"] or p["slow_epochs"]
-            else ""
-        )
-        + f"; CNN {p['field_cnn_epochs']} epochs, seeds {list(p['cnn_seeds'])}.",
-        f"* Section 4: blocks {list(p['depth_blocks'])}, {p['depth_epochs']} epochs on "
-        + ("all" if p["depth_train"] is None else f"the first {p['depth_train']:,}")
-        + " training images.",
-    ]
+        f"* Fashion-MNIST: {v('fashion_train', n)} training images, {v('fashion_test', n)} test "
+        f"images.",
+    ] + [bullets[k] for k in p["sections"]]
     return "\n".join(lines)
 
 
