@@ -764,12 +764,8 @@ def merge(runs: list[dict]) -> dict:
         for key in SECTION_KEYS:
             if key not in r:
                 continue
-            if key == "field" and "field" in res:  # runs of different rows: concatenate
-                res["field"]["rows"] += r["field"]["rows"]
-                seen = {x["row"] for x in res["field"]["left_out"]}
-                res["field"]["left_out"] += [
-                    x for x in r["field"]["left_out"] if x["row"] not in seen
-                ]
+            if key == "field" and "field" in res:  # runs of other rows or seeds: concatenate
+                _merge_rows(res["field"], r["field"])
             else:
                 res[key] = copy.deepcopy(r[key])
         for part in r.get("parts", [_part(r)]):
@@ -779,8 +775,9 @@ def merge(runs: list[dict]) -> dict:
         **first,
         "sections": sorted({s for r in runs for s in r["profile"]["sections"]}),
         "rows": [],
+        "seeds": sorted({s for r in runs for s in r["profile"]["seeds"]}),
     }
-    apart = ("sections", "rows")
+    apart = ("sections", "rows", "seeds")  # runs may split section 3 by rows and seeds
     for r in runs[1:]:
         other = {k: v for k, v in r["profile"].items() if k not in apart}
         if other != {k: v for k, v in first.items() if k not in apart}:
@@ -790,6 +787,26 @@ def merge(runs: list[dict]) -> dict:
 
 
 SECTION_KEYS = ("seed", "conditions", "field", "depth")
+
+
+def _merge_rows(into: dict, more: dict) -> None:
+    """Section 3 of another run into ``into``: new rows appended, other seeds of a row added."""
+    rows = {(x["model"], x["label"]): x for x in into["rows"]}
+    for row in copy.deepcopy(more["rows"]):
+        same = rows.get((row["model"], row["label"]))
+        if same is None:
+            into["rows"].append(row)
+            rows[(row["model"], row["label"])] = row
+            continue
+        if same["epochs"] != row["epochs"]:
+            raise SystemExit(
+                f"--render: {row['label']} ran {same['epochs']} and {row['epochs']} epochs."
+            )
+        seeds = {x["seed"] for x in same["runs"]}
+        same["runs"] += [x for x in row["runs"] if x["seed"] not in seeds]
+        same["runs"].sort(key=lambda x: x["seed"])
+    seen = {x["row"] for x in into["left_out"]}
+    into["left_out"] += [x for x in more["left_out"] if x["row"] not in seen]
 
 
 def _part(r: dict) -> dict:
