@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import pccompile
 
@@ -99,3 +100,25 @@ def test_reproduce_quick_writes_the_page_and_its_properties_hold(tmp_path):
     )
     assert again.returncode == 0, again.stderr[-2000:]
     assert page.read_text() == text
+
+
+def test_render_merges_runs_of_other_rows_and_seeds():
+    """``--render A B``: a row run with other seeds in another process gains those seeds; a row
+    with other epochs is refused (its numbers would not be one row's)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import reproduce
+
+    def run(seed, label="IL", epochs=25):
+        row = {"model": "mlp", "label": label, "epochs": epochs, "runs": [{"seed": seed}]}
+        return {"rows": [row], "left_out": [{"row": "ePC", "why": "not registered"}]}
+
+    into = run(0)
+    reproduce._merge_rows(into, run(2))
+    reproduce._merge_rows(into, run(1))
+    reproduce._merge_rows(into, run(1))  # the same seed twice counts once
+    reproduce._merge_rows(into, run(0, label="iPC"))
+    assert [r["label"] for r in into["rows"]] == ["IL", "iPC"]
+    assert [x["seed"] for x in into["rows"][0]["runs"]] == [0, 1, 2]
+    assert len(into["left_out"]) == 1
+    with pytest.raises(SystemExit, match="epochs"):
+        reproduce._merge_rows(into, run(3, epochs=10))
