@@ -629,6 +629,7 @@ def train_row(
                 sched.step()
         secs.append(time.perf_counter() - t0)
         accs.append(accuracy(model, data.x_test, data.y_test))
+        log(f"    {row.label}, epoch {len(accs)}/{epochs}: {accs[-1]:.2f} ({secs[-1]:.1f} s)")
     return {"accs": accs, "seconds": secs, "depth": None if pcm is None else pcm.plan.depth}
 
 
