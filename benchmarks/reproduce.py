@@ -767,6 +767,8 @@ def merge(runs: list[dict]) -> dict:
                 continue
             if key == "field" and "field" in res:  # runs of other rows or seeds: concatenate
                 _merge_rows(res["field"], r["field"])
+            elif key == "depth" and "depth" in res:  # runs of other depths: add their cells
+                _merge_depths(res["depth"], r["depth"])
             else:
                 res[key] = copy.deepcopy(r[key])
         for part in r.get("parts", [_part(r)]):
@@ -777,8 +779,10 @@ def merge(runs: list[dict]) -> dict:
         "sections": sorted({s for r in runs for s in r["profile"]["sections"]}),
         "rows": [],
         "seeds": sorted({s for r in runs for s in r["profile"]["seeds"]}),
+        "depth_blocks": sorted({b for r in runs for b in r["profile"]["depth_blocks"]}),
     }
-    apart = ("sections", "rows", "seeds")  # runs may split section 3 by rows and seeds
+    # runs may split section 3 by rows and seeds, section 4 by depths
+    apart = ("sections", "rows", "seeds", "depth_blocks")
     for r in runs[1:]:
         other = {k: v for k, v in r["profile"].items() if k not in apart}
         if other != {k: v for k, v in first.items() if k not in apart}:
@@ -788,6 +792,26 @@ def merge(runs: list[dict]) -> dict:
 
 
 SECTION_KEYS = ("seed", "conditions", "field", "depth")
+
+
+def _merge_depths(into: dict, more: dict) -> None:
+    """Section 4 of another run into ``into``: each row gains the depths it lacked."""
+    if into["train_samples"] != more["train_samples"]:
+        raise SystemExit("--render: section 4 ran on different training subsets in two runs.")
+    rows = {x["label"]: x for x in into["rows"]}
+    for row in copy.deepcopy(more["rows"]):
+        same = rows.get(row["label"])
+        if same is None:
+            into["rows"].append(row)
+            rows[row["label"]] = row
+            continue
+        have = {c["blocks"] for c in same["cells"]}
+        same["cells"] = sorted(
+            same["cells"] + [c for c in row["cells"] if c["blocks"] not in have],
+            key=lambda c: c["blocks"],
+        )
+    seen = {x["row"] for x in into["left_out"]}
+    into["left_out"] += [x for x in more["left_out"] if x["row"] not in seen]
 
 
 def _merge_rows(into: dict, more: dict) -> None:
@@ -1115,28 +1139,25 @@ def _render_depth(d: dict, p: dict, figs: dict, rel, w) -> None:
     if "depth" in figs:
         w(f"![test accuracy against depth]({rel(figs['depth'])})")
         w("")
-    blocks = [c["blocks"] for c in d["rows"][0]["cells"]] if d["rows"] else []
+    blocks = sorted({c["blocks"] for r in d["rows"] for c in r["cells"]})
+
+    def cells(r: dict, fmt: Callable[[dict], str]) -> str:  # "—": a depth that row did not run
+        got = {c["blocks"]: c for c in r["cells"]}
+        return " | ".join(fmt(got[b]) if b in got else "—" for b in blocks)
+
     w("| rule | " + " | ".join(f"{b} blocks" for b in blocks) + " |")
     w("|---|" + "---|" * len(blocks))
-    gap = lambda r: " | —" * (len(blocks) - len(r["cells"]))  # noqa: E731  (a cut run)
     for r in d["rows"]:
-        accs = " | ".join(f"{c['accs'][-1]:.2f}" for c in r["cells"])
-        w(f"| {r['label']} | {accs}{gap(r)} |")
-    w(
-        "| FabricPC μPC (MNIST) | "
-        + " | ".join(f"{FABRICPC_DEPTH[b]:.1f}" if b in FABRICPC_DEPTH else "—" for b in blocks)
-        + " |"
-    )
+        accs = cells(r, lambda c: f"{c['accs'][-1]:.2f}")
+        w(f"| {r['label']} | {accs} |")
+    fab = " | ".join(f"{FABRICPC_DEPTH[b]:.1f}" if b in FABRICPC_DEPTH else "—" for b in blocks)
+    w(f"| FabricPC μPC (MNIST) | {fab} |")
     w("")
     w("| rule | " + " | ".join(f"s / epoch, {b} blocks" for b in blocks) + " |")
     w("|---|" + "---|" * len(blocks))
     for r in d["rows"]:
-        w(
-            f"| {r['label']} | "
-            + " | ".join(f"{statistics.median(c['seconds']):.1f}" for c in r["cells"])
-            + gap(r)
-            + " |"
-        )
+        secs = cells(r, lambda c: f"{statistics.median(c['seconds']):.1f}")
+        w(f"| {r['label']} | {secs} |")
     w("")
 
 
