@@ -892,7 +892,7 @@ def render(res: dict, out: Path) -> None:
     w("")
     w(_what_was_run(p))
     w("")
-    if not m.get("finished", True):
+    if not m.get("finished", True) and not any(part.get("note") for part in parts):
         w(
             "**This run was cut short** (it saves after every row): the tables hold the rows it "
             "finished, and the seeds and epochs columns say what each row ran."
