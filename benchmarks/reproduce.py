@@ -1334,7 +1334,7 @@ def main(argv: list[str] | None = None) -> int:
             "command": "python benchmarks/reproduce.py "
             + " ".join(sys.argv[1:] if argv is None else argv),
         },
-        "profile": asdict(profile),
+        "profile": json.loads(json.dumps(asdict(profile))),  # as the saved JSON has it
     }
     fashion = load_fashion(profile, args.fashion_mnist)
     seed = profile.seeds[0]
