@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # any torch>=2.4 works, see pyproject.toml.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test test-all bench lint format clean
+.PHONY: demo test test-all bench reproduce lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/learn_step.py
+
+# docs/reproduction.md and its figures from one run (~40 min on a quiet 2-core machine); needs
+# Fashion-MNIST: apt-get install dataset-fashion-mnist. A smoke run: benchmarks/reproduce.py --quick
+reproduce: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) benchmarks/reproduce.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check pccompile tests benchmarks examples tools

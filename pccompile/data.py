@@ -1,10 +1,13 @@
-"""Data sets that need no download: scikit-learn's embedded digits, and loaders for MNIST and
+"""Data sets that need no download: scikit-learn's embedded digits, Fashion-MNIST from Debian's
+``dataset-fashion-mnist`` package, MNIST-1D made by its generator, and loaders for MNIST and
 CIFAR-10 files already on disk (IDX and CIFAR binary formats; nothing is unpickled), and image
 folders (``torchvision.datasets.ImageFolder`` layout). :func:`load_dataset` picks one from a name
 or a directory, as ``pccompile train --data`` does.
 
-scikit-learn is optional (the ``data`` extra: ``pip install 'pccompile[data]'``); only
-:func:`digits` needs it, and imports it when called."""
+scikit-learn and mnist1d are optional (the ``data`` extra: ``pip install 'pccompile[data]'``);
+only :func:`digits` and :func:`mnist1d` need them, and import them when called. Fashion-MNIST is
+a system package (``apt-get install dataset-fashion-mnist``), read from
+:data:`FASHION_MNIST_DIR`."""
 
 from __future__ import annotations
 
@@ -19,7 +22,32 @@ import torch
 from .errors import InputError
 from .extras import require
 
-__all__ = ["Dataset", "digits", "load_mnist", "load_cifar10", "load_image_folder", "load_dataset"]
+__all__ = [
+    "FASHION_MNIST_DIR",
+    "Dataset",
+    "digits",
+    "fashion_mnist",
+    "mnist1d",
+    "load_mnist",
+    "load_cifar10",
+    "load_image_folder",
+    "load_dataset",
+]
+
+# Where Debian's (and Ubuntu's) `dataset-fashion-mnist` package puts the four IDX .gz files.
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 
 
 def digits(
@@ -42,7 +70,7 @@ def digits(
         ConfigError: scikit-learn is not installed (it is the ``data`` extra); the message
             names ``pip install 'pccompile[data]'``.
     """
-    require("data", "digits()")  # the data set ships in scikit-learn's wheel
+    require("data", "digits()", ("sklearn",))  # the data set ships in scikit-learn's wheel
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
@@ -144,8 +172,10 @@ class Dataset:
     """A classification data set held in memory: a training and a test split.
 
     Attributes:
-        name: what it is (``digits``, ``mnist``, ``cifar10``, ``imagefolder``) and where from.
-        x_train, y_train, x_test, y_test: images ``(N, C, H, W)`` and ``torch.long`` labels.
+        name: what it is (``digits``, ``fashion-mnist``, ``mnist1d``, ``mnist``, ``cifar10``,
+            ``imagefolder``) and where from.
+        x_train, y_train, x_test, y_test: images ``(N, C, H, W)`` (MNIST-1D: sequences
+            ``(N, 40, 1)``) and ``torch.long`` labels.
         num_classes: the number of classes (labels lie in ``[0, num_classes)``).
         classes: the class names, where the data set has them.
     """
@@ -157,6 +187,81 @@ class Dataset:
     y_test: torch.Tensor
     num_classes: int
     classes: list[str] | None = None
+
+
+def fashion_mnist(root: str | Path | None = None) -> Dataset:
+    """Fashion-MNIST (Xiao et al. 2017; 60,000 training and 10,000 test images of clothes, 10
+    classes) from its four IDX files, as Debian's ``dataset-fashion-mnist`` package installs them.
+
+    Args:
+        root: the folder holding ``train-images-idx3-ubyte[.gz]`` and the other three files;
+            default :data:`FASHION_MNIST_DIR` (``/usr/share/datasets/fashion-mnist``).
+
+    Returns:
+        A :class:`Dataset`: images ``(N, 1, 28, 28)`` float32 in [0, 1], labels long.
+
+    Raises:
+        InputError: the files are not there (the message names ``apt-get install
+            dataset-fashion-mnist``), or do not read as IDX.
+    """
+    folder = FASHION_MNIST_DIR if root is None else Path(root).expanduser()
+    if _found(folder, _MNIST_FILE) is None:
+        raise InputError(
+            f"Fashion-MNIST is not in {folder} (no {_MNIST_FILE}[.gz]). Install it with "
+            f"`apt-get install dataset-fashion-mnist` (Debian/Ubuntu: 31 MB, offline), or give "
+            f"the folder holding its four IDX files."
+        )
+    folder = _found(folder, _MNIST_FILE)
+    xtr, ytr = load_mnist(folder, train=True)
+    xte, yte = load_mnist(folder, train=False)
+    return Dataset(f"fashion-mnist {folder}", xtr, ytr, xte, yte, 10, list(FASHION_MNIST_CLASSES))
+
+
+def mnist1d(num_samples: int = 5000, *, seed: int = 42, train_split: float = 0.8) -> Dataset:
+    """MNIST-1D (Greydanus 2020): length-40 one-dimensional signals of 10 classes, made by the
+    ``mnist1d`` package's generator (``mnist1d.data.make_dataset``); nothing is downloaded.
+
+    The defaults are the package's (5,000 samples: 4,000 train, 1,000 test; seed 42), which give
+    the data set of its paper. The generator seeds numpy's and Python's global random states;
+    they are restored afterwards.
+
+    Returns:
+        A :class:`Dataset`: sequences ``(N, 40, 1)`` float32 (batch first, one feature per time
+        step: a many-to-one RNN's input), standardised by the generator, labels long.
+
+    Raises:
+        ConfigError: mnist1d is not installed (the ``data`` extra); the message names
+            ``pip install 'pccompile[data]'``.
+    """
+    require("data", "mnist1d()", ("mnist1d",))
+    import random
+
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples, args.seed, args.train_split = int(num_samples), int(seed), train_split
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        d = make_dataset(args)  # the generator; get_dataset(download=True) would fetch a file
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+
+    def seq(a):
+        return torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32).unsqueeze(-1)
+
+    def lab(a):
+        return torch.as_tensor(np.asarray(a), dtype=torch.long)
+
+    return Dataset(
+        f"mnist1d (generated, {num_samples} samples, seed {seed})",
+        seq(d["x"]),
+        lab(d["y"]),
+        seq(d["x_test"]),
+        lab(d["y_test"]),
+        10,
+        [str(i) for i in range(10)],
+    )
 
 
 def _class_dirs(root: Path) -> list[Path]:
@@ -233,26 +338,32 @@ def _found(root: Path, name: str) -> Path | None:
 
 
 def load_dataset(data: str | Path, *, seed: int = 0) -> Dataset:
-    """The data set ``data`` names: ``"digits"`` (embedded, needs the ``data`` extra), or a
-    directory holding MNIST's IDX files, CIFAR-10's binary batches, or an image folder. Nothing
-    is ever downloaded.
+    """The data set ``data`` names: ``"digits"`` (embedded, needs the ``data`` extra),
+    ``"fashion-mnist"`` (Debian's package, :func:`fashion_mnist`), ``"mnist1d"`` (generated,
+    :func:`mnist1d`), or a directory holding MNIST's IDX files, CIFAR-10's binary batches, or an
+    image folder. Nothing is ever downloaded.
 
     Raises:
         InputError: an unknown name, a missing directory, a directory in none of the formats,
-            or files in a format that does not read.
-        ConfigError: ``digits`` without scikit-learn.
+            files in a format that does not read, or ``fashion-mnist`` not installed.
+        ConfigError: ``digits`` or ``mnist1d`` without the ``data`` extra.
     """
     text = str(data)
     if text == "digits":
         xtr, ytr, xte, yte = digits(seed=seed)
         return Dataset("digits", xtr, ytr, xte, yte, 10, [str(i) for i in range(10)])
+    if text in ("fashion-mnist", "fashion_mnist"):
+        return fashion_mnist()
+    if text in ("mnist1d", "mnist-1d"):
+        return mnist1d()
     root = Path(text).expanduser()
     if not root.exists():
         if "/" in text or "\\" in text or text.startswith("."):
             raise InputError(f"--data {text!r}: no such directory; give an existing folder.")
         raise InputError(
-            f"--data {text!r} is not a data set pccompile knows, nor a directory; use digits, or "
-            f"a folder of MNIST/CIFAR-10 files or images already on disk (nothing is downloaded)."
+            f"--data {text!r} is not a data set pccompile knows, nor a directory; use digits, "
+            f"fashion-mnist or mnist1d, or a folder of MNIST/CIFAR-10 files or images already on "
+            f"disk (nothing is downloaded)."
         )
     if not root.is_dir():
         raise InputError(f"--data {text!r} is a file, not a directory; give its folder.")

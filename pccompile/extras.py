@@ -16,7 +16,7 @@ __all__ = ["EXTRAS", "install_hint", "require", "missing"]
 
 # extra -> the import names it provides (pyproject.toml [project.optional-dependencies])
 EXTRAS: dict[str, tuple[str, ...]] = {
-    "data": ("sklearn",),
+    "data": ("sklearn", "mnist1d"),
     "plot": ("matplotlib",),
     "onnx": ("onnx", "onnxscript", "onnxruntime"),
     "dot": ("pydot",),

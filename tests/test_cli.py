@@ -89,7 +89,8 @@ def test_convert_resnet18_writes_weights_graph_code_manifest_and_reloads(tmp_pat
     assert only_entries(tmp_path) == ["r18"]  # no temporary folder left behind
     man = json.loads((out / "manifest.json").read_text())
     assert man["model"] == "torchvision:resnet18" and man["num_classes"] == 10
-    assert man["rule"] == {"name": "zil", "options": {"gamma": 1.0, "steps": None, "mode": "auto"}}
+    zil = {"gamma": 1.0, "steps": None, "mode": "auto", "init": "forward", "step_offset": 0}
+    assert man["rule"] == {"name": "zil", "options": zil}
     assert man["input_shapes"] == [[2, 3, 32, 32]] and man["dtype"] == "float32"
     assert man["vertices"]["identity"] > 0  # resnet's skip connections are padded
     assert man["steps"] == {"zil": man["depth"] + 1, "fpa": man["depth"]}

@@ -326,8 +326,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--data",
         required=True,
         metavar="D",
-        help="digits (embedded, needs pccompile[data]), or a directory of MNIST IDX files, "
-        "CIFAR-10 binary batches or images (CLASS/x.png, or train/ and test/); never downloads",
+        help="digits (embedded, needs pccompile[data]), fashion-mnist (apt-get install "
+        "dataset-fashion-mnist), mnist1d (generated, pccompile[data]), or a directory of "
+        "MNIST IDX files, CIFAR-10 binary batches or images (CLASS/x.png, or train/ and "
+        "test/); never downloads",
     )
     m.add_argument("--num-classes", type=int, metavar="N", help="passed to the model factory")
     m.add_argument("--weights", metavar="FILE", help="initial state_dict for MODEL")

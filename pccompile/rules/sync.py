@@ -49,6 +49,7 @@ def run_sync(
     trace: Trace | None = None,
     on_step: Callable[[int, Grads], None] | None = None,
     event_driven: bool = True,
+    init: str = "forward",
 ) -> Grads:
     """Run ``n_updates`` inference updates (``n_updates + 1`` error evaluations).
 
@@ -60,11 +61,14 @@ def run_sync(
         on_step: called after each step's parameter contributions (iPC applies them there).
         event_driven: skip vertices the error front has not reached yet (exactly zero work);
             must be False when parameters move during inference (iPC with ``lr > 0``).
+        init: ``"forward"``: value nodes start at the feed-forward pass; ``"zero"``: at 0
+            (every error is non-zero from step 0, so nothing is skipped).
     """
-    state = _ValueNodes(plan, ff)
+    state = _ValueNodes(plan, ff, zero=init == "zero")
     grads = Grads()
     names = [(v.name, v.level) for v in plan.hidden]
-    first = activation_steps(plan) if event_driven else {v.vid: 0 for v in plan.hidden}
+    skip = event_driven and init == "forward"
+    first = activation_steps(plan) if skip else {v.vid: 0 for v in plan.hidden}
     # loss_fn ran once, in the feed-forward pass (as BP's loss does): its error on the output
     # is the output error of every step, and its direct parameter terms are added once. An
     # activation the loss reads is an output of the PC graph too, reached through the identity
@@ -135,12 +139,15 @@ class _ValueNodes:
     a vertex's feedback is summed in the same order there and here.
     """
 
-    def __init__(self, plan: Plan, ff: FeedForward):
+    def __init__(self, plan: Plan, ff: FeedForward, zero: bool = False):
         self.plan, self.ff = plan, ff
         self.order = [plan.vertices[i] for lvl in plan.by_level for i in lvl]
         self.order = [v for v in self.order if v.kind != "output"]
         self.x0 = {v.vid: [t.detach() for t in ff.flat[v.vid]] for v in plan.hidden}
-        self.d: dict[int, list] = {vid: [None] * len(x) for vid, x in self.x0.items()}
+        # zero=True starts the value nodes at x = x0 + (-x0) = 0 instead of the feed-forward pass
+        self.d: dict[int, list] = {
+            vid: [-t for t in x] if zero else [None] * len(x) for vid, x in self.x0.items()
+        }
 
     def predict(self, active: list[Vertex]) -> tuple[list, list]:
         """Fresh value-node leaves ``x0 + d`` and each active vertex's prediction re-evaluated
