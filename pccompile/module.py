@@ -438,11 +438,9 @@ def _few(names: list[str], k: int = 5) -> str:
     return f"{len(names)} vertices ({shown}{', ...' if len(names) > k else ''})"
 
 
-def _with_root_hooks(model: nn.Module, gm: Any, args: tuple, kwargs: dict) -> Any:
-    """Run ``gm`` as ``model(*args, **kwargs)`` would run ``model.forward``: the forward
-    pre-hooks and hooks registered on the original's root fire (the traced graph calls the
-    children, whose hooks fire on their own, but never the root), with the same arguments and
-    the same power to replace inputs or the output as in ``nn.Module.__call__``."""
+def _run_pre_hooks(model: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """The root's forward pre-hooks, as ``nn.Module.__call__`` runs them: each may replace the
+    positional arguments (and, registered ``with_kwargs``, the keyword arguments)."""
     for hook_id, hook in list(model._forward_pre_hooks.items()):
         if hook_id in model._forward_pre_hooks_with_kwargs:
             res = hook(model, args, kwargs)
@@ -452,6 +450,15 @@ def _with_root_hooks(model: nn.Module, gm: Any, args: tuple, kwargs: dict) -> An
             res = hook(model, args)
             if res is not None:
                 args = res if isinstance(res, tuple) else (res,)
+    return args, kwargs
+
+
+def _with_root_hooks(model: nn.Module, gm: Any, args: tuple, kwargs: dict) -> Any:
+    """Run ``gm`` as ``model(*args, **kwargs)`` would run ``model.forward``: the forward
+    pre-hooks and hooks registered on the original's root fire (the traced graph calls the
+    children, whose hooks fire on their own, but never the root), with the same arguments and
+    the same power to replace inputs or the output as in ``nn.Module.__call__``."""
+    args, kwargs = _run_pre_hooks(model, args, kwargs)
     result = gm(*args, **kwargs)
     for hook_id, hook in list(model._forward_hooks.items()):
         if hook_id in model._forward_hooks_with_kwargs:
@@ -477,16 +484,7 @@ def _root_hooks_in_learn(
     output vertex's energy is ``loss_fn(hooks(output), target)``, differentiated by autograd).
     Returns the inputs, that loss, and a cell holding the hooked output of its first call (the
     feed-forward pass; IL and iPC evaluate the loss again on inferred values)."""
-    args, kwargs = inputs, {}
-    for hook_id, hook in list(model._forward_pre_hooks.items()):
-        if hook_id in model._forward_pre_hooks_with_kwargs:
-            res = hook(model, args, kwargs)
-            if res is not None:
-                args, kwargs = res
-        else:
-            res = hook(model, args)
-            if res is not None:
-                args = res if isinstance(res, tuple) else (res,)
+    args, kwargs = _run_pre_hooks(model, inputs, {})
     if kwargs:
         raise InputError(
             f"A forward pre-hook on {type(model).__name__} returns keyword arguments, which "
