@@ -195,7 +195,7 @@ def test_completion_for_zsh_and_fish(capsys):
     for sub in ("convert", "verify", "inspect", "export", "completion", "train"):
         assert any(f"__fish_use_subcommand -a {sub} " in ln for ln in lines), sub
     rule = [ln for ln in lines if "subcommand_from verify'" in ln and "-l rule " in ln]
-    assert rule and "-x -a 'zil fpa il ipc'" in rule[0]
+    assert rule and "-x -a 'zil fpa il ipc epc mcpc'" in rule[0]
     assert any("subcommand_from train'" in ln and "-l rule-option -r" in ln for ln in lines)
     assert all(ln.count("'") % 2 == 0 for ln in lines if "\\'" not in ln)  # quotes balanced
     code, _, err = _cli(capsys, "completion", "powershell")
