@@ -469,10 +469,7 @@ def run_error_inference(
     eps = {v.vid: [torch.zeros_like(t).requires_grad_() for t in ff.flat[v.vid]] for v in net.free}
     flat = [t for e in eps.values() for t in e]
     opt = error_optimizer(flat) if error_optimizer is not None and flat else None
-    env = list(ff.env)
-    leaves: list = list(ff.leaves)
-    for vid, value in net.clamped.items():
-        leaves[vid] = rebuild(ff.leaves[vid], value)
+    env, leaves = _clamped_state(ff, net)
     energy_log: list[float] = []
     states: dict[int, list[Tensor]] = {}
     on_step = ON_STEP.get()
@@ -539,10 +536,7 @@ def energy_at(
     net = resolve(plan, ff, setup)
     batch = batch_size([ff.env[s] for s in plan.input_slots])
     w = float(setup.output_precision)
-    env = list(ff.env)
-    leaves: list = list(ff.leaves)
-    for vid, value in net.clamped.items():
-        leaves[vid] = rebuild(ff.leaves[vid], value)
+    env, leaves = _clamped_state(ff, net)
     xs = {v.vid: list(values.get(v.vid, ff.flat[v.vid])) for v in net.free}
     for vid, x in xs.items():
         leaves[vid] = rebuild(ff.leaves[vid], x)
@@ -565,6 +559,15 @@ def energy_at(
     return torch.zeros(()) if total is None else total
 
 
+def _clamped_state(ff: FeedForward, net: _Net) -> tuple[list, list]:
+    """Fresh copies of the feed-forward environment and vertex leaves, the clamped vertices'
+    leaves holding their clamp values: where every re-evaluation of the energy starts."""
+    leaves: list = list(ff.leaves)
+    for vid, value in net.clamped.items():
+        leaves[vid] = rebuild(ff.leaves[vid], value)
+    return list(ff.env), leaves
+
+
 def local_param_grads(
     plan: Plan,
     ff: FeedForward,
@@ -585,10 +588,7 @@ def local_param_grads(
     net = resolve(plan, ff, setup)
     batch = batch_size([ff.env[s] for s in plan.input_slots])
     w = float(setup.output_precision)
-    env = list(ff.env)
-    leaves: list = list(ff.leaves)
-    for vid, value in net.clamped.items():
-        leaves[vid] = rebuild(ff.leaves[vid], value)
+    env, leaves = _clamped_state(ff, net)
     for vid, z in states.items():
         leaves[vid] = rebuild(ff.leaves[vid], list(z))
     terms: list[Tensor] = []
