@@ -303,7 +303,6 @@ class ILRule(Rule):
 
     def run_phase(self, plan, ff, cfg: Any, setup: Setup, target, loss_fn, trace) -> Grads:
         """One inference run on ``setup`` and the parameter gradients it gives."""
-        steps = setup.steps
         if cfg.compile:
             if cfg.init != "forward" or setup.tol is not None:
                 raise ConfigError(
@@ -311,7 +310,15 @@ class ILRule(Rule):
                     "init='forward' and tol=None, or compile=False."
                 )
             return compiled(plan, ff, target, loss_fn, setup, trace, "il", backend=cfg.compile)
+        return self.eager_phase(plan, ff, cfg, setup, target, loss_fn, trace)
+
+    def eager_phase(
+        self, plan, ff, cfg: Any, setup: Setup, target, loss_fn, trace, noise=None
+    ) -> Grads:
+        """The eager loop of one phase: inference from ``cfg.init``, the weights read at the
+        last step (``noise``: MCPC's Langevin term, added to every value step)."""
         out: list[Grads] = []
+        steps = setup.steps
         run = run_inference(
             plan,
             ff,
@@ -322,6 +329,7 @@ class ILRule(Rule):
             on_params=lambda s, g: out.append(g),
             trace=trace,
             x0=initial_values(plan, ff, cfg.init),
+            noise=noise,
         )
         grads = out[0] if out else Grads()
         grads.run = run

@@ -18,9 +18,9 @@ from typing import Literal
 import torch
 
 from ..engine import Grads
-from ..engine.inference import Setup, run_inference
+from ..engine.inference import Setup
 from ..errors import ConfigError
-from .il import ILRule, check_approximate, compiled, initial_values
+from .il import ILRule, check_approximate, compiled
 
 __all__ = ["MCPC", "MCPCRule"]
 
@@ -83,20 +83,5 @@ class MCPCRule(ILRule):
             return compiled(
                 plan, ff, target, loss_fn, setup, trace, "mcpc", backend=cfg.compile, noise=noise
             )
-        out: list[Grads] = []
-        steps = setup.steps
-        run = run_inference(
-            plan,
-            ff,
-            target,
-            loss_fn,
-            setup,
-            params_at=lambda s: s == steps,
-            on_params=lambda s, g: out.append(g),
-            trace=trace,
-            x0=initial_values(plan, ff, cfg.init),
-            noise=noise if scale > 0 else None,
-        )
-        grads = out[0] if out else Grads()
-        grads.run = run
-        return grads
+        noisy = noise if scale > 0 else None
+        return self.eager_phase(plan, ff, cfg, setup, target, loss_fn, trace, noise=noisy)
